@@ -1,0 +1,3 @@
+from fpcd.cli import main
+
+raise SystemExit(main())

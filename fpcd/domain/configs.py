@@ -1,0 +1,179 @@
+"""Configuration rules: names, layering, checksums, diffs, limits and schemas."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from fpcd.domain.errors import BadRequest, FieldError, Invalid
+
+#: The environment every other environment of a service layers on top of.
+BASE_ENVIRONMENT = "default"
+
+#: `expected_version` meaning "any existing version" (`If-Match: *`).
+ANY_VERSION = -1
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def valid_name(value: str) -> bool:
+    """Names come from a safe set so none can escape a path, a query or a shell."""
+    return _NAME_RE.fullmatch(value) is not None and ".." not in value
+
+
+def check_name(kind: str, value: str) -> str:
+    if not valid_name(value):
+        raise BadRequest(
+            f"invalid {kind} name: use 1-128 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit",
+            errors=[FieldError(kind, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")],
+        )
+    return value
+
+
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys: equal values give equal bytes on every host."""
+    return _canonical_encoder.encode(value)
+
+
+def checksum(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def content_checksum(config: dict[str, Any], secrets: dict[str, str]) -> str:
+    """Identity of a layer's content; an unchanged write has the same checksum."""
+    return checksum({"config": config, "secrets": secrets})
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Objects merge key by key; anything else in `over` replaces what `base` had."""
+    merged = dict(base)
+    for key, value in over.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class DiffOp(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One RFC 6902-style step from the old document to the new one."""
+
+    op: str
+    path: str
+    value: Any = None
+    old_value: Any = msgspec.field(default=None, name="oldValue")
+
+
+def _pointer(parent: str, key: str | int) -> str:
+    token = str(key).replace("~", "~0").replace("/", "~1")
+    return f"{parent}/{token}"
+
+
+def diff(old: Any, new: Any, path: str = "") -> list[DiffOp]:
+    """Objects are compared key by key; any other difference replaces the whole value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        ops: list[DiffOp] = []
+        for key in sorted(old.keys() | new.keys()):
+            child = _pointer(path, key)
+            if key not in new:
+                ops.append(DiffOp("remove", child, old_value=old[key]))
+            elif key not in old:
+                ops.append(DiffOp("add", child, value=new[key]))
+            else:
+                ops.extend(diff(old[key], new[key], child))
+        return ops
+    if old == new and type(old) is type(new):
+        return []
+    return [DiffOp("replace", path, value=new, old_value=old)]
+
+
+def _json_path(parts: list[str | int]) -> str:
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            out += f".{part}"
+        else:
+            out += "[" + msgspec.json.encode(part).decode() + "]"
+    return out
+
+
+def check_limits(value: Any, *, max_depth: int, max_keys: int, path: str) -> list[FieldError]:
+    """Depth and key-count limits, walked without recursion so no input can overflow."""
+    keys = 0
+    stack: list[tuple[Any, int, list[str | int]]] = [(value, 1, [])]
+    while stack:
+        node, depth, parts = stack.pop()
+        if depth > max_depth and isinstance(node, dict | list):
+            where = path + _json_path(parts)[1:]
+            return [FieldError(where, f"objects and arrays nested deeper than {max_depth}")]
+        if isinstance(node, dict):
+            keys += len(node)
+            if keys > max_keys:
+                return [FieldError(path, f"more than {max_keys} keys in total")]
+            stack.extend((child, depth + 1, [*parts, k]) for k, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1, [*parts, i]) for i, child in enumerate(node))
+    return []
+
+
+class SchemaValidator:
+    """A compiled JSON Schema (2020-12); built once per schema version, reused per write."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+        self._validator = Draft202012Validator(schema)
+
+    def errors(self, document: dict[str, Any], prefix: str) -> list[FieldError]:
+        found: list[FieldError] = []
+        for error in self._validator.iter_errors(document):
+            where = prefix + error.json_path[1:]
+            found.append(FieldError(where, error.message))
+        found.sort(key=lambda e: e.path)
+        return found
+
+
+def compile_schema(schema: dict[str, Any]) -> SchemaValidator:
+    """Refuse a schema that is not itself valid 2020-12, listing where it is wrong."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        where = "$.schema" + _json_path(list(error.path))[1:]
+        raise Invalid(
+            "the schema is not a valid JSON Schema (2020-12)",
+            errors=[FieldError(where, error.message)],
+        ) from None
+    return SchemaValidator(schema)
+
+
+def effective_configs(
+    environment: str,
+    layer: dict[str, Any],
+    layers: dict[str, dict[str, Any]],
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every effective document a write of `layer` to `environment` produces.
+
+    Writing an environment changes one document; writing `default` changes every
+    environment that layers on it (or, with none, only itself).
+    """
+    if environment != BASE_ENVIRONMENT:
+        base = layers.get(BASE_ENVIRONMENT, {})
+        yield environment, deep_merge(base, layer)
+        return
+    others = {env: cfg for env, cfg in layers.items() if env != BASE_ENVIRONMENT}
+    if not others:
+        yield environment, layer
+    for env in sorted(others):
+        yield env, deep_merge(layer, others[env])

@@ -1,0 +1,114 @@
+"""The error kinds every layer raises and the one HTTP edge renders.
+
+Each kind carries its HTTP status and a stable problem type so no caller ever
+branches on a message string. Messages must never contain secret values.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One problem with one input field; `path` is a JSON path such as `$.config.port`."""
+
+    path: str
+    message: str
+
+
+class FpcdError(Exception):
+    """Base of every expected failure; anything else is a bug and renders as 500."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+
+
+class BadRequest(FpcdError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class Unauthenticated(FpcdError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Authentication required"
+
+
+class Forbidden(FpcdError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(FpcdError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(FpcdError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class Gone(FpcdError):
+    status = 410
+    slug = "gone"
+    title = "Gone"
+
+
+class PreconditionFailed(FpcdError):
+    """The caller's expected version is no longer the head (optimistic concurrency)."""
+
+    status = 412
+    slug = "precondition-failed"
+    title = "Precondition failed"
+
+
+class PayloadTooLarge(FpcdError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class Invalid(FpcdError):
+    """Well-formed input that breaks a rule; `errors` lists every failing path."""
+
+    status = 422
+    slug = "validation"
+    title = "Validation failed"
+
+
+class TooManyRequests(FpcdError):
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+
+class Unavailable(FpcdError):
+    """A dependency (upstream, disk) cannot take the request now; retrying later may work."""
+
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
+class SettingsError(Exception):
+    """A settings file or variable is wrong; the message is one line naming the key."""

@@ -1,0 +1,121 @@
+"""The change model: every mutation is a `Change`, applied through one path.
+
+Payloads form a tagged union so the store and the replicator dispatch with
+`match` and the upstream log can carry them as JSON without a side table.
+Fields are append-only across releases (hosts run mixed versions): new fields
+get defaults and existing types never change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+def rfc3339(moment: datetime) -> str:
+    """The one text form of a timestamp (as msgspec writes it), for columns and hashes."""
+    return msgspec.json.encode(moment).decode()[1:-1]
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Internal value: immutable, keyword-only, compact when encoded."""
+
+
+class ConfigVersion(Record, frozen=True, kw_only=True, tag="config"):
+    """One immutable version of one layer (service, environment)."""
+
+    service: str
+    environment: str
+    version: int
+    config: dict[str, Any]
+    checksum: str
+    #: Secret name -> value as written. Stored as-is until the secrets issue lands.
+    secrets: dict[str, str] = {}
+    description: str = ""
+    tags: list[str] = []
+    #: "update", "rollback" or "import".
+    action: str = "update"
+    #: For a rollback, the version whose content was restored.
+    rolled_back_from: int | None = None
+    created_at: datetime
+    created_by: str
+
+
+class SchemaRecord(Record, frozen=True, kw_only=True, tag="schema"):
+    """A service's JSON Schema; `schema` None means the schema was removed."""
+
+    service: str
+    schema: dict[str, Any] | None
+    version: int
+    updated_at: datetime
+    updated_by: str
+
+
+class AuditNote(Record, frozen=True, kw_only=True, tag="audit"):
+    """An audited action that changes no other entity (a reload, a secret read)."""
+
+    action: str
+    target: str
+    details: dict[str, Any] = {}
+
+
+class ReloadRequest(Record, frozen=True, kw_only=True, tag="reload"):
+    """Someone asked subscribers of (service, environment) to reload what they hold."""
+
+    service: str
+    environment: str
+    version: int
+    checksum: str
+    force: bool = False
+
+
+Payload = ConfigVersion | SchemaRecord | AuditNote | ReloadRequest
+
+
+class Change(Record, frozen=True, kw_only=True):
+    """`{seq, entity, key, op, payload, actor, at, origin}` of the design brief.
+
+    `seq` is 0 until the change is stored; locally it is the SQLite sequence,
+    upstream Postgres' global order.
+    """
+
+    seq: int = 0
+    key: str
+    op: str
+    payload: Payload
+    actor: str
+    at: datetime
+    #: Node id of the daemon where the change was made.
+    origin: str
+    request_id: str = ""
+
+    @property
+    def entity(self) -> str:
+        tag = self.payload.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+class AuditEntry(Record, frozen=True, kw_only=True):
+    """One row of the hash-chained audit log."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any] = {}
+    request_id: str = ""
+    prev_hash: str
+    hash: str
+
+
+class Caller(Record, frozen=True, kw_only=True):
+    """Who is asking, as every door reports it; `subject` is what the audit log records."""
+
+    subject: str
+    request_id: str = ""
+    #: Remote address, or for a Unix socket the peer's uid/pid.
+    peer: str = ""
