@@ -1,0 +1,1 @@
+"""The service layer: the only API that REST, WebSocket, Unix sockets, CLI and file sync call."""

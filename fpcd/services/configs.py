@@ -1,0 +1,581 @@
+"""ConfigService: versioned configuration per service and environment.
+
+Reads are served from pre-encoded documents kept until a change to the service
+arrives, so a cached GET neither touches SQLite nor encodes JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from fpcd.domain.configs import (
+    ANY_VERSION,
+    BASE_ENVIRONMENT,
+    SchemaValidator,
+    check_limits,
+    check_name,
+    checksum,
+    compile_schema,
+    content_checksum,
+    deep_merge,
+    diff,
+    effective_configs,
+    valid_name,
+)
+from fpcd.domain.errors import FieldError, Invalid, NotFound, PreconditionFailed
+from fpcd.domain.model import Caller, Change, ConfigVersion, ReloadRequest, SchemaRecord
+from fpcd.services.changes import Committer
+from fpcd.services.events import ChangeApplied, EventBus
+from fpcd.store.sqlite import Store
+from fpcd.wire import (
+    ConfigDocument,
+    DiffChange,
+    DiffDocument,
+    EnvironmentSummary,
+    Page,
+    ReloadResult,
+    SchemaDocument,
+    SecretMeta,
+    ServiceConfigSummary,
+    VersionView,
+    WriteResult,
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+class ConfigLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Size rules for one stored document; checked on every door, not just HTTP."""
+
+    max_depth: int = 32
+    max_keys: int = 10_000
+    max_tags: int = 32
+    max_text: int = 1024
+
+
+class EncodedDocument(NamedTuple):
+    etag: str
+    body: bytes
+
+
+def _etag(version: int, base_version: int | None) -> str:
+    """`"<version>"` for a layer, `"<version>+<default version>"` for a merged view.
+
+    `If-Match` compares the leading version only: a write replaces one layer.
+    """
+    return f'"{version}"' if base_version is None else f'"{version}+{base_version}"'
+
+
+def _version_view(v: ConfigVersion) -> VersionView:
+    return VersionView(
+        version=v.version,
+        config=v.config,
+        checksum=v.checksum,
+        created_at=v.created_at,
+        created_by=v.created_by,
+        description=v.description,
+        tags=v.tags,
+        action=v.action,
+        rolled_back_from=v.rolled_back_from,
+        secrets=sorted(v.secrets),
+    )
+
+
+class ConfigService:
+    def __init__(
+        self,
+        store: Store,
+        committer: Committer,
+        bus: EventBus,
+        *,
+        node_id: str,
+        clock: Callable[[], datetime],
+        default_environment: str,
+        limits: ConfigLimits,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self._node_id = node_id
+        self._clock = clock
+        self.default_environment = default_environment
+        self.limits = limits
+        # service -> (environment, raw, version) -> document; dropped on any change to it.
+        self._cache: dict[str, dict[tuple[str, bool, int | None], EncodedDocument]] = {}
+        self._generation: dict[str, int] = {}
+        self._validators: dict[str, SchemaValidator | None] = {}
+        self._last_reload: dict[tuple[str, str], str] = {}
+        bus.subscribe(self._on_event)
+
+    # -- events ------------------------------------------------------------------
+
+    def _on_event(self, event: ChangeApplied) -> None:
+        match event.change.payload:
+            case ConfigVersion(service=service):
+                self._cache.pop(service, None)
+                self._generation[service] = self._generation.get(service, 0) + 1
+            case SchemaRecord(service=service):
+                self._validators.pop(service, None)
+            case ReloadRequest() as reload:
+                self._last_reload[(reload.service, reload.environment)] = reload.checksum
+
+    def environment(self, environment: str | None) -> str:
+        return check_name("environment", environment or self.default_environment)
+
+    def _change(self, key: str, op: str, payload: Any, caller: Caller) -> Change:
+        return Change(
+            key=key,
+            op=op,
+            payload=payload,
+            actor=caller.subject,
+            at=self._clock(),
+            origin=self._node_id,
+            request_id=caller.request_id,
+        )
+
+    # -- reads -------------------------------------------------------------------
+
+    async def document(
+        self,
+        service: str,
+        environment: str,
+        *,
+        version: int | None = None,
+        raw: bool = False,
+        include_secrets: bool = False,
+    ) -> ConfigDocument:
+        check_name("service", service)
+        layer_seq: int | None = None
+        if version is None:
+            layer = await self._store.config_head(service, environment)
+        else:
+            found = await self._store.config_version(service, environment, version)
+            if found is None:
+                raise NotFound(f"{service}/{environment} has no version {version}")
+            layer, layer_seq = found
+        base: ConfigVersion | None = None
+        if not raw and environment != BASE_ENVIRONMENT:
+            if layer_seq is None:
+                base = await self._store.config_head(service, BASE_ENVIRONMENT)
+            else:  # a historic version merges with `default` as it was at that moment
+                base = await self._store.config_version_at(service, BASE_ENVIRONMENT, layer_seq)
+        if layer is None and base is None:
+            raise NotFound(f"no configuration for {service}/{environment}")
+        config: dict[str, Any] = {}
+        secret_values: dict[str, str] = {}
+        secrets: dict[str, SecretMeta] = {}
+        for part in (base, layer):
+            if part is None:
+                continue
+            config = deep_merge(config, part.config) if config else part.config
+            for name, value in part.secrets.items():
+                secret_values[name] = value
+                secrets[name] = SecretMeta(version=part.version)
+        if include_secrets:
+            secrets = {
+                name: SecretMeta(version=meta.version, value=secret_values[name])
+                for name, meta in secrets.items()
+            }
+        described = layer or base
+        assert described is not None
+        return ConfigDocument(
+            service_name=service,
+            environment=environment,
+            version=layer.version if layer else 0,
+            base_version=base.version if base else None,
+            config=config,
+            checksum=checksum(config),
+            created_at=described.created_at,
+            created_by=described.created_by,
+            description=described.description,
+            tags=described.tags,
+            secrets=secrets,
+        )
+
+    async def document_bytes(
+        self, service: str, environment: str, *, version: int | None = None, raw: bool = False
+    ) -> EncodedDocument:
+        """The encoded GET response and its ETag, from cache when nothing has changed."""
+        key = (environment, raw, version)
+        bucket = self._cache.get(service)
+        if bucket is not None and (hit := bucket.get(key)) is not None:
+            return hit
+        generation = self._generation.get(service, 0)
+        doc = await self.document(service, environment, version=version, raw=raw)
+        encoded = EncodedDocument(_etag(doc.version, doc.base_version), _encoder.encode(doc))
+        # A change that landed while we read makes this document stale: don't keep it.
+        if self._generation.get(service, 0) == generation:
+            bucket = self._cache.setdefault(service, {})
+            if len(bucket) >= 256:  # historic reads must not grow the cache without bound
+                bucket.clear()
+            bucket[key] = encoded
+        return encoded
+
+    async def history(
+        self, service: str, environment: str, *, limit: int, offset: int
+    ) -> Page[VersionView]:
+        check_name("service", service)
+        versions, total = await self._store.config_history(
+            service, environment, limit=limit, offset=offset
+        )
+        if total == 0:
+            raise NotFound(f"no configuration for {service}/{environment}")
+        return Page(
+            items=[_version_view(v) for v in versions], total=total, limit=limit, offset=offset
+        )
+
+    async def _layer(self, service: str, environment: str, version: int) -> ConfigVersion:
+        found = await self._store.config_version(service, environment, version)
+        if found is None:
+            raise NotFound(f"{service}/{environment} has no version {version}")
+        return found[0]
+
+    async def diff(
+        self, service: str, environment: str, *, from_: int | None, to: int | None
+    ) -> DiffDocument:
+        """Difference between two versions of one layer (default: head and the one before)."""
+        check_name("service", service)
+        if to is None:
+            head = await self._store.config_head(service, environment)
+            if head is None:
+                raise NotFound(f"no configuration for {service}/{environment}")
+            to = head.version
+        if from_ is None:
+            from_ = max(to - 1, 0)
+        old = await self._layer(service, environment, from_) if from_ > 0 else None
+        new = await self._layer(service, environment, to)
+        old_config = old.config if old else {}
+        old_secrets = old.secrets if old else {}
+        secrets_changed = sorted(
+            name
+            for name in old_secrets.keys() | new.secrets.keys()
+            if old_secrets.get(name) != new.secrets.get(name)
+        )
+        return DiffDocument(
+            service_name=service,
+            environment=environment,
+            from_=from_,
+            to=to,
+            changes=[
+                DiffChange(op=op.op, path=op.path, value=op.value, old_value=op.old_value)
+                for op in diff(old_config, new.config)
+            ],
+            secrets_changed=secrets_changed,
+        )
+
+    async def services(self) -> Page[ServiceConfigSummary]:
+        summaries: dict[str, list[EnvironmentSummary]] = {}
+        for row in await self._store.services():
+            summaries.setdefault(row.service, []).append(
+                EnvironmentSummary(name=row.environment, version=row.version)
+            )
+        items = [
+            ServiceConfigSummary(service_name=name, environments=envs)
+            for name, envs in summaries.items()
+        ]
+        return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+    # -- writes ------------------------------------------------------------------
+
+    def _check_document(
+        self, config: dict[str, Any], secrets: dict[str, Any], description: str, tags: list[str]
+    ) -> None:
+        limits = self.limits
+        errors = check_limits(
+            config, max_depth=limits.max_depth, max_keys=limits.max_keys, path="$.config"
+        )
+        for name, value in secrets.items():
+            where = (
+                f"$.secrets.{name}"
+                if name.isidentifier()
+                else (f"$.secrets[{_encoder.encode(name).decode()}]")
+            )
+            if not valid_name(name):
+                errors.append(FieldError(where, "secret names use letters, digits, '.', '_', '-'"))
+            elif not isinstance(value, str):
+                errors.append(FieldError(where, "a secret value must be a string"))
+        if len(description) > limits.max_text:
+            errors.append(FieldError("$.description", f"longer than {limits.max_text} characters"))
+        if len(tags) > limits.max_tags:
+            errors.append(FieldError("$.tags", f"more than {limits.max_tags} tags"))
+        for i, tag in enumerate(tags):
+            if not tag or len(tag) > 64:
+                errors.append(FieldError(f"$.tags[{i}]", "tags are 1-64 characters"))
+        if errors:
+            raise Invalid("the configuration breaks a size or naming rule", errors=errors)
+
+    async def _validator(self, service: str) -> SchemaValidator | None:
+        if service not in self._validators:
+            record = await self._store.schema(service)
+            schema = record.schema if record else None
+            self._validators[service] = SchemaValidator(schema) if schema is not None else None
+        return self._validators[service]
+
+    async def _validate(self, service: str, environment: str, config: dict[str, Any]) -> None:
+        validator = await self._validator(service)
+        if validator is None:
+            return
+        layers = {env: v.config for env, v in (await self._store.config_layers(service)).items()}
+        errors: list[FieldError] = []
+        for env, document in effective_configs(environment, config, layers):
+            for error in validator.errors(document, "$.config"):
+                if env != environment:
+                    error = FieldError(error.path, f"{error.message} (in '{env}' over default)")
+                errors.append(error)
+        if errors:
+            raise Invalid(
+                f"the configuration does not match the schema of {service}", errors=errors
+            )
+
+    @staticmethod
+    def _check_expected(
+        service: str, environment: str, head: ConfigVersion | None, expected: int | None
+    ) -> None:
+        current = head.version if head else 0
+        if expected is None or (expected == ANY_VERSION and current > 0) or expected == current:
+            return
+        raise PreconditionFailed(
+            f"{service}/{environment} is at version {current}, not {expected}:"
+            " read it again and retry",
+            headers={"ETag": _etag(current, None)},
+        )
+
+    async def put(
+        self,
+        service: str,
+        environment: str,
+        config: dict[str, Any],
+        *,
+        caller: Caller,
+        secrets: dict[str, Any] | None = None,
+        description: str = "",
+        tags: list[str] | None = None,
+        expected_version: int | None = None,
+        action: str = "update",
+    ) -> WriteResult:
+        check_name("service", service)
+        secrets = secrets or {}
+        tags = tags or []
+        self._check_document(config, secrets, description, tags)
+        content = content_checksum(config, secrets)
+        unchanged: list[ConfigVersion] = []
+
+        async def plan() -> list[Change]:
+            head = await self._store.config_head(service, environment)
+            self._check_expected(service, environment, head, expected_version)
+            if head is not None and head.checksum == content:
+                unchanged.append(head)
+                return []
+            await self._validate(service, environment, config)
+            version = ConfigVersion(
+                service=service,
+                environment=environment,
+                version=(head.version if head else 0) + 1,
+                config=config,
+                checksum=content,
+                secrets=secrets,
+                description=description,
+                tags=tags,
+                action=action,
+                created_at=self._clock(),
+                created_by=caller.subject,
+            )
+            return [self._change(f"{service}/{environment}", "put", version, caller)]
+
+        applied = await self._committer.commit(plan)
+        if unchanged:
+            head = unchanged[0]
+            return WriteResult(
+                service_name=service,
+                environment=environment,
+                version=head.version,
+                changed=False,
+                checksum=head.checksum,
+            )
+        stored = applied[0].payload
+        assert isinstance(stored, ConfigVersion)
+        return WriteResult(
+            service_name=service,
+            environment=environment,
+            version=stored.version,
+            changed=True,
+            checksum=stored.checksum,
+            created_at=stored.created_at,
+        )
+
+    async def rollback(
+        self,
+        service: str,
+        environment: str,
+        version: int,
+        *,
+        caller: Caller,
+        description: str | None = None,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """Write version k's content as a new head; history never rewinds."""
+        check_name("service", service)
+        unchanged: list[ConfigVersion] = []
+
+        async def plan() -> list[Change]:
+            head = await self._store.config_head(service, environment)
+            self._check_expected(service, environment, head, expected_version)
+            target = await self._layer(service, environment, version)
+            assert head is not None
+            if head.checksum == target.checksum:
+                unchanged.append(head)
+                return []
+            await self._validate(service, environment, target.config)
+            restored = ConfigVersion(
+                service=service,
+                environment=environment,
+                version=head.version + 1,
+                config=target.config,
+                checksum=target.checksum,
+                secrets=target.secrets,
+                description=description or f"rollback to version {version}",
+                tags=target.tags,
+                action="rollback",
+                rolled_back_from=version,
+                created_at=self._clock(),
+                created_by=caller.subject,
+            )
+            return [self._change(f"{service}/{environment}", "put", restored, caller)]
+
+        applied = await self._committer.commit(plan)
+        if unchanged:
+            head = unchanged[0]
+            return WriteResult(
+                service_name=service,
+                environment=environment,
+                version=head.version,
+                changed=False,
+                checksum=head.checksum,
+            )
+        stored = applied[0].payload
+        assert isinstance(stored, ConfigVersion)
+        return WriteResult(
+            service_name=service,
+            environment=environment,
+            version=stored.version,
+            changed=True,
+            checksum=stored.checksum,
+            created_at=stored.created_at,
+            rolled_back_from=version,
+        )
+
+    # -- schema --------------------------------------------------------------------
+
+    @staticmethod
+    def _schema_document(record: SchemaRecord, violations: list[dict[str, Any]]) -> SchemaDocument:
+        return SchemaDocument(
+            service_name=record.service,
+            version=record.version,
+            schema=record.schema,
+            updated_at=record.updated_at,
+            updated_by=record.updated_by,
+            violations=violations,
+        )
+
+    async def schema(self, service: str) -> SchemaDocument:
+        check_name("service", service)
+        record = await self._store.schema(service)
+        if record is None or record.schema is None:
+            raise NotFound(f"{service} has no schema")
+        return self._schema_document(record, [])
+
+    async def put_schema(
+        self, service: str, schema: dict[str, Any] | None, *, caller: Caller
+    ) -> SchemaDocument:
+        """Store (or with None, remove) a schema; current configs that break it are reported."""
+        check_name("service", service)
+        validator = None
+        if schema is not None:
+            errors = check_limits(
+                schema,
+                max_depth=self.limits.max_depth,
+                max_keys=self.limits.max_keys,
+                path="$.schema",
+            )
+            if errors:
+                raise Invalid("the schema breaks a size rule", errors=errors)
+            validator = compile_schema(schema)
+
+        async def plan() -> list[Change]:
+            old = await self._store.schema(service)
+            if schema is None and (old is None or old.schema is None):
+                raise NotFound(f"{service} has no schema")
+            record = SchemaRecord(
+                service=service,
+                schema=schema,
+                version=(old.version if old else 0) + 1,
+                updated_at=self._clock(),
+                updated_by=caller.subject,
+            )
+            return [self._change(service, "put" if schema else "delete", record, caller)]
+
+        applied = await self._committer.commit(plan)
+        record = applied[0].payload
+        assert isinstance(record, SchemaRecord)
+        violations: list[dict[str, Any]] = []
+        if validator is not None:
+            layers = await self._store.config_layers(service)
+            docs = {env: v.config for env, v in layers.items()}
+            for env in sorted(docs):
+                effective = (
+                    deep_merge(docs.get(BASE_ENVIRONMENT, {}), docs[env])
+                    if env != BASE_ENVIRONMENT
+                    else docs[env]
+                )
+                errors = validator.errors(effective, "$.config")
+                if errors:
+                    violations.append(
+                        {
+                            "environment": env,
+                            "errors": [{"path": e.path, "message": e.message} for e in errors],
+                        }
+                    )
+        return self._schema_document(record, violations)
+
+    # -- reload --------------------------------------------------------------------
+
+    async def reload(
+        self, service: str, environment: str, *, force: bool, caller: Caller
+    ) -> ReloadResult:
+        """Ask holders of (service, environment) to reload; a no-op when nothing changed.
+
+        Without `force`, a reload is skipped when the effective configuration is
+        the one the previous reload of the same service and environment sent.
+        """
+        doc = await self.document(service, environment)
+        if not force and self._last_reload.get((service, environment)) == doc.checksum:
+            return ReloadResult(
+                service_name=service,
+                environment=environment,
+                version=doc.version,
+                reloaded=False,
+                message="configuration unchanged since the last reload; use force to reload",
+            )
+        request = ReloadRequest(
+            service=service,
+            environment=environment,
+            version=doc.version,
+            checksum=doc.checksum,
+            force=force,
+        )
+
+        async def plan() -> list[Change]:
+            return [self._change(f"{service}/{environment}", "reload", request, caller)]
+
+        await self._committer.commit(plan)
+        self._cache.pop(service, None)
+        return ReloadResult(
+            service_name=service,
+            environment=environment,
+            version=doc.version,
+            reloaded=True,
+            message="reload sent to subscribers",
+        )

@@ -1,0 +1,365 @@
+"""The local SQLite store: the only module that speaks SQL to the local database.
+
+One write connection (the single writer; every change goes through `apply`) and
+one read-only connection, both in WAL mode so reads never wait for a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+import msgspec
+
+from fpcd.domain.audit import GENESIS_HASH, next_entry
+from fpcd.domain.errors import FpcdError, Unavailable
+from fpcd.domain.model import (
+    AuditEntry,
+    AuditNote,
+    Change,
+    ConfigVersion,
+    ReloadRequest,
+    SchemaRecord,
+    rfc3339,
+)
+from fpcd.store.migrations import LATEST, MIGRATIONS
+
+log = logging.getLogger("fpcd.store")
+
+Synchronous = Literal["off", "normal", "full", "extra"]
+
+_change_encoder = msgspec.json.Encoder()
+_change_decoder = msgspec.json.Decoder(Change)
+_version_decoder = msgspec.json.Decoder(ConfigVersion)
+_schema_decoder = msgspec.json.Decoder(SchemaRecord)
+_details_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class StoreClosed(FpcdError):
+    """Use after `close()` is a bug in the caller's lifecycle, not a user error."""
+
+
+class ServiceSummary(msgspec.Struct, frozen=True):
+    service: str
+    environment: str
+    version: int
+    change_seq: int
+
+
+async def migrate(path: Path) -> tuple[int, int]:
+    """Bring the database at `path` to the latest schema; returns (before, after)."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        before = (await (await db.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
+        if before > LATEST:
+            raise FpcdError(
+                f"{path} has schema version {before}, newer than this fpcd ({LATEST}); upgrade fpcd"
+            )
+        for step in range(before, LATEST):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {step + 1}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return before, LATEST
+    finally:
+        await db.close()
+
+
+class Store:
+    def __init__(self, path: Path, *, synchronous: Synchronous = "full") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._audit_head: tuple[int, str] = (0, GENESIS_HASH)
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await migrate(self.path)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._writer.execute(f"PRAGMA synchronous={self._synchronous}")
+        await self._writer.execute("PRAGMA busy_timeout=5000")
+        await self._writer.execute("PRAGMA foreign_keys=ON")
+        self._reader = await aiosqlite.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+        )
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        row = await self._fetchone("SELECT value FROM meta WHERE key = 'audit_head'")
+        if row:
+            head_id, head_hash = row[0].split(":", 1)
+            self._audit_head = (int(head_id), head_hash)
+
+    async def open_readonly(self) -> None:
+        """Read without migrating or writing (offline `fpcd audit verify`)."""
+        self._reader = await aiosqlite.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+        )
+        row = await self._fetchone("SELECT value FROM meta WHERE key = 'audit_head'")
+        if row:
+            head_id, head_hash = row[0].split(":", 1)
+            self._audit_head = (int(head_id), head_hash)
+
+    async def close(self) -> None:
+        """Idempotent; waits for an in-flight write so nothing acknowledged is cut short."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._write_lock:
+            for conn in (self._reader, self._writer):
+                if conn is not None:
+                    await conn.close()
+        self._reader = self._writer = None
+
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreClosed("the store is closed")
+        return self._reader
+
+    async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        try:
+            async with self._read().execute(sql, args) as cur:
+                return await cur.fetchone()
+        except sqlite3.Error as error:
+            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+
+    async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self._read().execute(sql, args) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as error:
+            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+
+    async def ping(self) -> None:
+        await self._fetchone("SELECT 1")
+
+    # -- local bookkeeping (node id, cursors): not changes, never replicated -------
+
+    async def meta_get(self, key: str) -> str | None:
+        row = await self._fetchone("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    async def meta_set(self, key: str, value: str) -> None:
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            await self._writer.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # -- the one write path ----------------------------------------------------
+
+    async def apply(self, changes: Sequence[Change]) -> list[Change]:
+        """Store and materialize `changes` in one transaction; returns them with `seq` set."""
+        if not changes:
+            return []
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            db = self._writer
+            audit_id, audit_hash = self._audit_head
+            stored: list[Change] = []
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for change in changes:
+                    cur = await db.execute(
+                        "INSERT INTO changes (entity, key, op, actor, at, origin, request_id,"
+                        " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            change.entity,
+                            change.key,
+                            change.op,
+                            change.actor,
+                            rfc3339(change.at),
+                            change.origin,
+                            change.request_id,
+                            _change_encoder.encode(change),
+                        ),
+                    )
+                    assert cur.lastrowid is not None
+                    change = msgspec.structs.replace(change, seq=cur.lastrowid)
+                    await self._materialize(db, change)
+                    entry = next_entry(audit_id, audit_hash, change)
+                    await db.execute(
+                        "INSERT INTO audit_log (id, at, actor, action, target, details,"
+                        " request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            entry.id,
+                            rfc3339(entry.at),
+                            entry.actor,
+                            entry.action,
+                            entry.target,
+                            msgspec.json.encode(entry.details).decode(),
+                            entry.request_id,
+                            entry.prev_hash,
+                            entry.hash,
+                        ),
+                    )
+                    audit_id, audit_hash = entry.id, entry.hash
+                    stored.append(change)
+                await db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('audit_head', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (f"{audit_id}:{audit_hash}",),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            self._audit_head = (audit_id, audit_hash)
+            return stored
+
+    async def _materialize(self, db: aiosqlite.Connection, change: Change) -> None:
+        match change.payload:
+            case ConfigVersion() as v:
+                await db.execute(
+                    "INSERT INTO config_versions (service, environment, version, change_seq,"
+                    " record) VALUES (?, ?, ?, ?, ?)",
+                    (v.service, v.environment, v.version, change.seq, _change_encoder.encode(v)),
+                )
+            case SchemaRecord() as s:
+                await db.execute(
+                    "INSERT INTO config_schemas (service, record) VALUES (?, ?)"
+                    " ON CONFLICT (service) DO UPDATE SET record = excluded.record",
+                    (s.service, _change_encoder.encode(s)),
+                )
+            case AuditNote() | ReloadRequest():
+                pass
+
+    # -- configuration reads ---------------------------------------------------
+
+    async def config_head(self, service: str, environment: str) -> ConfigVersion | None:
+        row = await self._fetchone(
+            "SELECT record FROM config_versions WHERE service = ? AND environment = ?"
+            " ORDER BY version DESC LIMIT 1",
+            (service, environment),
+        )
+        return _version_decoder.decode(row[0]) if row else None
+
+    async def config_version(
+        self, service: str, environment: str, version: int
+    ) -> tuple[ConfigVersion, int] | None:
+        """A version and the sequence number of the change that wrote it."""
+        row = await self._fetchone(
+            "SELECT record, change_seq FROM config_versions"
+            " WHERE service = ? AND environment = ? AND version = ?",
+            (service, environment, version),
+        )
+        return (_version_decoder.decode(row[0]), row[1]) if row else None
+
+    async def config_version_at(
+        self, service: str, environment: str, seq: int
+    ) -> ConfigVersion | None:
+        """The head of a layer as it was when change `seq` was applied."""
+        row = await self._fetchone(
+            "SELECT record FROM config_versions WHERE service = ? AND environment = ?"
+            " AND change_seq <= ? ORDER BY version DESC LIMIT 1",
+            (service, environment, seq),
+        )
+        return _version_decoder.decode(row[0]) if row else None
+
+    async def config_history(
+        self, service: str, environment: str, *, limit: int, offset: int
+    ) -> tuple[list[ConfigVersion], int]:
+        rows = await self._fetchall(
+            "SELECT record FROM config_versions WHERE service = ? AND environment = ?"
+            " ORDER BY version DESC LIMIT ? OFFSET ?",
+            (service, environment, limit, offset),
+        )
+        total = await self._fetchone(
+            "SELECT count(*) FROM config_versions WHERE service = ? AND environment = ?",
+            (service, environment),
+        )
+        return [_version_decoder.decode(r[0]) for r in rows], total[0]
+
+    async def config_layers(self, service: str) -> dict[str, ConfigVersion]:
+        """The head of every environment of a service."""
+        rows = await self._fetchall(
+            "SELECT v.record FROM config_versions v JOIN ("
+            "  SELECT environment, max(version) AS version FROM config_versions"
+            "  WHERE service = ? GROUP BY environment"
+            ") h ON v.environment = h.environment AND v.version = h.version"
+            " WHERE v.service = ?",
+            (service, service),
+        )
+        heads = [_version_decoder.decode(r[0]) for r in rows]
+        return {v.environment: v for v in heads}
+
+    async def services(self) -> list[ServiceSummary]:
+        rows = await self._fetchall(
+            "SELECT service, environment, max(version), max(change_seq) FROM config_versions"
+            " GROUP BY service, environment ORDER BY service, environment"
+        )
+        return [ServiceSummary(*row) for row in rows]
+
+    async def schema(self, service: str) -> SchemaRecord | None:
+        row = await self._fetchone(
+            "SELECT record FROM config_schemas WHERE service = ?", (service,)
+        )
+        return _schema_decoder.decode(row[0]) if row else None
+
+    # -- audit reads ------------------------------------------------------------
+
+    @staticmethod
+    def _audit_row(row: Sequence[Any]) -> AuditEntry:
+        return msgspec.convert(
+            {
+                "id": row[0],
+                "at": row[1],
+                "actor": row[2],
+                "action": row[3],
+                "target": row[4],
+                "details": _details_decoder.decode(row[5]),
+                "request_id": row[6],
+                "prev_hash": row[7],
+                "hash": row[8],
+            },
+            AuditEntry,
+        )
+
+    async def audit_page(
+        self, *, target: str | None, limit: int, offset: int
+    ) -> tuple[list[AuditEntry], int]:
+        """Newest first; `target` filters by exact target (`config:svc/env`) or its prefix."""
+        where, args = "", []
+        if target:
+            escaped = target.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where = " WHERE target = ? OR target LIKE ? ESCAPE '\\'"
+            args = [target, escaped + "/%"]
+        rows = await self._fetchall(
+            "SELECT id, at, actor, action, target, details, request_id, prev_hash, hash"
+            f" FROM audit_log{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        total = await self._fetchone(f"SELECT count(*) FROM audit_log{where}", args)
+        return [self._audit_row(r) for r in rows], total[0]
+
+    async def audit_all(self) -> list[AuditEntry]:
+        rows = await self._fetchall(
+            "SELECT id, at, actor, action, target, details, request_id, prev_hash, hash"
+            " FROM audit_log ORDER BY id"
+        )
+        return [self._audit_row(r) for r in rows]
+
+    @property
+    def audit_head(self) -> tuple[int, str]:
+        """(id, hash) of the last entry appended, as recorded beside the log itself."""
+        return self._audit_head

@@ -1,0 +1,201 @@
+"""Wire shapes: request bodies and response documents shared by every door and the client.
+
+Request bodies forbid unknown fields so a typo (`enviroment`) is an error with its
+path rather than a silently ignored value. Responses use the seed's camelCase
+names and omit nothing a client may rely on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+VersionNumber = Annotated[int, msgspec.Meta(ge=1)]
+ExpectedVersion = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_only=True):
+    """Base of request bodies: unknown fields are refused, names are camelCase."""
+
+
+class View(msgspec.Struct, rename="camel", kw_only=True):
+    """Base of response documents."""
+
+
+class Page(View, Generic[T], kw_only=True):
+    """Every list: `{items, total, limit, offset}`."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- configuration --------------------------------------------------------------
+
+
+class ConfigPut(Body, kw_only=True):
+    """`PUT /api/config/{service}`."""
+
+    environment: str | None = None
+    config: dict[str, Any]
+    #: Values are checked to be strings by the service, which can name the failing key.
+    secrets: dict[str, Any] = {}
+    description: str = msgspec.field(default="")
+    tags: list[str] = []
+    #: Same as `If-Match`: refuse the write unless the head is this version (0: none yet).
+    expected_version: ExpectedVersion | None = None
+
+
+class ConfigRollback(Body, kw_only=True):
+    environment: str | None = None
+    version: VersionNumber
+    description: str | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class ConfigReload(Body, kw_only=True):
+    environment: str | None = None
+    force: bool = False
+
+
+class SecretMeta(View, kw_only=True, omit_defaults=True):
+    version: int
+    expires_at: datetime | None = None
+    value: str | None = None
+
+
+class ConfigDocument(View, kw_only=True):
+    """`GET /api/config/{service}`: the effective (or raw) configuration."""
+
+    service_name: str
+    environment: str
+    version: int
+    #: Version of the `default` layer merged underneath; absent for a raw layer.
+    base_version: int | None = None
+    config: dict[str, Any]
+    checksum: str
+    created_at: datetime | None
+    created_by: str | None
+    description: str
+    tags: list[str]
+    secrets: dict[str, SecretMeta]
+
+
+class VersionView(View, kw_only=True, omit_defaults=True):
+    """One entry of a layer's history."""
+
+    version: int
+    config: dict[str, Any]
+    checksum: str
+    created_at: datetime
+    created_by: str
+    description: str = ""
+    tags: list[str] = []
+    action: str = "update"
+    rolled_back_from: int | None = None
+    secrets: list[str] = []
+
+
+class WriteResult(View, kw_only=True, omit_defaults=True):
+    """Result of a config write or rollback; `changed` false means no version was made."""
+
+    service_name: str
+    environment: str
+    version: int
+    changed: bool
+    checksum: str
+    created_at: datetime | None = None
+    rolled_back_from: int | None = None
+
+
+class DiffChange(View, kw_only=True, omit_defaults=True):
+    op: str
+    path: str
+    value: Any = None
+    old_value: Any = None
+
+
+class DiffDocument(View, kw_only=True):
+    service_name: str
+    environment: str
+    from_: int = msgspec.field(name="from")
+    to: int
+    changes: list[DiffChange]
+    #: Names of secrets added, removed or changed (never their values).
+    secrets_changed: list[str]
+
+
+class EnvironmentSummary(View, kw_only=True):
+    name: str
+    version: int
+
+
+class ServiceConfigSummary(View, kw_only=True):
+    service_name: str
+    environments: list[EnvironmentSummary]
+
+
+class SchemaDocument(View, kw_only=True, omit_defaults=True):
+    service_name: str
+    version: int
+    schema: dict[str, Any] | None
+    updated_at: datetime
+    updated_by: str
+    #: Current configurations that the new schema rejects (the write is still accepted).
+    violations: list[dict[str, Any]] = []
+
+
+class ReloadResult(View, kw_only=True, omit_defaults=True):
+    service_name: str
+    environment: str
+    version: int
+    reloaded: bool
+    message: str
+
+
+# -- audit --------------------------------------------------------------------------
+
+
+class AuditView(View, kw_only=True):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    request_id: str
+    prev_hash: str
+    hash: str
+
+
+class AuditBreak(View, kw_only=True):
+    id: int
+    reason: str
+
+
+class AuditVerifyResult(View, kw_only=True):
+    ok: bool
+    entries: int
+    breaks: list[AuditBreak]
+
+
+# -- health -------------------------------------------------------------------------
+
+
+class ComponentHealth(View, kw_only=True, omit_defaults=True):
+    status: str
+    detail: str | None = None
+    latency_ms: float | None = None
+
+
+class HealthDocument(View, kw_only=True):
+    status: str
+    version: str
+    uptime_seconds: float
+    node_id: str
+    components: dict[str, ComponentHealth]
