@@ -1,0 +1,1 @@
+"""The HTTP doors: REST routes (TCP and Unix socket), health; errors rendered in one place."""

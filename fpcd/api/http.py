@@ -1,0 +1,298 @@
+"""The request pipeline shared by every route, and the helpers routes use to read input.
+
+Errors become RFC 9457 problem documents here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from fpcd.domain.configs import ANY_VERSION
+from fpcd.domain.errors import (
+    BadRequest,
+    FieldError,
+    FpcdError,
+    Invalid,
+    PayloadTooLarge,
+)
+from fpcd.domain.model import Caller
+from fpcd.observe.logging import REQUEST_ID
+
+log = logging.getLogger("fpcd.api")
+T = TypeVar("T")
+
+PROBLEM_JSON = "application/problem+json"
+JSON = "application/json"
+_encoder = msgspec.json.Encoder()
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Request ids: a random per-process prefix and a counter (unique, and cheaper than urandom).
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, request: web.Request) -> Caller:
+        """Who is calling; raises Unauthenticated when the request must be refused."""
+        ...
+
+
+@dataclass
+class RequestLimits:
+    """Per-request input limits; replaced as a whole on SIGHUP."""
+
+    max_body_bytes: int = 1024 * 1024
+
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+CALLER = web.RequestKey("caller", Caller)
+REQUEST_LIMITS = web.AppKey("request_limits", RequestLimits)
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] = []
+    request_id: str = msgspec.field(default="", name="requestId")
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str | None = None,
+    errors: list[FieldError] | None = None,
+    request_id: str = "",
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    doc = Problem(
+        type=f"urn:fpcd:problem:{slug}" if slug else "about:blank",
+        title=title,
+        status=status,
+        detail=detail,
+        errors=errors or [],
+        request_id=request_id,
+    )
+    return web.Response(
+        status=status, body=_encoder.encode(doc), content_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _from_error(error: FpcdError, request_id: str) -> web.Response:
+    return problem_response(
+        error.status,
+        error.title,
+        error.detail,
+        slug=error.slug,
+        errors=error.errors,
+        request_id=request_id,
+        headers=error.headers,
+    )
+
+
+def _from_http_exception(error: web.HTTPException, request_id: str) -> web.Response:
+    detail = {
+        404: "no such route",
+        405: "method not allowed on this route",
+        413: "request body too large",
+    }.get(error.status, error.reason)
+    return problem_response(
+        error.status,
+        error.reason,
+        detail,
+        request_id=request_id,
+        headers={k: v for k, v in error.headers.items() if k in ("Allow", "Retry-After")},
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, caller, errors as problem+json: the same for every route and door."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        request_id = given
+    else:
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
+    request[REQUEST_ID] = request_id
+    try:
+        caller = await request.app[AUTHENTICATOR].authenticate(request)
+        request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
+        response = await handler(request)
+    except FpcdError as error:
+        response = _from_error(error, request_id)
+    except web.HTTPException as error:
+        if error.status < 400:
+            error.headers["X-Request-Id"] = request_id
+            raise
+        response = _from_http_exception(error, request_id)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        response = problem_response(
+            500,
+            "Internal error",
+            "the request failed; the request id locates it in the daemon's log",
+            request_id=request_id,
+        )
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+# -- reading input ---------------------------------------------------------------
+
+
+def caller(request: web.Request) -> Caller:
+    return request[CALLER]
+
+
+def json_response(
+    value: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=_encoder.encode(value), content_type=JSON, headers=headers
+    )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, refused with 413 as soon as it passes the configured limit."""
+    limit = request.app[REQUEST_LIMITS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+
+
+def validation_problem(error: msgspec.ValidationError, root: str = "$") -> Invalid:
+    """msgspec's message carries the failing path after ' - at '; lift it into `errors`."""
+    match = _AT.match(str(error))
+    assert match is not None
+    what = match.group("what")
+    path = match.group("path") or "$"
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}"
+        what = "unknown field"
+    missing = re.match(r"Object missing required field `([^`]+)`", what)
+    if missing:
+        path = f"{path}.{missing.group(1)}"
+        what = "required field missing"
+    path = root + path[1:]
+    return Invalid(f"invalid request: {what} at {path}", errors=[FieldError(path, what)])
+
+
+def decode_json(body: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as error:
+        raise validation_problem(error) from None
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+
+
+async def body_as(request: web.Request, kind: type[T], *, empty_ok: bool = False) -> T:
+    body = await read_body(request)
+    if empty_ok and not body.strip():
+        body = b"{}"
+    return decode_json(body, kind)
+
+
+def query_int(
+    request: web.Request, name: str, *, minimum: int = 0, maximum: int | None = None
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(
+            f"query parameter {name} must be a whole number",
+            errors=[FieldError(f"query.{name}", "expected a whole number")],
+        )
+    value = int(raw)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise BadRequest(
+            f"query parameter {name} must be {bound}",
+            errors=[FieldError(f"query.{name}", f"must be {bound}")],
+        )
+    return value
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return False
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise BadRequest(
+        f"query parameter {name} must be true or false",
+        errors=[FieldError(f"query.{name}", "expected true or false")],
+    )
+
+
+def page_params(request: web.Request, *, default_limit: int = 50) -> tuple[int, int]:
+    limit = query_int(request, "limit", minimum=1, maximum=1000)
+    offset = query_int(request, "offset", minimum=0)
+    return (default_limit if limit is None else limit), (offset or 0)
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """`If-None-Match` comparison (weak, as RFC 9110 asks for GET)."""
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def expected_version(request: web.Request, from_body: int | None) -> int | None:
+    """The version a write expects to replace, from `If-Match` or the body's `expectedVersion`."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return from_body
+    header = header.strip()
+    if header == "*":
+        version = ANY_VERSION
+    else:
+        match = re.fullmatch(r'(?:W/)?"(\d{1,18})(?:\+\d{1,18})?"', header)
+        if match is None:
+            raise BadRequest(
+                'If-Match must be an ETag such as "3" as returned by GET',
+                errors=[FieldError("header.If-Match", 'expected "<version>"')],
+            )
+        version = int(match.group(1))
+    if from_body is not None and from_body != version:
+        raise BadRequest(
+            "If-Match and expectedVersion disagree",
+            errors=[FieldError("$.expectedVersion", "differs from If-Match")],
+        )
+    return version

@@ -1,0 +1,26 @@
+"""REST routes for the audit log."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fpcd.api.http import json_response, page_params
+from fpcd.services.audit import AuditService
+
+AUDIT = web.AppKey("audit", AuditService)
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    limit, offset = page_params(request)
+    target = request.query.get("target") or None
+    return json_response(await request.app[AUDIT].page(target=target, limit=limit, offset=offset))
+
+
+async def audit_verify(request: web.Request) -> web.Response:
+    result = await request.app[AUDIT].verify()
+    return json_response(result, status=200 if result.ok else 409)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/audit", audit_log)
+    app.router.add_get("/api/audit/verify", audit_verify)

@@ -1,0 +1,30 @@
+"""Health endpoints: the full report, and the cheap liveness/readiness probes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fpcd.api.http import json_response
+from fpcd.observe.health import Health
+
+HEALTH = web.AppKey("health", Health)
+
+
+async def health(request: web.Request) -> web.Response:
+    report = await request.app[HEALTH].report()
+    return json_response(report, status=503 if report.status == "down" else 200)
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    is_ready = request.app[HEALTH].ready
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)

@@ -1,0 +1,44 @@
+"""Builds the aiohttp application that serves the REST API on TCP and the Unix socket."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fpcd.api import routes_audit, routes_config, routes_health
+from fpcd.api.http import AUTHENTICATOR, REQUEST_LIMITS, Authenticator, RequestLimits, pipeline
+from fpcd.observe.health import Health
+from fpcd.services.audit import AuditService
+from fpcd.services.configs import ConfigService
+
+#: aiohttp's own cap; the configurable limit is enforced while reading (see read_body).
+_HARD_BODY_CAP = 64 * 1024 * 1024
+
+
+def build_api_app(
+    *,
+    configs: ConfigService,
+    audit: AuditService,
+    health: Health,
+    authenticator: Authenticator,
+    limits: RequestLimits,
+) -> web.Application:
+    app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
+    app[AUTHENTICATOR] = authenticator
+    app[REQUEST_LIMITS] = limits
+    app[routes_config.CONFIGS] = configs
+    app[routes_audit.AUDIT] = audit
+    app[routes_health.HEALTH] = health
+    routes_health.add_routes(app)
+    routes_config.add_routes(app)
+    routes_audit.add_routes(app)
+    return app
+
+
+def build_ws_app(*, health: Health, authenticator: Authenticator) -> web.Application:
+    """The WebSocket port (the seed's CONFIG_WS_PORT); its protocol arrives with live updates."""
+    app = web.Application(middlewares=[pipeline])
+    app[AUTHENTICATOR] = authenticator
+    app[REQUEST_LIMITS] = RequestLimits()
+    app[routes_health.HEALTH] = health
+    routes_health.add_routes(app)
+    return app

@@ -1,0 +1,1 @@
+"""Observability: JSON logs, health, metrics."""

@@ -1,0 +1,284 @@
+"""Settings: defaults < settings file (TOML) < environment < command line, in one typed struct.
+
+Every key is declared once here with its default and a comment; `config.example.toml`
+documents each one and a test keeps the two in step. Errors are one line naming
+the key (or variable) and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from fpcd.domain.errors import SettingsError
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Duration(float):
+    """Seconds; settings accept a number or a string such as "200ms", "2s", "5m", "1h"."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    _PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError('expected a duration such as 2, "200ms", "2s" or "5m"')
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := cls._PATTERN.fullmatch(value)):
+            seconds = float(m.group(1)) * cls._UNITS[m.group(2) or "s"]
+        else:
+            raise ValueError('expected a duration such as 2, "200ms", "2s" or "5m"')
+        if seconds < 0:
+            raise ValueError("a duration cannot be negative")
+        return cls(seconds)
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A settings section: unknown keys are errors, so a typo never silently does nothing."""
+
+
+class ServerSettings(Section, frozen=True, kw_only=True):
+    #: Where fpcd.db (and later keyring.json, admin.token) live. Empty: $STATE_DIRECTORY
+    #: under systemd, else ./fpcd-data.
+    data_dir: str = ""
+    #: Where the Unix sockets live. Empty: $RUNTIME_DIRECTORY under systemd, else data_dir.
+    runtime_dir: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: Port = 3001
+    #: The WebSocket port (the seed's CONFIG_WS_PORT).
+    ws_port: Port = 8080
+    #: Octal permission bits of the Unix sockets.
+    socket_mode: str = "0660"
+    #: Group that owns the Unix sockets (empty: the daemon's own group).
+    socket_group: str = ""
+    #: Environment used when a request names none (the seed's NODE_ENV).
+    default_environment: str = "development"
+    #: How long shutdown waits for in-flight requests.
+    shutdown_timeout: Duration = Duration(10.0)
+
+
+class LogSettings(Section, frozen=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    #: "json" (one object per line) or "text" for a terminal.
+    format: Literal["json", "text"] = "json"
+    #: One JSON line per HTTP request.
+    access: bool = True
+
+
+class LimitSettings(Section, frozen=True, kw_only=True):
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: Positive = 1024 * 1024
+    #: Deepest nesting of objects and arrays in a stored document.
+    max_json_depth: Positive = 32
+    #: Most object keys in one stored document, counted over all levels.
+    max_json_keys: Positive = 10_000
+
+
+class StorageSettings(Section, frozen=True, kw_only=True):
+    #: SQLite `synchronous` level. "full" makes every acknowledged write survive power
+    #: loss (about 180 µs a commit here); "normal" survives a crash of fpcd only.
+    synchronous: Literal["normal", "full", "extra"] = "full"
+
+
+class UpstreamSettings(Section, frozen=True, kw_only=True):
+    #: Postgres URL of the shared change log (the seed's DATABASE_URL). Empty: this host only.
+    postgres_url: str = ""
+    #: Redis URL of the change doorbell (the seed's REDIS_URL).
+    redis_url: str = ""
+
+
+class SecretSettings(Section, frozen=True, kw_only=True):
+    #: 32 bytes as base64 or hex, or a passphrase (the seed's CONFIG_ENCRYPTION_KEY).
+    encryption_key: str = ""
+    #: A keyring file to use instead of the key.
+    keyring_file: str = ""
+
+
+class Settings(Section, frozen=True, kw_only=True):
+    server: ServerSettings = ServerSettings()
+    log: LogSettings = LogSettings()
+    limits: LimitSettings = LimitSettings()
+    storage: StorageSettings = StorageSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    secrets: SecretSettings = SecretSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        chosen = self.server.data_dir or os.environ.get("STATE_DIRECTORY", "") or "./fpcd-data"
+        return Path(chosen.split(":")[0]).absolute()
+
+    @property
+    def runtime_dir(self) -> Path:
+        chosen = self.server.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
+        return Path(chosen.split(":")[0]).absolute() if chosen else self.data_dir
+
+    @property
+    def api_socket(self) -> Path:
+        return self.runtime_dir / "fpcd.sock"
+
+    @property
+    def flags_socket(self) -> Path:
+        return self.runtime_dir / "flags.sock"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "fpcd.db"
+
+    @property
+    def socket_mode(self) -> int:
+        return int(self.server.socket_mode, 8)
+
+
+#: The seed's variables and fpcd's short names -> (section, key).
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "FPCD_DATA_DIR": ("server", "data_dir"),
+    "FPCD_RUNTIME_DIR": ("server", "runtime_dir"),
+    "FPCD_API_HOST": ("server", "api_host"),
+    "CONFIG_API_PORT": ("server", "api_port"),
+    "CONFIG_WS_PORT": ("server", "ws_port"),
+    "NODE_ENV": ("server", "default_environment"),
+    "LOG_LEVEL": ("log", "level"),
+    "DATABASE_URL": ("upstream", "postgres_url"),
+    "REDIS_URL": ("upstream", "redis_url"),
+    "CONFIG_ENCRYPTION_KEY": ("secrets", "encryption_key"),
+}
+
+#: Keys a SIGHUP can change in a running daemon; the rest need a restart.
+RELOADABLE = {("log", "level"), ("log", "format"), ("limits", "*")}
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is Duration:
+        return Duration.parse(value)
+    raise NotImplementedError
+
+
+_MESSAGE = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _key_of(path: str) -> str:
+    return path.lstrip(".").replace("`", "")
+
+
+def _describe(error: msgspec.ValidationError) -> tuple[str, str]:
+    """(dotted key, problem) from msgspec's message, e.g. ("server.api_port", "expected int")."""
+    match = _MESSAGE.match(str(error))
+    assert match is not None
+    what, path = match.group("what"), _key_of(match.group("path") or "")
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    if unknown:
+        return (f"{path}.{unknown.group(1)}" if path else unknown.group(1)), "unknown key"
+    what = re.sub(r"`([^`]*)`", r"\1", what)
+    if what.startswith("Invalid enum value") and (choices := _choices(path)):
+        what += f" (one of: {', '.join(choices)})"
+    return path, what[0].lower() + what[1:]
+
+
+def _choices(path: str) -> tuple[str, ...]:
+    """The allowed values of a Literal-typed key such as "log.level"."""
+    kind: Any = Settings
+    for part in path.split("."):
+        hints = typing.get_type_hints(kind) if isinstance(kind, type) else {}
+        if part not in hints:
+            return ()
+        kind = hints[part]
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
+
+
+def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Settings from the environment, and which variable set each key."""
+    layer: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    for variable, (section, key) in ENV_ALIASES.items():
+        if environ.get(variable):
+            layer.setdefault(section, {})[key] = environ[variable]
+            origin[f"{section}.{key}"] = variable
+    for variable, value in environ.items():
+        if variable.startswith("FPCD_") and "__" in variable:
+            section, _, key = variable[5:].lower().partition("__")
+            layer.setdefault(section, {})[key] = value
+            origin[f"{section}.{key}"] = variable
+    return layer, origin
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
+    """Build Settings from the file at `path`, the environment and command-line overrides."""
+    environ = os.environ if environ is None else environ
+    label = str(path) if path else "settings"
+    file_layer: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                file_layer = tomllib.load(handle)
+        except FileNotFoundError:
+            raise SettingsError(f"{label}: file not found") from None
+        except OSError as error:
+            raise SettingsError(f"{label}: cannot read: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"{label}: not valid TOML: {error}") from None
+    env_layer, env_origin = _env_layer(environ)
+    merged = _merge(_merge(file_layer, env_layer), overrides or {})
+    try:
+        settings = msgspec.convert(merged, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as error:
+        key, problem = _describe(error)
+        section, _, name = key.partition(".")
+        if name in (overrides or {}).get(section, {}):
+            raise SettingsError(f"--{name.replace('_', '-')}: {problem}") from None
+        if key in env_origin:
+            raise SettingsError(f"{env_origin[key]}: {problem}") from None
+        raise SettingsError(f"{label}: {key}: {problem}") from None
+    _check(settings, label)
+    return settings
+
+
+def _check(settings: Settings, label: str) -> None:
+    """Rules that types alone cannot state."""
+    try:
+        mode = settings.socket_mode
+    except ValueError:
+        raise SettingsError(
+            f"{label}: server.socket_mode: expected octal digits like 0660"
+        ) from None
+    if mode & ~0o777:
+        raise SettingsError(f"{label}: server.socket_mode: only permission bits (0-0777)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
+        raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """Dotted keys whose values differ, for the SIGHUP log line."""
+    out: list[str] = []
+    old_map = msgspec.to_builtins(old, enc_hook=float)
+    new_map = msgspec.to_builtins(new, enc_hook=float)
+    for section in new_map:
+        for key, value in new_map[section].items():
+            if old_map.get(section, {}).get(key) != value:
+                out.append(f"{section}.{key}")
+    return out
