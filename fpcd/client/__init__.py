@@ -1,0 +1,1 @@
+"""Clients of the daemon: the blocking transport the CLI uses."""
