@@ -1,0 +1,161 @@
+"""Shared fixtures: real daemons on real SQLite files in temp dirs, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fpcd.app import Daemon
+from fpcd.settings import Settings, load_settings
+
+FPCD = [sys.executable, "-m", "fpcd"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"data_dir": str(data_dir), "api_port": 0, "ws_port": 0},
+        "log": {"access": False},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_settings(None, environ={}, overrides=overrides)
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(make_settings(tmp_path / "data"))
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+@pytest.fixture
+async def http(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as session:
+        yield session
+
+
+class DaemonProcess:
+    """`fpcd serve` in a child process, as systemd or a user would run it."""
+
+    def __init__(
+        self, data_dir: Path, *, args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.ws_port = free_port()
+        self.args = args or []
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / "fpcd.sock"
+
+    def start(self, *, wait: bool = True) -> DaemonProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [
+                *FPCD,
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--api-port",
+                str(self.port),
+                "--ws-port",
+                str(self.ws_port),
+                *self.args,
+            ],
+            stdout=log,
+            stderr=log,
+            env=self.env,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fpcd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"fpcd did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Any]:
+    started: list[DaemonProcess] = []
+
+    def _spawn(name: str = "data", **kwargs: Any) -> DaemonProcess:
+        proc = DaemonProcess(tmp_path / name, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        proc.kill()
+
+
+def run_cli(
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FPCD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=input.decode() if input is not None else None,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
