@@ -1,0 +1,154 @@
+"""Shared benchmark plumbing: start daemons, run wrk, write results as JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextmanager
+def fpcd_daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """`fpcd serve` in a temp data dir; yields its URL, socket paths and data dir."""
+    data = Path(tempfile.mkdtemp(prefix="fpcd-bench-"))
+    port, ws = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fpcd",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--api-port",
+            str(port),
+            "--ws-port",
+            str(ws),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready")
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "ws_url": f"ws://127.0.0.1:{ws}",
+            "data_dir": data,
+            "socket": data / "fpcd.sock",
+            "flags_socket": data / "flags.sock",
+            "pid": proc.pid,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def put_json(url: str, body: Any, method: str = "PUT") -> Any:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(
+    url: str,
+    *,
+    connections: int = 32,
+    seconds: int = 10,
+    threads: int = 1,
+    script: str | None = None,
+) -> dict[str, float]:
+    """Requests/s and p50/p90/p99 latency (ms) from `wrk --latency`."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests_per_s": round(rps, 1),
+        "p50_ms": round(_ms(lat["50"]), 3),
+        "p90_ms": round(_ms(lat["90"]), 3),
+        "p99_ms": round(_ms(lat["99"]), 3),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def write_results(
+    name: str,
+    title: str,
+    results: dict[str, Any],
+    rows: list[list[Any]],
+    headers: list[str],
+    notes: list[str],
+) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "command": f"python -m benchmarks.{name}",
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
+    lines = [
+        f"# {title}",
+        "",
+        f"`{meta['command']}` on {meta['date']}, {meta['cpus']} CPUs, Python {meta['python']}.",
+        "",
+    ]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "---|" * len(headers))
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["", *notes, ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
