@@ -19,6 +19,7 @@ from fpcd.domain.model import (
     AuditNote,
     Change,
     ConfigVersion,
+    FlagRecord,
     ReloadRequest,
     SchemaRecord,
 )
@@ -71,6 +72,8 @@ def describe(change: Change) -> tuple[str, str, dict[str, Any]]:
                 f"config:{r.service}/{r.environment}",
                 {"version": r.version, "checksum": r.checksum, "force": r.force},
             )
+        case FlagRecord() as f:
+            return f"flag.{change.op}", f"flag:{f.key}", {"version": f.version}
         case AuditNote() as note:
             return note.action, note.target, dict(note.details)
     raise AssertionError(f"unhandled payload {type(change.payload).__name__}")

@@ -6,6 +6,7 @@ branches on a message string. Messages must never contain secret values.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import msgspec
@@ -112,3 +113,24 @@ class Unavailable(FpcdError):
 
 class SettingsError(Exception):
     """A settings file or variable is wrong; the message is one line naming the key."""
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+
+
+def invalid_from(error: msgspec.ValidationError, root: str = "$") -> Invalid:
+    """msgspec puts the failing path after ' - at '; lift it into `errors`."""
+    match = _AT.match(str(error))
+    assert match is not None
+    what = match.group("what")
+    path = match.group("path") or "$"
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}"
+        what = "unknown field"
+    missing = re.match(r"Object missing required field `([^`]+)`", what)
+    if missing:
+        path = f"{path}.{missing.group(1)}"
+        what = "required field missing"
+    path = root + path[1:]
+    return Invalid(f"invalid request: {what} at {path}", errors=[FieldError(path, what)])

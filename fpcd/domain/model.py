@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from fpcd.domain.flags import FlagDefinition
+
 
 def rfc3339(moment: datetime) -> str:
     """The one text form of a timestamp (as msgspec writes it), for columns and hashes."""
@@ -71,7 +73,19 @@ class ReloadRequest(Record, frozen=True, kw_only=True, tag="reload"):
     force: bool = False
 
 
-Payload = ConfigVersion | SchemaRecord | AuditNote | ReloadRequest
+class FlagRecord(Record, frozen=True, kw_only=True, tag="flag"):
+    """One immutable version of a flag; archiving writes a version with `archived` set."""
+
+    key: str
+    version: int
+    definition: FlagDefinition
+    archived: bool = False
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+
+
+Payload = ConfigVersion | SchemaRecord | AuditNote | ReloadRequest | FlagRecord
 
 
 class Change(Record, frozen=True, kw_only=True):

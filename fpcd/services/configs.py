@@ -29,7 +29,7 @@ from fpcd.domain.configs import (
 from fpcd.domain.errors import FieldError, Invalid, NotFound, PreconditionFailed
 from fpcd.domain.model import Caller, Change, ConfigVersion, ReloadRequest, SchemaRecord
 from fpcd.services.changes import Committer
-from fpcd.services.events import ChangeApplied, EventBus
+from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
     ConfigDocument,
@@ -112,7 +112,9 @@ class ConfigService:
 
     # -- events ------------------------------------------------------------------
 
-    def _on_event(self, event: ChangeApplied) -> None:
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, ChangeApplied):
+            return
         match event.change.payload:
             case ConfigVersion(service=service):
                 self._cache.pop(service, None)

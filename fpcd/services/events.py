@@ -18,7 +18,16 @@ class ChangeApplied(msgspec.Struct, frozen=True):
     change: Change
 
 
-Event = ChangeApplied
+class FlagSwitched(msgspec.Struct, frozen=True):
+    """A flag's start or end date arrived: its answer changes with no change written."""
+
+    key: str
+    #: The environment whose override has this boundary; None for the flag's base rollout.
+    environment: str | None
+    boundary: str  # "start" or "end"
+
+
+Event = ChangeApplied | FlagSwitched
 Listener = Callable[[Event], None]
 
 

@@ -46,6 +46,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_log_target ON audit_log (target, id);
     """,
+    # 2: feature flags (every version kept) and evaluation counts per hour.
+    """
+    CREATE TABLE flag_versions (
+        key        TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        change_seq INTEGER NOT NULL,
+        record     BLOB NOT NULL,
+        PRIMARY KEY (key, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE flag_analytics (
+        flag    TEXT NOT NULL,
+        hour    INTEGER NOT NULL,
+        variant TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        reason  TEXT NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (flag, hour, variant, enabled, reason)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

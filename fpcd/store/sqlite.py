@@ -23,6 +23,7 @@ from fpcd.domain.model import (
     AuditNote,
     Change,
     ConfigVersion,
+    FlagRecord,
     ReloadRequest,
     SchemaRecord,
     rfc3339,
@@ -37,6 +38,7 @@ _change_encoder = msgspec.json.Encoder()
 _change_decoder = msgspec.json.Decoder(Change)
 _version_decoder = msgspec.json.Decoder(ConfigVersion)
 _schema_decoder = msgspec.json.Decoder(SchemaRecord)
+_flag_decoder = msgspec.json.Decoder(FlagRecord)
 _details_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -241,6 +243,12 @@ class Store:
                     " ON CONFLICT (service) DO UPDATE SET record = excluded.record",
                     (s.service, _change_encoder.encode(s)),
                 )
+            case FlagRecord() as f:
+                await db.execute(
+                    "INSERT INTO flag_versions (key, version, change_seq, record)"
+                    " VALUES (?, ?, ?, ?)",
+                    (f.key, f.version, change.seq, _change_encoder.encode(f)),
+                )
             case AuditNote() | ReloadRequest():
                 pass
 
@@ -315,6 +323,59 @@ class Store:
             "SELECT record FROM config_schemas WHERE service = ?", (service,)
         )
         return _schema_decoder.decode(row[0]) if row else None
+
+    # -- flags --------------------------------------------------------------------
+
+    async def flags_current(self) -> list[FlagRecord]:
+        """The latest version of every flag, archived ones included."""
+        rows = await self._fetchall(
+            "SELECT v.record FROM flag_versions v JOIN ("
+            "  SELECT key, max(version) AS version FROM flag_versions GROUP BY key"
+            ") h ON v.key = h.key AND v.version = h.version ORDER BY v.key"
+        )
+        return [_flag_decoder.decode(r[0]) for r in rows]
+
+    async def flag_history(
+        self, key: str, *, limit: int, offset: int
+    ) -> tuple[list[FlagRecord], int]:
+        rows = await self._fetchall(
+            "SELECT record FROM flag_versions WHERE key = ? ORDER BY version DESC LIMIT ? OFFSET ?",
+            (key, limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM flag_versions WHERE key = ?", (key,))
+        return [_flag_decoder.decode(r[0]) for r in rows], total[0]
+
+    async def add_analytics(self, rows: Sequence[tuple[str, int, str, int, str, int]]) -> None:
+        """Add evaluation counts (flag, hour, variant, enabled, reason, count) in one commit."""
+        if not rows:
+            return
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(
+                    "INSERT INTO flag_analytics (flag, hour, variant, enabled, reason, count)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (flag, hour, variant, enabled, reason)"
+                    " DO UPDATE SET count = count + excluded.count",
+                    rows,
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def analytics(
+        self, flag: str, first_hour: int, last_hour: int
+    ) -> list[tuple[int, str, int, str, int]]:
+        """(hour, variant, enabled, reason, count) rows for hours in [first, last]."""
+        rows = await self._fetchall(
+            "SELECT hour, variant, enabled, reason, count FROM flag_analytics"
+            " WHERE flag = ? AND hour BETWEEN ? AND ?",
+            (flag, first_hour, last_hour),
+        )
+        return [tuple(r) for r in rows]
 
     # -- audit reads ------------------------------------------------------------
 

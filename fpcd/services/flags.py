@@ -1,0 +1,396 @@
+"""FlagService: flag definitions, versions and evaluation for every door.
+
+Evaluation reads an immutable snapshot (key -> compiled flag) that is replaced as a
+whole when a flag change is applied, so readers never lock and never see half an
+update. Date boundaries are scheduled so subscribers hear of a switch when it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from fpcd.domain.errors import (
+    Conflict,
+    FieldError,
+    Invalid,
+    NotFound,
+    PreconditionFailed,
+    invalid_from,
+)
+from fpcd.domain.flags import (
+    CompiledFlag,
+    EvaluationContext,
+    EvaluationResult,
+    FlagDefinition,
+    compile_flag,
+    dependency_keys,
+    derive_key,
+    evaluate,
+    parse_instant,
+    validate_definition,
+)
+from fpcd.domain.model import Caller, Change, FlagRecord
+from fpcd.services.analytics import FlagAnalytics
+from fpcd.services.changes import Committer
+from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
+from fpcd.services.scheduler import Scheduler
+from fpcd.store.sqlite import Store
+from fpcd.wire import FlagAnalyticsDocument, Page
+
+log = logging.getLogger("fpcd.flags")
+
+_definition_decoder = msgspec.json.Decoder(FlagDefinition)
+
+
+def flag_document(record: FlagRecord) -> dict[str, Any]:
+    """The wire form of a flag: its definition plus version metadata."""
+    doc: dict[str, Any] = msgspec.to_builtins(record.definition)
+    doc["key"] = record.key
+    doc.update(
+        version=record.version,
+        archived=record.archived,
+        createdAt=record.created_at,
+        updatedAt=record.updated_at,
+        updatedBy=record.updated_by,
+    )
+    return doc
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON Merge Patch: objects merge, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class FlagService:
+    def __init__(
+        self,
+        store: Store,
+        committer: Committer,
+        bus: EventBus,
+        *,
+        node_id: str,
+        clock: Callable[[], datetime],
+        default_environment: str,
+        analytics: FlagAnalytics,
+        scheduler: Scheduler,
+        time_source: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self._bus = bus
+        self._node_id = node_id
+        self._clock = clock
+        self._time = time_source
+        #: The clock for callers that evaluate a batch at one instant (the flag socket).
+        self.time = time_source
+        self.default_environment = default_environment
+        self.analytics = analytics
+        self._scheduler = scheduler
+        self._records: dict[str, FlagRecord] = {}
+        self._compiled: dict[str, CompiledFlag] = {}
+        bus.subscribe(self._on_event)
+
+    async def load(self) -> None:
+        records = await self._store.flags_current()
+        self._records = {r.key: r for r in records}
+        self._compiled = {
+            r.key: compile_flag(r.key, r.version, r.definition) for r in records if not r.archived
+        }
+        for key in self._records:
+            self._schedule(key)
+
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, ChangeApplied) or not isinstance(event.change.payload, FlagRecord):
+            return
+        record = event.change.payload
+        records = dict(self._records)
+        records[record.key] = record
+        compiled = dict(self._compiled)
+        if record.archived:
+            compiled.pop(record.key, None)
+        else:
+            compiled[record.key] = compile_flag(record.key, record.version, record.definition)
+        self._records, self._compiled = records, compiled  # swap whole snapshots
+        self._schedule(record.key)
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _schedule(self, key: str) -> None:
+        """(Re)build the date jobs of one flag: one per future start or end date."""
+        self._scheduler.cancel_prefix(f"flag:{key}:")
+        record = self._records.get(key)
+        if record is None or record.archived:
+            return
+        now = self._time()
+        definition = record.definition
+        rollouts: list[tuple[str | None, Any]] = [(None, definition.rollout)]
+        rollouts += [
+            (env, o.rollout) for env, o in definition.environments.items() if o.rollout is not None
+        ]
+        for env, rollout in rollouts:
+            for boundary, raw in (("start", rollout.start_date), ("end", rollout.end_date)):
+                instant = parse_instant(raw) if isinstance(raw, str) else None
+                if instant is not None and instant > now:
+                    self._scheduler.at(
+                        f"flag:{key}:{env or '*'}:{boundary}",
+                        datetime.fromtimestamp(instant, UTC),
+                        self._switched,
+                        key,
+                        env,
+                        boundary,
+                    )
+
+    async def _switched(self, key: str, environment: str | None, boundary: str) -> None:
+        log.info(
+            "flag schedule boundary",
+            extra={"flag": key, "environment": environment, "boundary": boundary},
+        )
+        self._bus.publish(FlagSwitched(key=key, environment=environment, boundary=boundary))
+
+    # -- reads -----------------------------------------------------------------------
+
+    def lookup(self, key: str) -> CompiledFlag | None:
+        return self._compiled.get(key)
+
+    def evaluate_one(
+        self, key: str, context: EvaluationContext, now: float | None = None
+    ) -> EvaluationResult:
+        """One flag, counted; the flag socket's hot path (no list or dict built)."""
+        if context.environment is None:
+            context = msgspec.structs.replace(context, environment=self.default_environment)
+        if now is None:
+            now = self._time()
+        compiled = self._compiled
+        result = evaluate(compiled.get(key, key), context, now, compiled.get)
+        if result.error_code is None:
+            self.analytics.count(key, result.variant, result.enabled, result.reason, now)
+        return result
+
+    def evaluate(
+        self, keys: list[str] | None, context: EvaluationContext, now: float | None = None
+    ) -> dict[str, EvaluationResult]:
+        """Evaluate `keys` (all active flags when None) and count each evaluation."""
+        if context.environment is None:
+            context = msgspec.structs.replace(context, environment=self.default_environment)
+        compiled = self._compiled
+        lookup = compiled.get
+        if now is None:
+            now = self._time()
+        count = self.analytics.count
+        results: dict[str, EvaluationResult] = {}
+        for key in compiled if keys is None else keys:
+            result = evaluate(compiled.get(key, key), context, now, lookup)
+            if result.error_code is None:
+                count(key, result.variant, result.enabled, result.reason, now)
+            results[key] = result
+        return results
+
+    def get(self, key: str, *, include_archived: bool = False) -> FlagRecord:
+        record = self._records.get(key)
+        if record is None or (record.archived and not include_archived):
+            raise NotFound(f"no flag {key!r}")
+        return record
+
+    def list_flags(
+        self,
+        *,
+        environment: str | None,
+        enabled: bool | None,
+        tags: list[str],
+        include_archived: bool = False,
+    ) -> Page[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for key in sorted(self._records):
+            record = self._records[key]
+            if record.archived and not include_archived:
+                continue
+            if tags and not set(tags) & set(record.definition.tags):
+                continue
+            if enabled is not None:
+                compiled = self._compiled.get(key)
+                is_on = (
+                    compiled is not None
+                    and compiled.rules_for(environment or self.default_environment).enabled
+                )
+                if is_on is not enabled:
+                    continue
+            items.append(flag_document(record))
+        return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+    async def history(self, key: str, *, limit: int, offset: int) -> Page[dict[str, Any]]:
+        records, total = await self._store.flag_history(key, limit=limit, offset=offset)
+        if total == 0:
+            raise NotFound(f"no flag {key!r}")
+        return Page(
+            items=[flag_document(r) for r in records], total=total, limit=limit, offset=offset
+        )
+
+    async def analytics_report(
+        self, key: str, start: datetime | None, end: datetime | None
+    ) -> FlagAnalyticsDocument:
+        self.get(key, include_archived=True)
+        end = end or self._clock()
+        start = start or datetime.fromtimestamp(end.timestamp() - 30 * 86400, UTC)
+        if start >= end:
+            raise Invalid(
+                "startDate must be before endDate",
+                errors=[FieldError("query.startDate", "must be before endDate")],
+            )
+        return await self.analytics.report(key, start, end)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _known(self, key: str) -> FlagDefinition | None:
+        record = self._records.get(key)
+        return record.definition if record is not None and not record.archived else None
+
+    def _change(self, key: str, op: str, record: FlagRecord, caller: Caller) -> Change:
+        return Change(
+            key=key,
+            op=op,
+            payload=record,
+            actor=caller.subject,
+            at=self._clock(),
+            origin=self._node_id,
+            request_id=caller.request_id,
+        )
+
+    @staticmethod
+    def _check_expected(key: str, current: FlagRecord | None, expected: int | None) -> None:
+        version = current.version if current else 0
+        if expected is not None and expected != version and not (expected == -1 and version):
+            raise PreconditionFailed(
+                f"flag {key!r} is at version {version}, not {expected}: read it again and retry",
+                headers={"ETag": f'"{version}"'},
+            )
+
+    async def _write(
+        self,
+        key: str,
+        definition: FlagDefinition,
+        caller: Caller,
+        *,
+        expected_version: int | None,
+        create_only: bool = False,
+    ) -> tuple[FlagRecord, bool]:
+        if definition.key is not None and definition.key != key:
+            raise Invalid(
+                "the key in the body differs from the key in the path",
+                errors=[FieldError("$.key", f"expected {key!r}")],
+            )
+        definition = msgspec.structs.replace(definition, key=key)
+        unchanged: list[FlagRecord] = []
+
+        async def plan() -> list[Change]:
+            current = self._records.get(key)
+            if create_only and current is not None:
+                state = "archived" if current.archived else "exists"
+                raise Conflict(f"flag {key!r} already {state}; PUT /api/features/{key} updates it")
+            self._check_expected(key, current, expected_version)
+            if current is not None and not current.archived and current.definition == definition:
+                unchanged.append(current)
+                return []
+            validate_definition(definition, key, known=self._known)
+            now = self._clock()
+            record = FlagRecord(
+                key=key,
+                version=(current.version if current else 0) + 1,
+                definition=definition,
+                created_at=current.created_at if current else now,
+                updated_at=now,
+                updated_by=caller.subject,
+            )
+            op = "create" if current is None else ("restore" if current.archived else "update")
+            return [self._change(key, op, record, caller)]
+
+        applied = await self._committer.commit(plan)
+        if unchanged:
+            return unchanged[0], False
+        stored = applied[0].payload
+        assert isinstance(stored, FlagRecord)
+        return stored, True
+
+    async def create(self, definition: FlagDefinition, caller: Caller) -> FlagRecord:
+        key = definition.key or derive_key(definition.name)
+        if not key:
+            raise Invalid(
+                "a flag needs a key, or a name to derive it from",
+                errors=[FieldError("$.name", "no letters or digits to make a key from")],
+            )
+        record, _ = await self._write(
+            key, definition, caller, expected_version=None, create_only=True
+        )
+        return record
+
+    async def put(
+        self,
+        key: str,
+        definition: FlagDefinition,
+        caller: Caller,
+        *,
+        expected_version: int | None = None,
+    ) -> tuple[FlagRecord, bool]:
+        return await self._write(key, definition, caller, expected_version=expected_version)
+
+    async def patch(
+        self,
+        key: str,
+        patch: dict[str, Any],
+        caller: Caller,
+        *,
+        expected_version: int | None = None,
+    ) -> tuple[FlagRecord, bool]:
+        """Apply an RFC 7386 merge patch to the current definition."""
+        current = self.get(key)
+        merged = merge_patch(msgspec.to_builtins(current.definition), patch)
+        try:
+            definition = msgspec.convert(merged, FlagDefinition)
+        except msgspec.ValidationError as error:
+            raise invalid_from(error) from None
+        return await self._write(key, definition, caller, expected_version=expected_version)
+
+    async def archive(
+        self, key: str, caller: Caller, *, expected_version: int | None = None
+    ) -> FlagRecord:
+        async def plan() -> list[Change]:
+            current = self._records.get(key)
+            if current is None or current.archived:
+                raise NotFound(f"no flag {key!r}")
+            self._check_expected(key, current, expected_version)
+            dependents = sorted(
+                other
+                for other, record in self._records.items()
+                if not record.archived
+                and key in {dep for dep, _ in dependency_keys(record.definition)}
+            )
+            if dependents:
+                raise Conflict(
+                    f"flag {key!r} cannot be archived: {', '.join(dependents)} depend on it"
+                )
+            record = msgspec.structs.replace(
+                current,
+                version=current.version + 1,
+                archived=True,
+                updated_at=self._clock(),
+                updated_by=caller.subject,
+            )
+            return [self._change(key, "archive", record, caller)]
+
+        applied = await self._committer.commit(plan)
+        stored = applied[0].payload
+        assert isinstance(stored, FlagRecord)
+        return stored
