@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,15 +25,19 @@ from aiohttp import web
 
 from fpcd import __version__
 from fpcd.api.auth import OpenAccess
+from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.domain.errors import SettingsError
 from fpcd.observe.health import Health
 from fpcd.observe.logging import AccessLogger, configure_logging
+from fpcd.services.analytics import FlagAnalytics
 from fpcd.services.audit import AuditService
 from fpcd.services.changes import LocalCommitter
 from fpcd.services.configs import ConfigLimits, ConfigService
 from fpcd.services.events import EventBus
+from fpcd.services.flags import FlagService
+from fpcd.services.scheduler import Scheduler
 from fpcd.settings import RELOADABLE, Settings, changed_keys, load_settings
 from fpcd.store.sqlite import Store
 from fpcd.wire import ComponentHealth
@@ -69,6 +74,15 @@ def _claim_socket(path: Path) -> None:
     raise StartupError(f"{path} is in use: is another fpcd running with this runtime dir?")
 
 
+def _set_socket_access(path: Path, mode: int, group: str) -> None:
+    os.chmod(path, mode)
+    if group:
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, PermissionError) as error:
+            raise StartupError(f"cannot give {path} to group {group}: {error}") from None
+
+
 class Daemon:
     def __init__(
         self,
@@ -88,6 +102,9 @@ class Daemon:
         self.addresses: dict[str, str] = {}
         self.store: Store | None = None
         self.configs: ConfigService | None = None
+        self.flags: FlagService | None = None
+        self.bus: EventBus | None = None
+        self.scheduler: Scheduler | None = None
         self.health: Health | None = None
         self.request_limits = RequestLimits(max_body_bytes=settings.limits.max_body_bytes)
 
@@ -120,9 +137,12 @@ class Daemon:
             node_id = f"{socket.gethostname()}-{secrets.token_hex(3)}"
             await store.meta_set("node_id", node_id)
 
-        bus = EventBus()
+        bus = self.bus = EventBus()
         committer = LocalCommitter(store, bus)
         self._stack.push_async_callback(committer.drain)
+        scheduler = self.scheduler = Scheduler()
+        scheduler.start()
+        self._stack.push_async_callback(scheduler.stop)
         self.configs = ConfigService(
             store,
             committer,
@@ -132,6 +152,20 @@ class Daemon:
             default_environment=settings.server.default_environment,
             limits=config_limits(settings),
         )
+        analytics = FlagAnalytics(store, time.time)
+        self.flags = FlagService(
+            store,
+            committer,
+            bus,
+            node_id=node_id,
+            clock=self._clock,
+            default_environment=settings.server.default_environment,
+            analytics=analytics,
+            scheduler=scheduler,
+        )
+        await self.flags.load()
+        scheduler.every("analytics:flush", settings.flags.analytics_flush_interval, analytics.flush)
+        self._stack.push_async_callback(analytics.flush)  # the last counts, after the doors close
         audit = AuditService(store)
         health = self.health = Health(node_id)
 
@@ -147,6 +181,7 @@ class Daemon:
         authenticator = OpenAccess()
         api_app = build_api_app(
             configs=self.configs,
+            flags=self.flags,
             audit=audit,
             health=health,
             authenticator=authenticator,
@@ -154,6 +189,7 @@ class Daemon:
         )
         await self._serve_api(api_app)
         await self._serve_ws(build_ws_app(health=health, authenticator=authenticator))
+        await self._serve_flag_socket(self.flags)
         health.ready = True
         # Objects built at start-up live as long as the daemon: keep them out of the
         # collector's scans so collections on the request path stay short.
@@ -193,15 +229,22 @@ class Daemon:
         except OSError as error:
             raise StartupError(f"cannot listen on {path}: {error.strerror}") from None
         self._stack.callback(path.unlink, missing_ok=True)
-        os.chmod(path, settings.socket_mode)
-        if settings.server.socket_group:
-            try:
-                os.chown(path, -1, grp.getgrnam(settings.server.socket_group).gr_gid)
-            except (KeyError, PermissionError) as error:
-                raise StartupError(
-                    f"cannot give {path} to group {settings.server.socket_group}: {error}"
-                ) from None
+        _set_socket_access(path, settings.socket_mode, settings.server.socket_group)
         self.addresses["socket"] = str(path)
+
+    async def _serve_flag_socket(self, flags: FlagService) -> None:
+        settings = self.settings
+        path = settings.flags_socket
+        _claim_socket(path)
+        server = FlagSocketServer(flags, max_line=settings.flags.max_line_bytes)
+        try:
+            await server.start(str(path))
+        except OSError as error:
+            raise StartupError(f"cannot listen on {path}: {error.strerror}") from None
+        self._stack.callback(path.unlink, missing_ok=True)
+        self._stack.push_async_callback(server.stop)
+        _set_socket_access(path, int(settings.flags.socket_mode, 8), settings.flags.socket_group)
+        self.addresses["flags"] = str(path)
 
     async def _serve_ws(self, app: web.Application) -> None:
         settings = self.settings

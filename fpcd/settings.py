@@ -105,6 +105,17 @@ class SecretSettings(Section, frozen=True, kw_only=True):
     keyring_file: str = ""
 
 
+class FlagSettings(Section, frozen=True, kw_only=True):
+    #: Octal permission bits of flags.sock (apps in `socket_group` may look flags up).
+    socket_mode: str = "0660"
+    #: Group that owns flags.sock (empty: the daemon's own group).
+    socket_group: str = ""
+    #: Longest request line accepted on flags.sock, in bytes.
+    max_line_bytes: Positive = 65536
+    #: How often evaluation counts are written to SQLite (and on shutdown).
+    analytics_flush_interval: Duration = Duration(5.0)
+
+
 class Settings(Section, frozen=True, kw_only=True):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -112,6 +123,7 @@ class Settings(Section, frozen=True, kw_only=True):
     storage: StorageSettings = StorageSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     secrets: SecretSettings = SecretSettings()
+    flags: FlagSettings = FlagSettings()
 
     @property
     def data_dir(self) -> Path:
@@ -260,14 +272,16 @@ def load_settings(
 
 def _check(settings: Settings, label: str) -> None:
     """Rules that types alone cannot state."""
-    try:
-        mode = settings.socket_mode
-    except ValueError:
-        raise SettingsError(
-            f"{label}: server.socket_mode: expected octal digits like 0660"
-        ) from None
-    if mode & ~0o777:
-        raise SettingsError(f"{label}: server.socket_mode: only permission bits (0-0777)")
+    for key, raw in (
+        ("server.socket_mode", settings.server.socket_mode),
+        ("flags.socket_mode", settings.flags.socket_mode),
+    ):
+        try:
+            mode = int(raw, 8)
+        except ValueError:
+            raise SettingsError(f"{label}: {key}: expected octal digits like 0660") from None
+        if mode & ~0o777:
+            raise SettingsError(f"{label}: {key}: only permission bits (0-0777)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
 

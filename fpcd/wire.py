@@ -12,6 +12,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
+from fpcd.domain.flags import EvaluationContext, EvaluationResult
+
 T = TypeVar("T")
 
 VersionNumber = Annotated[int, msgspec.Meta(ge=1)]
@@ -199,3 +201,35 @@ class HealthDocument(View, kw_only=True):
     uptime_seconds: float
     node_id: str
     components: dict[str, ComponentHealth]
+
+
+# -- flags --------------------------------------------------------------------------
+
+
+class AnalyticsDay(View, kw_only=True):
+    date: str
+    total: int
+    enabled: int
+
+
+class FlagAnalyticsDocument(View, kw_only=True):
+    flag_key: str
+    start_date: datetime
+    end_date: datetime
+    total: int
+    enabled: int
+    disabled: int
+    variants: dict[str, int]
+    reasons: dict[str, int]
+    daily: list[AnalyticsDay]
+
+
+class EvaluateRequest(Body, kw_only=True):
+    """`POST /api/features/evaluate`: `flags` omitted means every active flag."""
+
+    flags: list[str] | None = None
+    context: EvaluationContext = msgspec.field(default_factory=EvaluationContext)
+
+
+class EvaluateResponse(View, kw_only=True):
+    results: dict[str, EvaluationResult]

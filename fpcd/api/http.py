@@ -22,8 +22,8 @@ from fpcd.domain.errors import (
     BadRequest,
     FieldError,
     FpcdError,
-    Invalid,
     PayloadTooLarge,
+    invalid_from,
 )
 from fpcd.domain.model import Caller
 from fpcd.observe.logging import REQUEST_ID
@@ -172,8 +172,14 @@ def json_response(
 async def read_body(request: web.Request) -> bytes:
     """The body, refused with 413 as soon as it passes the configured limit."""
     limit = request.app[REQUEST_LIMITS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+        try:
+            return await request.content.readexactly(length) if length else b""
+        except asyncio.IncompleteReadError:
+            raise BadRequest("the request body is shorter than its Content-Length") from None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -184,32 +190,11 @@ async def read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
-
-
-def validation_problem(error: msgspec.ValidationError, root: str = "$") -> Invalid:
-    """msgspec's message carries the failing path after ' - at '; lift it into `errors`."""
-    match = _AT.match(str(error))
-    assert match is not None
-    what = match.group("what")
-    path = match.group("path") or "$"
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
-    if unknown:
-        path = f"{path}.{unknown.group(1)}"
-        what = "unknown field"
-    missing = re.match(r"Object missing required field `([^`]+)`", what)
-    if missing:
-        path = f"{path}.{missing.group(1)}"
-        what = "required field missing"
-    path = root + path[1:]
-    return Invalid(f"invalid request: {what} at {path}", errors=[FieldError(path, what)])
-
-
 def decode_json(body: bytes, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
-        raise validation_problem(error) from None
+        raise invalid_from(error) from None
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:

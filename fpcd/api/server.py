@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api import routes_audit, routes_config, routes_health
+from fpcd.api import routes_audit, routes_config, routes_flags, routes_health
 from fpcd.api.http import AUTHENTICATOR, REQUEST_LIMITS, Authenticator, RequestLimits, pipeline
 from fpcd.observe.health import Health
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
+from fpcd.services.flags import FlagService
 
 #: aiohttp's own cap; the configurable limit is enforced while reading (see read_body).
 _HARD_BODY_CAP = 64 * 1024 * 1024
@@ -17,6 +18,7 @@ _HARD_BODY_CAP = 64 * 1024 * 1024
 def build_api_app(
     *,
     configs: ConfigService,
+    flags: FlagService,
     audit: AuditService,
     health: Health,
     authenticator: Authenticator,
@@ -26,10 +28,12 @@ def build_api_app(
     app[AUTHENTICATOR] = authenticator
     app[REQUEST_LIMITS] = limits
     app[routes_config.CONFIGS] = configs
+    app[routes_flags.FLAGS] = flags
     app[routes_audit.AUDIT] = audit
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
     routes_config.add_routes(app)
+    routes_flags.add_routes(app)
     routes_audit.add_routes(app)
     return app
 

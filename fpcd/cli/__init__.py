@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fpcd import __version__
-from fpcd.cli import audit_cmds, config_cmds, serve
+from fpcd.cli import audit_cmds, config_cmds, flag_cmds, serve
 from fpcd.cli.common import CliError
 from fpcd.client.transport import TransportError
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="area", required=True, metavar="COMMAND")
     serve.register(sub)
     config_cmds.register(sub)
+    flag_cmds.register(sub)
     audit_cmds.register(sub)
     return parser
 

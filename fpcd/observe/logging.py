@@ -66,6 +66,8 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access logger is replaced by ours; its other loggers stay.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # APScheduler logs every job it adds and runs at INFO; fpcd logs what matters itself.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -1,0 +1,152 @@
+"""REST routes for feature flags: thin translations from HTTP to FlagService."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from fpcd.api.http import (
+    body_as,
+    caller,
+    decode_json,
+    expected_version,
+    json_response,
+    page_params,
+    query_bool,
+    read_body,
+)
+from fpcd.domain.configs import check_name
+from fpcd.domain.errors import BadRequest, FieldError
+from fpcd.domain.flags import FlagDefinition, parse_instant
+from fpcd.services.flags import FlagService, flag_document
+from fpcd.wire import EvaluateRequest, EvaluateResponse
+
+FLAGS = web.AppKey("flags", FlagService)
+_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+
+
+def _key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    if not _KEY.fullmatch(key):
+        raise BadRequest(
+            "invalid flag key: use 1-128 of a-z, 0-9, '_', '.', '-'",
+            errors=[FieldError("key", "must match [a-z0-9][a-z0-9_.-]{0,127}")],
+        )
+    return key
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+async def list_flags(request: web.Request) -> web.Response:
+    flags = request.app[FLAGS]
+    environment = request.query.get("environment") or None
+    if environment:
+        check_name("environment", environment)
+    enabled = query_bool(request, "enabled") if request.query.get("enabled") else None
+    tags = [t for t in request.query.get("tags", "").split(",") if t]
+    page = flags.list_flags(
+        environment=environment,
+        enabled=enabled,
+        tags=tags,
+        include_archived=query_bool(request, "includeArchived"),
+    )
+    return json_response(page)
+
+
+async def create_flag(request: web.Request) -> web.Response:
+    definition = await body_as(request, FlagDefinition)
+    record = await request.app[FLAGS].create(definition, caller(request))
+    headers = {**_etag(record.version), "Location": f"/api/features/{record.key}"}
+    return json_response(flag_document(record), status=201, headers=headers)
+
+
+async def get_flag(request: web.Request) -> web.Response:
+    record = request.app[FLAGS].get(
+        _key(request), include_archived=query_bool(request, "includeArchived")
+    )
+    return json_response(flag_document(record), headers=_etag(record.version))
+
+
+async def put_flag(request: web.Request) -> web.Response:
+    key = _key(request)
+    definition = await body_as(request, FlagDefinition)
+    record, changed = await request.app[FLAGS].put(
+        key, definition, caller(request), expected_version=expected_version(request, None)
+    )
+    status = 201 if changed and record.version == 1 else 200
+    doc = {**flag_document(record), "changed": changed}
+    return json_response(doc, status=status, headers=_etag(record.version))
+
+
+async def patch_flag(request: web.Request) -> web.Response:
+    key = _key(request)
+    patch = decode_json(await read_body(request), dict[str, Any])
+    record, changed = await request.app[FLAGS].patch(
+        key, patch, caller(request), expected_version=expected_version(request, None)
+    )
+    doc = {**flag_document(record), "changed": changed}
+    return json_response(doc, headers=_etag(record.version))
+
+
+async def archive_flag(request: web.Request) -> web.Response:
+    record = await request.app[FLAGS].archive(
+        _key(request), caller(request), expected_version=expected_version(request, None)
+    )
+    return json_response(flag_document(record), headers=_etag(record.version))
+
+
+async def flag_history(request: web.Request) -> web.Response:
+    limit, offset = page_params(request)
+    page = await request.app[FLAGS].history(_key(request), limit=limit, offset=offset)
+    return json_response(page)
+
+
+def _date(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    instant = parse_instant(raw)
+    if instant is None:
+        raise BadRequest(
+            f"query parameter {name} must be an ISO 8601 date or time",
+            errors=[FieldError(f"query.{name}", "expected a date such as 2026-11-01")],
+        )
+    return datetime.fromtimestamp(instant, UTC)
+
+
+async def flag_analytics(request: web.Request) -> web.Response:
+    report = await request.app[FLAGS].analytics_report(
+        _key(request), _date(request, "startDate"), _date(request, "endDate")
+    )
+    return json_response(report)
+
+
+async def evaluate_flags(request: web.Request) -> web.Response:
+    flags = request.app[FLAGS]
+    body = await body_as(request, EvaluateRequest)
+    context = body.context
+    if context.environment is None and request.query.get("environment"):
+        context = msgspec.structs.replace(
+            context, environment=check_name("environment", request.query["environment"])
+        )
+    elif context.environment is not None:
+        check_name("environment", context.environment)
+    return json_response(EvaluateResponse(results=flags.evaluate(body.flags, context)))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/features", list_flags)
+    app.router.add_post("/api/features", create_flag)
+    app.router.add_post("/api/features/evaluate", evaluate_flags)
+    app.router.add_get("/api/features/{key}", get_flag)
+    app.router.add_put("/api/features/{key}", put_flag)
+    app.router.add_patch("/api/features/{key}", patch_flag)
+    app.router.add_delete("/api/features/{key}", archive_flag)
+    app.router.add_get("/api/features/{key}/history", flag_history)
+    app.router.add_get("/api/features/{key}/analytics", flag_analytics)
