@@ -13,11 +13,17 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 
 from fpcd.app import Daemon
 from fpcd.settings import Settings, load_settings
 
 FPCD = [sys.executable, "-m", "fpcd"]
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """Tests run on uvloop, as the daemon does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fpcd.store.migrations import LATEST
 from tests.conftest import DaemonProcess, run_cli
 
 
@@ -154,6 +155,73 @@ def test_audit_tail_and_verify_detects_tampering(running: DaemonProcess) -> None
 
 def test_migrate(tmp_path: Path) -> None:
     r = run_cli("migrate", "--data-dir", str(tmp_path / "d"))
-    assert r.returncode == 0 and "upgraded from version 0 to 1" in r.stdout
+    assert r.returncode == 0 and f"upgraded from version 0 to {LATEST}" in r.stdout
     r = run_cli("migrate", "--data-dir", str(tmp_path / "d"))
     assert "schema is current" in r.stdout
+
+
+def test_flag_commands(running: DaemonProcess, tmp_path: Path) -> None:
+    r = cli(
+        running,
+        "flag",
+        "create",
+        "--name",
+        "Dark Mode",
+        "--enabled",
+        "true",
+        "--percentage",
+        "100",
+        "--tag",
+        "ui",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "flag dark_mode created (version 1)"
+
+    definition = tmp_path / "checkout.toml"
+    definition.write_text(
+        'name = "New Checkout"\nenabled = true\ntags = ["checkout"]\n'
+        "[rollout]\npercentage = 50\n"
+        '[[variants]]\nid = "a"\nweight = 1\n[[variants]]\nid = "b"\nweight = 1\n'
+    )
+    r = cli(running, "flag", "create", "--file", str(definition))
+    assert "flag new_checkout created" in r.stdout
+
+    r = cli(running, "flag", "list")
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["dark_mode", "new_checkout"]
+    assert rows[1][:4] == ["new_checkout", "on", "50.0", "a,b"]
+
+    r = cli(running, "flag", "set", "new_checkout", "--percentage", "100")
+    assert r.stdout.strip() == "flag new_checkout: version 2"
+    r = cli(
+        running,
+        "flag",
+        "eval",
+        "new_checkout",
+        "dark_mode",
+        "nope",
+        "--user",
+        "u1",
+        "--attr",
+        "plan=pro",
+    )
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert rows[0][:2] == ["new_checkout", "on"] and rows[0][2] in ("a", "b")
+    assert rows[1][:2] == ["dark_mode", "on"]
+    assert rows[2][-1] == "FLAG_NOT_FOUND"
+    r = cli(running, "flag", "eval", "--user", "u1", "--json")
+    assert sorted(json.loads(r.stdout)) == ["dark_mode", "new_checkout"]
+
+    r = cli(running, "flag", "get", "new_checkout")
+    assert json.loads(r.stdout)["rollout"]["percentage"] == 100
+    r = cli(running, "flag", "archive", "dark_mode")
+    assert "archived (version 2; history kept)" in r.stdout
+    r = cli(running, "flag", "history", "dark_mode")
+    assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["2", "1"]
+
+    r = cli(running, "flag", "set", "new_checkout", "--percentage", "150")
+    assert r.returncode == 1 and "$.rollout.percentage" in r.stderr
+    r = cli(running, "flag", "set", "new_checkout")
+    assert r.returncode == 2 and "nothing to change" in r.stderr
+    r = cli(running, "flag", "eval", "x", "--context", "{nope")
+    assert r.returncode == 2

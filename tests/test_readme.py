@@ -16,8 +16,16 @@ def curl_commands() -> list[str]:
     reference = text[text.index("## API reference") : text.index("## CLI")]
     commands: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", reference, re.S):
-        joined = block.replace("\\\n", " ")
-        commands += [line.strip() for line in joined.splitlines() if line.startswith("curl")]
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            pending = f"{pending}\n{line}" if pending else line
+            try:
+                shlex.split(pending)
+            except ValueError:  # an open quote: the command goes on on the next line
+                continue
+            if pending.startswith("curl"):
+                commands.append(pending)
+            pending = ""
     return commands
 
 
