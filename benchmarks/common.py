@@ -38,13 +38,23 @@ def wait_http(url: str, timeout: float = 20) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def pinned(cpu: int | None) -> list[str]:
+    """A `taskset` prefix keeping a process on one CPU (None: let the kernel choose)."""
+    if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
 @contextmanager
-def fpcd_daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+def fpcd_daemon(
+    *extra: str, env: dict[str, str] | None = None, cpu: int | None = None
+) -> Iterator[dict[str, Any]]:
     """`fpcd serve` in a temp data dir; yields its URL, socket paths and data dir."""
     data = Path(tempfile.mkdtemp(prefix="fpcd-bench-"))
     port, ws = free_port(), free_port()
     proc = subprocess.Popen(
         [
+            *pinned(cpu),
             sys.executable,
             "-m",
             "fpcd",
@@ -104,11 +114,12 @@ def wrk(
     seconds: int = 10,
     threads: int = 1,
     script: str | None = None,
+    cpu: int | None = None,
 ) -> dict[str, float]:
     """Requests/s and p50/p90/p99 latency (ms) from `wrk --latency`."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    args = [*pinned(cpu), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         args += ["-s", script]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout

@@ -19,6 +19,7 @@ def main() -> None:
     app = web.Application()
     app.router.add_get("/api/config/{service}", handler)
     app.router.add_get("/health", handler)
+    app.router.add_post("/api/features/evaluate", handler)
     web.run_app(
         app, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop()
     )
