@@ -19,9 +19,14 @@ from fpcd.domain.model import (
     AuditNote,
     Change,
     ConfigVersion,
+    DataKey,
     FlagRecord,
     ReloadRequest,
     SchemaRecord,
+    SecretDestroyed,
+    SecretRead,
+    SecretRewrap,
+    SecretVersion,
 )
 
 GENESIS_HASH = "0" * 64
@@ -60,8 +65,8 @@ def describe(change: Change) -> tuple[str, str, dict[str, Any]]:
             details: dict[str, Any] = {"version": v.version, "checksum": v.checksum}
             if v.rolled_back_from is not None:
                 details["rolledBackFrom"] = v.rolled_back_from
-            if v.secrets:
-                details["secrets"] = sorted(v.secrets)
+            if v.secret_versions:
+                details["secrets"] = sorted(v.secret_versions)
             return f"config.{v.action}", f"config:{v.service}/{v.environment}", details
         case SchemaRecord() as s:
             action = "schema.delete" if s.schema is None else "schema.put"
@@ -74,6 +79,24 @@ def describe(change: Change) -> tuple[str, str, dict[str, Any]]:
             )
         case FlagRecord() as f:
             return f"flag.{change.op}", f"flag:{f.key}", {"version": f.version}
+        case SecretVersion() as s:
+            details = {"version": s.version, "keyId": s.key_id}
+            if s.expires_at is not None:
+                details["expiresAt"] = s.expires_at.isoformat()
+            return "secret.put", f"secret:{s.service}/{s.environment}/{s.name}", details
+        case SecretDestroyed() as d:
+            action = "secret.expire" if d.reason == "expired" else "secret.delete"
+            return action, f"secret:{d.service}/{d.environment}/{d.name}", {"versions": d.versions}
+        case SecretRead() as r:
+            return (
+                "secret.read",
+                f"secret:{r.service}/{r.environment}",
+                {"names": sorted(r.names), "peer": r.peer},
+            )
+        case SecretRewrap() as w:
+            return "secret.rewrap", "keyring", {"keyId": w.key_id, "count": len(w.items)}
+        case DataKey() as k:
+            return f"keyring.{change.op}", f"key:{k.id}", {"state": k.state}
         case AuditNote() as note:
             return note.action, note.target, dict(note.details)
     raise AssertionError(f"unhandled payload {type(change.payload).__name__}")

@@ -49,9 +49,10 @@ def checksum(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
-def content_checksum(config: dict[str, Any], secrets: dict[str, str]) -> str:
-    """Identity of a layer's content; an unchanged write has the same checksum."""
-    return checksum({"config": config, "secrets": secrets})
+def content_checksum(config: dict[str, Any], secret_versions: dict[str, int]) -> str:
+    """Identity of a layer's content (config and which secret versions it holds);
+    an unchanged write has the same checksum."""
+    return checksum({"config": config, "secrets": secret_versions})
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

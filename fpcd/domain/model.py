@@ -33,8 +33,9 @@ class ConfigVersion(Record, frozen=True, kw_only=True, tag="config"):
     version: int
     config: dict[str, Any]
     checksum: str
-    #: Secret name -> value as written. Stored as-is until the secrets issue lands.
-    secrets: dict[str, str] = {}
+    #: Secret name -> the secret version this config version was written with
+    #: (values live encrypted in their own versions, never here).
+    secret_versions: dict[str, int] = {}
     description: str = ""
     tags: list[str] = []
     #: "update", "rollback" or "import".
@@ -85,7 +86,83 @@ class FlagRecord(Record, frozen=True, kw_only=True, tag="flag"):
     updated_by: str
 
 
-Payload = ConfigVersion | SchemaRecord | AuditNote | ReloadRequest | FlagRecord
+class DataKey(Record, frozen=True, kw_only=True, tag="data_key"):
+    """A data key wrapped by the master key; `primary` encrypts new values."""
+
+    id: str
+    #: "primary", "decrypt" (old values only) or "retired" (material destroyed).
+    state: str
+    nonce: bytes = b""
+    wrapped: bytes = b""
+    #: scrypt salt, when the master key is derived from a passphrase.
+    salt: bytes = b""
+    created_at: datetime
+
+
+class SecretVersion(Record, frozen=True, kw_only=True, tag="secret"):
+    """One encrypted version of a secret; AAD = service, environment, name, version."""
+
+    service: str
+    environment: str
+    name: str
+    version: int
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    description: str = ""
+    expires_at: datetime | None = None
+    created_at: datetime
+    created_by: str
+
+
+class SecretDestroyed(Record, frozen=True, kw_only=True, tag="secret_destroyed"):
+    """Ciphertexts destroyed (deleted, or expired): the versions stay, without values."""
+
+    service: str
+    environment: str
+    name: str
+    versions: list[int]
+    #: "deleted" or "expired".
+    reason: str
+
+
+class RewrapItem(Record, frozen=True, kw_only=True):
+    service: str
+    environment: str
+    name: str
+    version: int
+    nonce: bytes
+    ciphertext: bytes
+
+
+class SecretRewrap(Record, frozen=True, kw_only=True, tag="secret_rewrap"):
+    """A batch of ciphertexts re-encrypted under data key `key_id` (same plaintexts)."""
+
+    key_id: str
+    items: list[RewrapItem]
+
+
+class SecretRead(Record, frozen=True, kw_only=True, tag="secret_read"):
+    """Secret values were decrypted for someone: audited and counted."""
+
+    service: str
+    environment: str
+    names: list[str]
+    peer: str = ""
+
+
+Payload = (
+    ConfigVersion
+    | SchemaRecord
+    | AuditNote
+    | ReloadRequest
+    | FlagRecord
+    | DataKey
+    | SecretVersion
+    | SecretDestroyed
+    | SecretRewrap
+    | SecretRead
+)
 
 
 class Change(Record, frozen=True, kw_only=True):
@@ -133,3 +210,8 @@ class Caller(Record, frozen=True, kw_only=True):
     request_id: str = ""
     #: Remote address, or for a Unix socket the peer's uid/pid.
     peer: str = ""
+    #: What the caller may do beyond plain reads and writes ("*": everything).
+    scopes: frozenset[str] = frozenset()
+
+    def allows(self, scope: str) -> bool:
+        return "*" in self.scopes or scope in self.scopes

@@ -65,6 +65,47 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (flag, hour, variant, enabled, reason)
     ) WITHOUT ROWID;
     """,
+    # 3: encrypted secrets and their data keys; plaintext secrets of earlier
+    # versions are scrubbed from config versions and the journal.
+    """
+    CREATE TABLE data_keys (
+        id     TEXT PRIMARY KEY,
+        record BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE secret_versions (
+        service     TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        change_seq  INTEGER NOT NULL,
+        key_id      TEXT NOT NULL,
+        nonce       BLOB,
+        ciphertext  BLOB,
+        description TEXT NOT NULL,
+        expires_at  REAL,
+        created_at  TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        destroyed   TEXT,
+        PRIMARY KEY (service, environment, name, version)
+    ) WITHOUT ROWID;
+    CREATE INDEX secret_versions_key ON secret_versions (key_id)
+        WHERE ciphertext IS NOT NULL;
+    CREATE INDEX secret_versions_expiry ON secret_versions (expires_at)
+        WHERE ciphertext IS NOT NULL AND expires_at IS NOT NULL;
+    CREATE TABLE secret_access (
+        service     TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        last_at     TEXT NOT NULL,
+        PRIMARY KEY (service, environment, name)
+    ) WITHOUT ROWID;
+    UPDATE config_versions SET record = json_remove(CAST(record AS TEXT), '$.secrets')
+        WHERE json_extract(CAST(record AS TEXT), '$.secrets') IS NOT NULL;
+    UPDATE changes SET payload = json_remove(CAST(payload AS TEXT), '$.payload.secrets')
+        WHERE entity = 'config'
+          AND json_extract(CAST(payload AS TEXT), '$.payload.secrets') IS NOT NULL;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

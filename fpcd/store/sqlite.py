@@ -23,9 +23,14 @@ from fpcd.domain.model import (
     AuditNote,
     Change,
     ConfigVersion,
+    DataKey,
     FlagRecord,
     ReloadRequest,
     SchemaRecord,
+    SecretDestroyed,
+    SecretRead,
+    SecretRewrap,
+    SecretVersion,
     rfc3339,
 )
 from fpcd.store.migrations import LATEST, MIGRATIONS
@@ -39,11 +44,61 @@ _change_decoder = msgspec.json.Decoder(Change)
 _version_decoder = msgspec.json.Decoder(ConfigVersion)
 _schema_decoder = msgspec.json.Decoder(SchemaRecord)
 _flag_decoder = msgspec.json.Decoder(FlagRecord)
+_data_key_decoder = msgspec.json.Decoder(DataKey)
 _details_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 class StoreClosed(FpcdError):
     """Use after `close()` is a bug in the caller's lifecycle, not a user error."""
+
+
+class SecretRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored secret version; `ciphertext` None once destroyed (`destroyed` says why)."""
+
+    service: str
+    environment: str
+    name: str
+    version: int
+    key_id: str
+    nonce: bytes | None
+    ciphertext: bytes | None
+    description: str
+    expires_at: float | None
+    created_at: str
+    created_by: str
+    destroyed: str | None
+    access_count: int = 0
+    last_accessed_at: str | None = None
+
+
+_SECRET_COLUMNS = (
+    "v.service, v.environment, v.name, v.version, v.key_id, v.nonce, v.ciphertext,"
+    " v.description, v.expires_at, v.created_at, v.created_by, v.destroyed,"
+    " coalesce(a.count, 0), a.last_at"
+)
+_SECRET_FROM = (
+    " FROM secret_versions v LEFT JOIN secret_access a"
+    " ON a.service = v.service AND a.environment = v.environment AND a.name = v.name"
+)
+
+
+def _secret_row(row: Sequence[Any]) -> SecretRow:
+    return SecretRow(
+        service=row[0],
+        environment=row[1],
+        name=row[2],
+        version=row[3],
+        key_id=row[4],
+        nonce=row[5],
+        ciphertext=row[6],
+        description=row[7],
+        expires_at=row[8],
+        created_at=row[9],
+        created_by=row[10],
+        destroyed=row[11],
+        access_count=row[12],
+        last_accessed_at=row[13],
+    )
 
 
 class ServiceSummary(msgspec.Struct, frozen=True):
@@ -249,6 +304,67 @@ class Store:
                     " VALUES (?, ?, ?, ?)",
                     (f.key, f.version, change.seq, _change_encoder.encode(f)),
                 )
+            case DataKey() as k:
+                await db.execute(
+                    "INSERT INTO data_keys (id, record) VALUES (?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                    (k.id, _change_encoder.encode(k)),
+                )
+            case SecretVersion() as v:
+                await db.execute(
+                    "INSERT INTO secret_versions (service, environment, name, version, change_seq,"
+                    " key_id, nonce, ciphertext, description, expires_at, created_at, created_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        v.service,
+                        v.environment,
+                        v.name,
+                        v.version,
+                        change.seq,
+                        v.key_id,
+                        v.nonce,
+                        v.ciphertext,
+                        v.description,
+                        v.expires_at.timestamp() if v.expires_at else None,
+                        rfc3339(v.created_at),
+                        v.created_by,
+                    ),
+                )
+            case SecretDestroyed() as d:
+                await db.executemany(
+                    "UPDATE secret_versions SET nonce = NULL, ciphertext = NULL, destroyed = ?"
+                    " WHERE service = ? AND environment = ? AND name = ? AND version = ?"
+                    " AND destroyed IS NULL",
+                    [(d.reason, d.service, d.environment, d.name, n) for n in d.versions],
+                )
+            case SecretRewrap() as r:
+                await db.executemany(
+                    "UPDATE secret_versions SET key_id = ?, nonce = ?, ciphertext = ?"
+                    " WHERE service = ? AND environment = ? AND name = ? AND version = ?"
+                    " AND ciphertext IS NOT NULL",
+                    [
+                        (
+                            r.key_id,
+                            i.nonce,
+                            i.ciphertext,
+                            i.service,
+                            i.environment,
+                            i.name,
+                            i.version,
+                        )
+                        for i in r.items
+                    ],
+                )
+            case SecretRead() as read:
+                await db.executemany(
+                    "INSERT INTO secret_access (service, environment, name, count, last_at)"
+                    " VALUES (?, ?, ?, 1, ?) ON CONFLICT (service, environment, name)"
+                    " DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+                    [
+                        (read.service, read.environment, name, rfc3339(change.at))
+                        for name in read.names
+                    ],
+                )
             case AuditNote() | ReloadRequest():
                 pass
 
@@ -376,6 +492,81 @@ class Store:
             (flag, first_hour, last_hour),
         )
         return [tuple(r) for r in rows]
+
+    # -- secrets ----------------------------------------------------------------
+
+    async def data_keys(self) -> list[DataKey]:
+        rows = await self._fetchall("SELECT record FROM data_keys ORDER BY id")
+        return [_data_key_decoder.decode(r[0]) for r in rows]
+
+    async def secret_version(
+        self, service: str, environment: str, name: str, version: int | None = None
+    ) -> SecretRow | None:
+        """One version (default: the latest) of a secret."""
+        where = " WHERE v.service = ? AND v.environment = ? AND v.name = ?"
+        args: list[Any] = [service, environment, name]
+        if version is not None:
+            where += " AND v.version = ?"
+            args.append(version)
+        row = await self._fetchone(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM}{where} ORDER BY v.version DESC LIMIT 1",
+            args,
+        )
+        return _secret_row(row) if row else None
+
+    async def secret_history(self, service: str, environment: str, name: str) -> list[SecretRow]:
+        rows = await self._fetchall(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM}"
+            " WHERE v.service = ? AND v.environment = ? AND v.name = ? ORDER BY v.version DESC",
+            (service, environment, name),
+        )
+        return [_secret_row(r) for r in rows]
+
+    async def secrets_latest(
+        self, service: str, environments: Sequence[str] | None = None
+    ) -> list[SecretRow]:
+        """The latest version of every secret of a service (in some environments)."""
+        where, args = " WHERE v.service = ?", [service]
+        if environments is not None:
+            where += f" AND v.environment IN ({', '.join('?' * len(environments))})"
+            args += list(environments)
+        rows = await self._fetchall(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM} JOIN ("
+            "  SELECT service, environment, name, max(version) AS version FROM secret_versions"
+            "  GROUP BY service, environment, name"
+            ") h ON h.service = v.service AND h.environment = v.environment"
+            f" AND h.name = v.name AND h.version = v.version{where}"
+            " ORDER BY v.environment, v.name",
+            args,
+        )
+        return [_secret_row(r) for r in rows]
+
+    async def ciphertexts_by_key(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            "SELECT key_id, count(*) FROM secret_versions WHERE ciphertext IS NOT NULL"
+            " GROUP BY key_id"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def secrets_to_rewrap(self, primary: str, limit: int) -> list[SecretRow]:
+        rows = await self._fetchall(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM}"
+            " WHERE v.ciphertext IS NOT NULL AND v.key_id != ? LIMIT ?",
+            (primary, limit),
+        )
+        return [_secret_row(r) for r in rows]
+
+    async def secrets_expiring(self, *, before: float | None = None) -> list[SecretRow]:
+        """Versions that still hold a ciphertext and have an expiry (before `before`)."""
+        where = " WHERE v.ciphertext IS NOT NULL AND v.expires_at IS NOT NULL"
+        args: list[Any] = []
+        if before is not None:
+            where += " AND v.expires_at <= ?"
+            args.append(before)
+        rows = await self._fetchall(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM}{where} ORDER BY v.expires_at", args
+        )
+        return [_secret_row(r) for r in rows]
 
     # -- audit reads ------------------------------------------------------------
 
