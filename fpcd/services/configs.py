@@ -7,7 +7,7 @@ arrives, so a cached GET neither touches SQLite nor encodes JSON.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgspec
@@ -26,10 +26,20 @@ from fpcd.domain.configs import (
     effective_configs,
     valid_name,
 )
+from fpcd.domain.crypto import Secret
 from fpcd.domain.errors import FieldError, Invalid, NotFound, PreconditionFailed
-from fpcd.domain.model import Caller, Change, ConfigVersion, ReloadRequest, SchemaRecord
+from fpcd.domain.model import (
+    Caller,
+    Change,
+    ConfigVersion,
+    ReloadRequest,
+    SchemaRecord,
+    SecretDestroyed,
+    SecretVersion,
+)
 from fpcd.services.changes import Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus
+from fpcd.services.secrets import READ_SECRETS, SecretService
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
     ConfigDocument,
@@ -81,7 +91,7 @@ def _version_view(v: ConfigVersion) -> VersionView:
         tags=v.tags,
         action=v.action,
         rolled_back_from=v.rolled_back_from,
-        secrets=sorted(v.secrets),
+        secrets=sorted(v.secret_versions),
     )
 
 
@@ -96,8 +106,10 @@ class ConfigService:
         clock: Callable[[], datetime],
         default_environment: str,
         limits: ConfigLimits,
+        secrets: SecretService | None = None,
     ) -> None:
         self._store = store
+        self._secrets = secrets
         self._committer = committer
         self._node_id = node_id
         self._clock = clock
@@ -116,7 +128,11 @@ class ConfigService:
         if not isinstance(event, ChangeApplied):
             return
         match event.change.payload:
-            case ConfigVersion(service=service):
+            case (
+                ConfigVersion(service=service)
+                | SecretVersion(service=service)
+                | SecretDestroyed(service=service)
+            ):
                 self._cache.pop(service, None)
                 self._generation[service] = self._generation.get(service, 0) + 1
             case SchemaRecord(service=service):
@@ -148,7 +164,9 @@ class ConfigService:
         version: int | None = None,
         raw: bool = False,
         include_secrets: bool = False,
+        caller: Caller | None = None,
     ) -> ConfigDocument:
+        """The effective (or raw) document; secret values only if asked for and permitted."""
         check_name("service", service)
         layer_seq: int | None = None
         if version is None:
@@ -159,7 +177,8 @@ class ConfigService:
                 raise NotFound(f"{service}/{environment} has no version {version}")
             layer, layer_seq = found
         base: ConfigVersion | None = None
-        if not raw and environment != BASE_ENVIRONMENT:
+        merged = not raw and environment != BASE_ENVIRONMENT
+        if merged:
             if layer_seq is None:
                 base = await self._store.config_head(service, BASE_ENVIRONMENT)
             else:  # a historic version merges with `default` as it was at that moment
@@ -167,19 +186,25 @@ class ConfigService:
         if layer is None and base is None:
             raise NotFound(f"no configuration for {service}/{environment}")
         config: dict[str, Any] = {}
-        secret_values: dict[str, str] = {}
-        secrets: dict[str, SecretMeta] = {}
         for part in (base, layer):
-            if part is None:
-                continue
-            config = deep_merge(config, part.config) if config else part.config
-            for name, value in part.secrets.items():
-                secret_values[name] = value
-                secrets[name] = SecretMeta(version=part.version)
-        if include_secrets:
+            if part is not None:
+                config = deep_merge(config, part.config) if config else part.config
+        secrets: dict[str, SecretMeta] = {}
+        if self._secrets is not None:
+            layers = [BASE_ENVIRONMENT, environment] if merged else [environment]
+            rows = await self._secrets.layered(service, layers)
+            values: dict[str, Secret] = {}
+            if include_secrets and caller is not None and caller.allows(READ_SECRETS) and rows:
+                values = await self._secrets.reveal(service, environment, rows, caller)
             secrets = {
-                name: SecretMeta(version=meta.version, value=secret_values[name])
-                for name, meta in secrets.items()
+                name: SecretMeta(
+                    version=row.version,
+                    expires_at=datetime.fromtimestamp(row.expires_at, UTC)
+                    if row.expires_at is not None
+                    else None,
+                    value=values[name].reveal() if name in values else None,
+                )
+                for name, row in sorted(rows.items())
             }
         described = layer or base
         assert described is not None
@@ -250,11 +275,11 @@ class ConfigService:
         old = await self._layer(service, environment, from_) if from_ > 0 else None
         new = await self._layer(service, environment, to)
         old_config = old.config if old else {}
-        old_secrets = old.secrets if old else {}
+        old_secrets = old.secret_versions if old else {}
         secrets_changed = sorted(
             name
-            for name in old_secrets.keys() | new.secrets.keys()
-            if old_secrets.get(name) != new.secrets.get(name)
+            for name in old_secrets.keys() | new.secret_versions.keys()
+            if old_secrets.get(name) != new.secret_versions.get(name)
         )
         return DiffDocument(
             service_name=service,
@@ -362,12 +387,26 @@ class ConfigService:
         secrets = secrets or {}
         tags = tags or []
         self._check_document(config, secrets, description, tags)
-        content = content_checksum(config, secrets)
+        if secrets and self._secrets is None:
+            raise Invalid("secrets are not available on this daemon", errors=[])
+        values = {name: Secret(value) for name, value in secrets.items()}
+        if self._secrets is not None:
+            for name, value in values.items():
+                self._secrets.check_value(name, value, f"$.secrets.{name}")
         unchanged: list[ConfigVersion] = []
 
         async def plan() -> list[Change]:
             head = await self._store.config_head(service, environment)
             self._check_expected(service, environment, head, expected_version)
+            secret_changes: list[Change] = []
+            refs = dict(head.secret_versions) if head else {}
+            if values:
+                assert self._secrets is not None
+                written, secret_changes = await self._secrets.plan_values(
+                    service, environment, values, caller
+                )
+                refs.update(written)
+            content = content_checksum(config, refs)
             if head is not None and head.checksum == content:
                 unchanged.append(head)
                 return []
@@ -378,14 +417,17 @@ class ConfigService:
                 version=(head.version if head else 0) + 1,
                 config=config,
                 checksum=content,
-                secrets=secrets,
+                secret_versions=refs,
                 description=description,
                 tags=tags,
                 action=action,
                 created_at=self._clock(),
                 created_by=caller.subject,
             )
-            return [self._change(f"{service}/{environment}", "put", version, caller)]
+            return [
+                *secret_changes,
+                self._change(f"{service}/{environment}", "put", version, caller),
+            ]
 
         applied = await self._committer.commit(plan)
         if unchanged:
@@ -397,7 +439,7 @@ class ConfigService:
                 changed=False,
                 checksum=head.checksum,
             )
-        stored = applied[0].payload
+        stored = applied[-1].payload
         assert isinstance(stored, ConfigVersion)
         return WriteResult(
             service_name=service,
@@ -427,7 +469,9 @@ class ConfigService:
             self._check_expected(service, environment, head, expected_version)
             target = await self._layer(service, environment, version)
             assert head is not None
-            if head.checksum == target.checksum:
+            # Content only: secrets are versioned on their own and stay as they are.
+            content = content_checksum(target.config, head.secret_versions)
+            if head.checksum == content:
                 unchanged.append(head)
                 return []
             await self._validate(service, environment, target.config)
@@ -436,8 +480,8 @@ class ConfigService:
                 environment=environment,
                 version=head.version + 1,
                 config=target.config,
-                checksum=target.checksum,
-                secrets=target.secrets,
+                checksum=content,
+                secret_versions=head.secret_versions,
                 description=description or f"rollback to version {version}",
                 tags=target.tags,
                 action="rollback",

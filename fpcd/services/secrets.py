@@ -1,0 +1,564 @@
+"""SecretService: encrypted secret versions, reads that are audited, expiry and rotation.
+
+Plaintext exists only as a `Secret` between decryption and the response; it never
+goes into a Change, the audit log, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fpcd.domain.configs import check_name
+from fpcd.domain.crypto import Keyring, Secret, TamperedError, secret_aad, unwrap_data_key
+from fpcd.domain.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    FpcdError,
+    Gone,
+    Invalid,
+    NotFound,
+)
+from fpcd.domain.model import (
+    Caller,
+    Change,
+    DataKey,
+    RewrapItem,
+    SecretDestroyed,
+    SecretRead,
+    SecretRewrap,
+    SecretVersion,
+)
+from fpcd.services.changes import Committer
+from fpcd.services.events import ChangeApplied, Event, EventBus
+from fpcd.services.keyring import new_data_key
+from fpcd.services.scheduler import Scheduler
+from fpcd.store.sqlite import SecretRow, Store
+from fpcd.wire import KeyringStatus, KeyStatus, Page, RotationStatus, SecretView
+
+log = logging.getLogger("fpcd.secrets")
+
+READ_SECRETS = "secrets:read"
+
+
+class IntegrityError(FpcdError):
+    """Stored secret data failed authentication: it was edited or moved. Never returned."""
+
+    status = 500
+    slug = "integrity"
+    title = "Secret failed its integrity check"
+
+
+def _iso(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+
+def secret_view(row: SecretRow, value: Secret | None = None) -> SecretView:
+    return SecretView(
+        service_name=row.service,
+        environment=row.environment,
+        name=row.name,
+        version=row.version,
+        description=row.description,
+        created_at=datetime.fromisoformat(row.created_at),
+        created_by=row.created_by,
+        expires_at=_iso(row.expires_at),
+        access_count=row.access_count,
+        last_accessed_at=datetime.fromisoformat(row.last_accessed_at)
+        if row.last_accessed_at
+        else None,
+        destroyed=row.destroyed,
+        value=value.reveal() if value is not None else None,
+    )
+
+
+class SecretService:
+    def __init__(
+        self,
+        store: Store,
+        committer: Committer,
+        bus: EventBus,
+        *,
+        keyring: Keyring,
+        master: AESGCM,
+        scheduler: Scheduler,
+        node_id: str,
+        clock: Callable[[], datetime],
+        max_value_bytes: int,
+        rewrap_batch: int = 100,
+        time_source: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self.keyring = keyring
+        self._master = master
+        self._scheduler = scheduler
+        self._node_id = node_id
+        self._clock = clock
+        self._time = time_source
+        self.max_value_bytes = max_value_bytes
+        self._rewrap_batch = rewrap_batch
+        self._rewrap_task: asyncio.Task[None] | None = None
+        self._rewrap_failed: set[tuple[str, str, str, int]] = set()
+        bus.subscribe(self._on_event)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Destroy what expired while stopped, schedule the rest, resume a rotation."""
+        await self.expire_due()
+        for row in await self._store.secrets_expiring():
+            self._schedule_expiry(
+                row.service, row.environment, row.name, row.version, row.expires_at
+            )
+        assert self.keyring.primary is not None
+        if await self._store.secrets_to_rewrap(self.keyring.primary, 1):
+            self._start_rewrap()
+
+    async def stop(self) -> None:
+        task, self._rewrap_task = self._rewrap_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, ChangeApplied):
+            return
+        match event.change.payload:
+            case DataKey() as key:
+                if key.state == "retired":
+                    self.keyring.keys.pop(key.id, None)
+                    return
+                if key.id not in self.keyring.keys:
+                    material = unwrap_data_key(self._master, key.id, key.nonce, key.wrapped)
+                    self.keyring.keys[key.id] = AESGCM(material)
+                if key.state == "primary":
+                    self.keyring.primary = key.id
+            case SecretVersion() as v if v.expires_at is not None:
+                self._schedule_expiry(
+                    v.service, v.environment, v.name, v.version, v.expires_at.timestamp()
+                )
+            case SecretDestroyed() as d:
+                for version in d.versions:
+                    self._scheduler.cancel_prefix(
+                        f"secret:{d.service}/{d.environment}/{d.name}/{version}"
+                    )
+
+    def _change(self, key: str, op: str, payload: object, caller: Caller) -> Change:
+        return Change(
+            key=key,
+            op=op,
+            payload=payload,  # type: ignore[arg-type]
+            actor=caller.subject,
+            at=self._clock(),
+            origin=self._node_id,
+            request_id=caller.request_id,
+        )
+
+    # -- encryption helpers ------------------------------------------------------------
+
+    def _decrypt(self, row: SecretRow) -> Secret:
+        assert row.nonce is not None and row.ciphertext is not None
+        aad = secret_aad(row.service, row.environment, row.name, row.version)
+        try:
+            return self.keyring.decrypt(row.key_id, row.nonce, row.ciphertext, aad)
+        except TamperedError:
+            log.error(
+                "secret failed its integrity check",
+                extra={
+                    "secret": f"{row.service}/{row.environment}/{row.name}",
+                    "version": row.version,
+                },
+            )
+            raise IntegrityError(
+                f"{row.service}/{row.environment}/{row.name} version {row.version} failed"
+                " authentication (edited or moved ciphertext); it is not returned"
+            ) from None
+
+    def check_value(self, name: str, value: Secret, path: str) -> None:
+        if len(value.reveal().encode()) > self.max_value_bytes:
+            raise Invalid(
+                f"secret {name} is larger than {self.max_value_bytes} bytes",
+                errors=[FieldError(path, f"longer than {self.max_value_bytes} bytes")],
+            )
+
+    def _is_expired(self, row: SecretRow) -> bool:
+        return row.expires_at is not None and row.expires_at <= self._time()
+
+    async def plan_values(
+        self,
+        service: str,
+        environment: str,
+        values: dict[str, Secret],
+        caller: Caller,
+        *,
+        expires_at: datetime | None = None,
+        description: str = "",
+    ) -> tuple[dict[str, int], list[Change]]:
+        """Inside a commit plan: new versions for the values that differ from the current ones.
+
+        Returns (name -> version after the write, changes to make).
+        """
+        versions: dict[str, int] = {}
+        changes: list[Change] = []
+        for name, value in values.items():
+            current = await self._store.secret_version(service, environment, name)
+            if (
+                current is not None
+                and current.ciphertext is not None
+                and not self._is_expired(current)
+                and current.expires_at == (expires_at.timestamp() if expires_at else None)
+                and self._decrypt(current) == value
+            ):
+                versions[name] = current.version
+                continue
+            version = (current.version if current else 0) + 1
+            aad = secret_aad(service, environment, name, version)
+            key_id, nonce, ciphertext = self.keyring.encrypt(value, aad)
+            record = SecretVersion(
+                service=service,
+                environment=environment,
+                name=name,
+                version=version,
+                key_id=key_id,
+                nonce=nonce,
+                ciphertext=ciphertext,
+                description=description,
+                expires_at=expires_at,
+                created_at=self._clock(),
+                created_by=caller.subject,
+            )
+            changes.append(self._change(f"{service}/{environment}/{name}", "put", record, caller))
+            versions[name] = version
+        return versions, changes
+
+    # -- the secrets API -----------------------------------------------------------------
+
+    async def put(
+        self,
+        service: str,
+        environment: str,
+        name: str,
+        value: Secret,
+        caller: Caller,
+        *,
+        expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
+        description: str = "",
+    ) -> tuple[SecretView, bool]:
+        for kind, given in (("service", service), ("environment", environment), ("secret", name)):
+            check_name(kind, given)
+        self.check_value(name, value, "$.value")
+        if expires_at is not None and ttl_seconds is not None:
+            raise Invalid(
+                "give expiresAt or ttlSeconds, not both",
+                errors=[FieldError("$.ttlSeconds", "conflicts with expiresAt")],
+            )
+        if ttl_seconds is not None:
+            expires_at = datetime.fromtimestamp(self._time() + ttl_seconds, UTC)
+        if expires_at is not None and expires_at.timestamp() <= self._time():
+            raise Invalid(
+                "expiresAt is in the past", errors=[FieldError("$.expiresAt", "in the past")]
+            )
+
+        async def plan() -> list[Change]:
+            _, changes = await self.plan_values(
+                service,
+                environment,
+                {name: value},
+                caller,
+                expires_at=expires_at,
+                description=description,
+            )
+            return changes
+
+        applied = await self._committer.commit(plan)
+        row = await self._store.secret_version(service, environment, name)
+        assert row is not None
+        return secret_view(row), bool(applied)
+
+    def require_read(self, caller: Caller) -> None:
+        if not caller.allows(READ_SECRETS):
+            raise Forbidden(
+                "reading secret values needs the secrets:read permission (the Unix socket"
+                " has it; over TCP, use a token that carries it)"
+            )
+
+    async def get(
+        self,
+        service: str,
+        environment: str,
+        name: str,
+        caller: Caller,
+        *,
+        version: int | None = None,
+    ) -> SecretView:
+        """A decrypting read: permission checked, expiry enforced, audited and counted."""
+        for kind, given in (("service", service), ("environment", environment), ("secret", name)):
+            check_name(kind, given)
+        self.require_read(caller)
+        row = await self._store.secret_version(service, environment, name, version)
+        if row is None:
+            raise NotFound(f"no secret {name} in {service}/{environment}")
+        if row.destroyed == "deleted":
+            raise NotFound(f"secret {name} in {service}/{environment} was deleted")
+        if row.destroyed == "expired" or self._is_expired(row):
+            raise Gone(f"secret {name} in {service}/{environment} expired")
+        if row.ciphertext is None:
+            raise Gone(f"secret {name} in {service}/{environment} has no value")
+        value = self._decrypt(row)
+        await self._record_read(service, environment, [name], caller)
+        return secret_view(msgspec.structs.replace(row, access_count=row.access_count + 1), value)
+
+    async def _record_read(
+        self, service: str, environment: str, names: list[str], caller: Caller
+    ) -> None:
+        read = SecretRead(service=service, environment=environment, names=names, peer=caller.peer)
+
+        async def plan() -> list[Change]:
+            return [self._change(f"{service}/{environment}", "read", read, caller)]
+
+        await self._committer.commit(plan)
+
+    async def layered(self, service: str, environments: Iterable[str]) -> dict[str, SecretRow]:
+        """Live secrets of a service's layers, later environments overriding earlier ones."""
+        envs = list(environments)
+        rows = await self._store.secrets_latest(service, envs)
+        chosen: dict[str, SecretRow] = {}
+        for env in envs:
+            for row in rows:
+                if (
+                    row.environment == env
+                    and row.ciphertext is not None
+                    and not self._is_expired(row)
+                ):
+                    chosen[row.name] = row
+        return chosen
+
+    async def reveal(
+        self, service: str, environment: str, rows: dict[str, SecretRow], caller: Caller
+    ) -> dict[str, Secret]:
+        """Decrypt layered secrets for an includeSecrets read; one audit entry per layer."""
+        values = {name: self._decrypt(row) for name, row in rows.items()}
+        by_env: dict[str, list[str]] = {}
+        for name, row in rows.items():
+            by_env.setdefault(row.environment, []).append(name)
+        for env, names in sorted(by_env.items()):
+            await self._record_read(service, env, sorted(names), caller)
+        return values
+
+    async def list_secrets(self, service: str, environment: str) -> Page[SecretView]:
+        check_name("service", service)
+        check_name("environment", environment)
+        rows = [
+            r
+            for r in await self._store.secrets_latest(service, [environment])
+            if r.destroyed is None
+        ]
+        items = [secret_view(r) for r in rows]
+        return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+    async def versions(self, service: str, environment: str, name: str) -> Page[SecretView]:
+        for kind, given in (("service", service), ("environment", environment), ("secret", name)):
+            check_name(kind, given)
+        rows = await self._store.secret_history(service, environment, name)
+        if not rows:
+            raise NotFound(f"no secret {name} in {service}/{environment}")
+        items = [secret_view(r) for r in rows]
+        return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+    async def delete(self, service: str, environment: str, name: str, caller: Caller) -> None:
+        """Destroy every version's ciphertext; the versions' metadata stays for the record."""
+        for kind, given in (("service", service), ("environment", environment), ("secret", name)):
+            check_name(kind, given)
+
+        async def plan() -> list[Change]:
+            rows = await self._store.secret_history(service, environment, name)
+            live = [r.version for r in rows if r.ciphertext is not None]
+            if not rows or (not live and rows[0].destroyed == "deleted"):
+                raise NotFound(f"no secret {name} in {service}/{environment}")
+            destroyed = SecretDestroyed(
+                service=service,
+                environment=environment,
+                name=name,
+                versions=sorted(live),
+                reason="deleted",
+            )
+            return [self._change(f"{service}/{environment}/{name}", "delete", destroyed, caller)]
+
+        await self._committer.commit(plan)
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    def _schedule_expiry(
+        self, service: str, environment: str, name: str, version: int, at: float | None
+    ) -> None:
+        if at is None:
+            return
+        self._scheduler.at(
+            f"secret:{service}/{environment}/{name}/{version}",
+            datetime.fromtimestamp(at, UTC),
+            self.expire,
+            service,
+            environment,
+            name,
+            version,
+        )
+
+    async def expire(self, service: str, environment: str, name: str, version: int) -> None:
+        """The expiry job: destroy the ciphertext, audit it, announce it."""
+        system = Caller(subject="fpcd:expiry")
+
+        async def plan() -> list[Change]:
+            row = await self._store.secret_version(service, environment, name, version)
+            if row is None or row.ciphertext is None:
+                return []
+            destroyed = SecretDestroyed(
+                service=service,
+                environment=environment,
+                name=name,
+                versions=[version],
+                reason="expired",
+            )
+            return [self._change(f"{service}/{environment}/{name}", "expire", destroyed, system)]
+
+        if await self._committer.commit(plan):
+            log.info(
+                "secret expired",
+                extra={"secret": f"{service}/{environment}/{name}", "version": version},
+            )
+
+    async def expire_due(self) -> int:
+        """Destroy everything past its expiry (start-up and the periodic cleanup job)."""
+        due = await self._store.secrets_expiring(before=self._time())
+        for row in due:
+            await self.expire(row.service, row.environment, row.name, row.version)
+        return len(due)
+
+    # -- keys and rotation -------------------------------------------------------------------
+
+    async def rotate(self, caller: Caller) -> KeyringStatus:
+        """Add a primary data key and rewrap every ciphertext in the background."""
+
+        async def plan() -> list[Change]:
+            records = await self._store.data_keys()
+            salt = next((k.salt for k in records if k.salt), b"")
+            fresh = new_data_key(self._master, salt, self._clock())
+            changes = [self._change(fresh.id, "rotate", fresh, caller)]
+            for record in records:
+                if record.state == "primary":
+                    demoted = DataKey(
+                        id=record.id,
+                        state="decrypt",
+                        nonce=record.nonce,
+                        wrapped=record.wrapped,
+                        salt=record.salt,
+                        created_at=record.created_at,
+                    )
+                    changes.append(self._change(record.id, "demote", demoted, caller))
+            return changes
+
+        await self._committer.commit(plan)
+        self._rewrap_failed.clear()
+        self._start_rewrap()
+        return await self.status()
+
+    def _start_rewrap(self) -> None:
+        if self._rewrap_task is None or self._rewrap_task.done():
+            self._rewrap_task = asyncio.create_task(self._rewrap_all(), name="secret-rewrap")
+
+    async def _rewrap_all(self) -> None:
+        """Batches of rewraps, each its own commit: a stop midway loses nothing."""
+        system = Caller(subject="fpcd:rotation")
+        batch_sizes: list[int] = []
+
+        async def plan() -> list[Change]:
+            primary = self.keyring.primary
+            assert primary is not None
+            rows = await self._store.secrets_to_rewrap(
+                primary, self._rewrap_batch + len(self._rewrap_failed)
+            )
+            items: list[RewrapItem] = []
+            for row in rows:
+                where = (row.service, row.environment, row.name, row.version)
+                if where in self._rewrap_failed:
+                    continue
+                try:
+                    value = self._decrypt(row)
+                except IntegrityError:
+                    self._rewrap_failed.add(where)
+                    continue
+                aad = secret_aad(*where)
+                key_id, nonce, ciphertext = self.keyring.encrypt(value, aad)
+                assert key_id == primary
+                items.append(
+                    RewrapItem(
+                        service=row.service,
+                        environment=row.environment,
+                        name=row.name,
+                        version=row.version,
+                        nonce=nonce,
+                        ciphertext=ciphertext,
+                    )
+                )
+                if len(items) >= self._rewrap_batch:
+                    break
+            batch_sizes.append(len(items))
+            if not items:
+                return []
+            rewrap = SecretRewrap(key_id=primary, items=items)
+            return [self._change(primary, "rewrap", rewrap, system)]
+
+        while True:
+            await self._committer.commit(plan)
+            if not batch_sizes[-1]:
+                break
+            await asyncio.sleep(0)  # let requests in between batches
+        log.info("secret rewrap finished", extra={"failed": len(self._rewrap_failed)})
+
+    async def status(self) -> KeyringStatus:
+        counts = await self._store.ciphertexts_by_key()
+        records = await self._store.data_keys()
+        primary = self.keyring.primary
+        remaining = sum(n for key_id, n in counts.items() if key_id != primary)
+        return KeyringStatus(
+            keys=[
+                KeyStatus(
+                    id=r.id, state=r.state, created_at=r.created_at, ciphertexts=counts.get(r.id, 0)
+                )
+                for r in sorted(records, key=lambda r: r.created_at)
+            ],
+            rotation=RotationStatus(
+                running=self._rewrap_task is not None and not self._rewrap_task.done(),
+                remaining=remaining,
+                failed=len(self._rewrap_failed),
+            ),
+        )
+
+    async def retire(self, key_id: str, caller: Caller) -> KeyringStatus:
+        """Destroy an old key's material once no ciphertext uses it."""
+
+        async def plan() -> list[Change]:
+            records = {r.id: r for r in await self._store.data_keys()}
+            record = records.get(key_id)
+            if record is None or record.state == "retired":
+                raise NotFound(f"no live data key {key_id}")
+            if record.state == "primary":
+                raise Conflict(f"{key_id} is the primary key: rotate first")
+            in_use = (await self._store.ciphertexts_by_key()).get(key_id, 0)
+            if in_use:
+                raise Conflict(f"{key_id} still encrypts {in_use} secret version(s)")
+            retired = DataKey(id=key_id, state="retired", created_at=record.created_at)
+            return [self._change(key_id, "retire", retired, caller)]
+
+        await self._committer.commit(plan)
+        return await self.status()
