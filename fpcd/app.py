@@ -37,7 +37,9 @@ from fpcd.services.changes import LocalCommitter
 from fpcd.services.configs import ConfigLimits, ConfigService
 from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
+from fpcd.services.keyring import MasterKeyError, open_keyring
 from fpcd.services.scheduler import Scheduler
+from fpcd.services.secrets import SecretService
 from fpcd.settings import RELOADABLE, Settings, changed_keys, load_settings
 from fpcd.store.sqlite import Store
 from fpcd.wire import ComponentHealth
@@ -103,6 +105,7 @@ class Daemon:
         self.store: Store | None = None
         self.configs: ConfigService | None = None
         self.flags: FlagService | None = None
+        self.secrets: SecretService | None = None
         self.bus: EventBus | None = None
         self.scheduler: Scheduler | None = None
         self.health: Health | None = None
@@ -143,6 +146,30 @@ class Daemon:
         scheduler = self.scheduler = Scheduler()
         scheduler.start()
         self._stack.push_async_callback(scheduler.stop)
+        try:
+            keyring, master = await open_keyring(
+                store, committer, settings, clock=self._clock, node_id=node_id
+            )
+        except MasterKeyError as error:
+            raise StartupError(str(error)) from None
+        self.secrets = SecretService(
+            store,
+            committer,
+            bus,
+            keyring=keyring,
+            master=master,
+            scheduler=scheduler,
+            node_id=node_id,
+            clock=self._clock,
+            max_value_bytes=settings.secrets.max_value_bytes,
+            rewrap_batch=settings.secrets.rewrap_batch,
+            time_source=lambda: self._clock().timestamp(),
+        )
+        await self.secrets.start()
+        self._stack.push_async_callback(self.secrets.stop)
+        scheduler.every(
+            "secrets:cleanup", settings.secrets.cleanup_interval, self.secrets.expire_due
+        )
         self.configs = ConfigService(
             store,
             committer,
@@ -151,6 +178,7 @@ class Daemon:
             clock=self._clock,
             default_environment=settings.server.default_environment,
             limits=config_limits(settings),
+            secrets=self.secrets,
         )
         analytics = FlagAnalytics(store, time.time)
         self.flags = FlagService(
@@ -182,6 +210,7 @@ class Daemon:
         api_app = build_api_app(
             configs=self.configs,
             flags=self.flags,
+            secrets=self.secrets,
             audit=audit,
             health=health,
             authenticator=authenticator,

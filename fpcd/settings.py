@@ -101,8 +101,14 @@ class UpstreamSettings(Section, frozen=True, kw_only=True):
 class SecretSettings(Section, frozen=True, kw_only=True):
     #: 32 bytes as base64 or hex, or a passphrase (the seed's CONFIG_ENCRYPTION_KEY).
     encryption_key: str = ""
-    #: A keyring file to use instead of the key.
+    #: A keyring file to use instead of the key: {"key": "<32 bytes, base64>"}, mode 0600.
     keyring_file: str = ""
+    #: Largest secret value, in bytes.
+    max_value_bytes: Positive = 65536
+    #: How often expired secrets are looked for (each also has a job at its instant).
+    cleanup_interval: Duration = Duration(60.0)
+    #: Ciphertexts re-encrypted per commit during a key rotation.
+    rewrap_batch: Positive = 100
 
 
 class FlagSettings(Section, frozen=True, kw_only=True):

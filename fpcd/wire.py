@@ -65,6 +65,53 @@ class ConfigReload(Body, kw_only=True):
     force: bool = False
 
 
+class SecretPut(Body, kw_only=True):
+    """`PUT /api/secrets/{service}/{name}`: the value and an optional expiry."""
+
+    value: str
+    expires_at: datetime | None = None
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    description: str = ""
+
+
+class SecretView(View, kw_only=True, omit_defaults=True):
+    """A secret version's metadata; `value` only on a permitted decrypting read."""
+
+    service_name: str
+    environment: str
+    name: str
+    version: int
+    description: str = ""
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None = None
+    access_count: int = 0
+    last_accessed_at: datetime | None = None
+    #: "deleted" or "expired" once the ciphertext is gone.
+    destroyed: str | None = None
+    value: str | None = None
+
+
+class KeyStatus(View, kw_only=True):
+    id: str
+    state: str
+    created_at: datetime
+    ciphertexts: int
+
+
+class RotationStatus(View, kw_only=True):
+    running: bool
+    #: Ciphertexts still under an older key.
+    remaining: int
+    #: Ciphertexts that failed authentication and were left alone.
+    failed: int
+
+
+class KeyringStatus(View, kw_only=True):
+    keys: list[KeyStatus]
+    rotation: RotationStatus
+
+
 class SecretMeta(View, kw_only=True, omit_defaults=True):
     version: int
     expires_at: datetime | None = None

@@ -36,11 +36,20 @@ def unix_peer(request: web.Request) -> tuple[int, int] | None:
 
 
 class OpenAccess:
-    """Allow every request (the embedded default before auth is configured)."""
+    """The embedded default before token auth: reads and writes for everyone, but secret
+    values only for Unix-socket peers, whom the socket file's mode already vouches for.
+
+    Over TCP any local user could connect, so decrypted secrets are not served there.
+    """
 
     async def authenticate(self, request: web.Request) -> Caller:
         peer = unix_peer(request)
         if peer is not None:
             uid, pid = peer
-            return Caller(subject=f"unix:{_user_name(uid)}", peer=f"uid={uid} pid={pid}")
+            return Caller(
+                subject=f"unix:{_user_name(uid)}", peer=f"uid={uid} pid={pid}", scopes=_ALL
+            )
         return Caller(subject="anonymous", peer=request.remote or "")
+
+
+_ALL = frozenset({"*"})

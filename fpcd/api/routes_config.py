@@ -74,6 +74,7 @@ async def get_config(request: web.Request) -> web.Response:
             version=params.version,
             raw=params.raw,
             include_secrets=True,
+            caller=caller(request),
         )
         return web.Response(
             body=_encoder.encode(doc), content_type=JSON, headers={"Cache-Control": "no-store"}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api import routes_audit, routes_config, routes_flags, routes_health
+from fpcd.api import routes_audit, routes_config, routes_flags, routes_health, routes_secrets
 from fpcd.api.http import AUTHENTICATOR, REQUEST_LIMITS, Authenticator, RequestLimits, pipeline
 from fpcd.observe.health import Health
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
+from fpcd.services.secrets import SecretService
 
 #: aiohttp's own cap; the configurable limit is enforced while reading (see read_body).
 _HARD_BODY_CAP = 64 * 1024 * 1024
@@ -19,6 +20,7 @@ def build_api_app(
     *,
     configs: ConfigService,
     flags: FlagService,
+    secrets: SecretService,
     audit: AuditService,
     health: Health,
     authenticator: Authenticator,
@@ -29,11 +31,14 @@ def build_api_app(
     app[REQUEST_LIMITS] = limits
     app[routes_config.CONFIGS] = configs
     app[routes_flags.FLAGS] = flags
+    app[routes_secrets.SECRETS] = secrets
+    app[routes_secrets.ENVIRONMENT] = configs.default_environment
     app[routes_audit.AUDIT] = audit
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
     routes_config.add_routes(app)
     routes_flags.add_routes(app)
+    routes_secrets.add_routes(app)
     routes_audit.add_routes(app)
     return app
 

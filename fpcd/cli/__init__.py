@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fpcd import __version__
-from fpcd.cli import audit_cmds, config_cmds, flag_cmds, serve
+from fpcd.cli import audit_cmds, config_cmds, flag_cmds, secret_cmds, serve
 from fpcd.cli.common import CliError
 from fpcd.client.transport import TransportError
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     config_cmds.register(sub)
     flag_cmds.register(sub)
+    secret_cmds.register(sub)
     audit_cmds.register(sub)
     return parser
 
