@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets as secrets_module
 import socket
 import subprocess
 import sys
@@ -16,9 +18,38 @@ import pytest
 import uvloop
 
 from fpcd.app import Daemon
+from fpcd.observe.logging import JsonFormatter
 from fpcd.settings import Settings, load_settings
 
 FPCD = [sys.executable, "-m", "fpcd"]
+
+#: Every secret value a test writes, and every log the suite produces: the last test
+#: (test_zz_no_secret_in_logs.py) checks that none of the values shows up in any log.
+SECRET_VALUES: set[str] = set()
+LOG_FILES: list[Path] = []
+LOG_LINES: list[str] = []
+
+
+class _Capture(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            LOG_LINES.append(self.format(record))
+        except Exception:  # a broken record must not hide others
+            LOG_LINES.append(repr(record.__dict__))
+
+
+def pytest_configure(config: Any) -> None:
+    handler = _Capture(level=logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+
+
+def secret_value(label: str) -> str:
+    """A unique plaintext that the leak check will look for in every log."""
+    value = f"plain-{label}-{secrets_module.token_hex(8)}"
+    SECRET_VALUES.add(value)
+    return value
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
@@ -70,6 +101,7 @@ class DaemonProcess:
         self.args = args or []
         self.env = {**os.environ, **(env or {})}
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        LOG_FILES.append(self.log_path)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

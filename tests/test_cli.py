@@ -131,26 +131,26 @@ def test_url_and_json_output(running: DaemonProcess) -> None:
 def test_audit_tail_and_verify_detects_tampering(running: DaemonProcess) -> None:
     for n in range(3):
         cli(running, "config", "set", "web", "--env", "prod", "--data", json.dumps({"n": n}))
-    r = cli(running, "audit", "tail")
+    r = cli(running, "audit", "tail", "--target", "config:web/prod")
     rows = r.stdout.splitlines()[1:]
     assert len(rows) == 3 and all("config.update" in row for row in rows)
     r = cli(running, "audit", "verify")
-    assert r.returncode == 0 and "3 entries verified" in r.stdout
+    assert r.returncode == 0 and "4 entries verified" in r.stdout  # with the keyring's
 
     with sqlite3.connect(running.data_dir / "fpcd.db") as db:
-        db.execute("UPDATE audit_log SET details = '{\"version\":99}' WHERE id = 2")
+        db.execute("UPDATE audit_log SET details = '{\"version\":99}' WHERE id = 3")
     r = cli(running, "audit", "verify")
     assert r.returncode == 1
-    assert "TAMPERED" in r.stdout and "entry 2" in r.stdout
+    assert "TAMPERED" in r.stdout and "entry 3" in r.stdout
 
     running.stop()
     r = run_cli("audit", "verify", "--data-dir", str(running.data_dir))
-    assert r.returncode == 1 and "entry 2" in r.stdout
+    assert r.returncode == 1 and "entry 3" in r.stdout
     with sqlite3.connect(running.data_dir / "fpcd.db") as db:
-        db.execute("DELETE FROM audit_log WHERE id = 3")
+        db.execute("DELETE FROM audit_log WHERE id = 4")
     r = run_cli("audit", "verify", "--data-dir", str(running.data_dir), "--json")
     reasons = [b["reason"] for b in json.loads(r.stdout)["breaks"]]
-    assert any("expected 3" in reason for reason in reasons)
+    assert any("expected 4" in reason for reason in reasons)
 
 
 def test_migrate(tmp_path: Path) -> None:

@@ -59,15 +59,26 @@ async def test_unchanged_write_creates_no_version(http: aiohttp.ClientSession) -
     assert history["total"] == 1
 
 
-async def test_secrets_count_as_content(http: aiohttp.ClientSession) -> None:
+async def test_secrets_count_as_content(http: aiohttp.ClientSession, daemon: Daemon) -> None:
     body = {"environment": "dev", "config": {"a": 1}, "secrets": {"TOKEN": "one"}}
     await put(http, "svc", body)
+    _, same = await put(http, "svc", body)
+    assert same["changed"] is False and same["version"] == 1
     _, second = await put(http, "svc", {**body, "secrets": {"TOKEN": "two"}})
     assert second["changed"] is True and second["version"] == 2
     _, doc = await get(http, "/api/config/svc?environment=dev")
     assert doc["secrets"] == {"TOKEN": {"version": 2}}  # names and metadata only
-    _, with_values = await get(http, "/api/config/svc?environment=dev&includeSecrets=true")
-    assert with_values["secrets"]["TOKEN"]["value"] == "two"
+    # Over TCP without a token, includeSecrets still gives metadata only...
+    _, tcp = await get(http, "/api/config/svc?environment=dev&includeSecrets=true")
+    assert tcp["secrets"] == {"TOKEN": {"version": 2}}
+    # ...the Unix socket (guarded by its file mode) gets the value.
+    connector = aiohttp.UnixConnector(path=daemon.addresses["socket"])
+    async with (
+        aiohttp.ClientSession(connector=connector) as unix,
+        unix.get("http://fpcd/api/config/svc?environment=dev&includeSecrets=true") as r,
+    ):
+        with_values = await r.json()
+    assert with_values["secrets"]["TOKEN"] == {"version": 2, "value": "two"}
 
 
 async def test_default_is_the_base_layer(http: aiohttp.ClientSession) -> None:
@@ -367,14 +378,14 @@ async def test_audit_log_records_every_change(http: aiohttp.ClientSession) -> No
     async with http.put("/api/config/svc/schema", json={"type": "object"}) as r:
         assert r.status == 200
     _, page = await get(http, "/api/audit")
-    assert page["total"] == 2
-    newest, oldest = page["items"]
+    assert page["total"] == 3  # the keyring's first data key, then ours
+    newest, oldest = page["items"][:2]
     assert oldest["action"] == "config.update" and oldest["target"] == "config:svc/prod"
     assert oldest["requestId"] == "req-123" and oldest["actor"] == "anonymous"
-    assert oldest["prevHash"] == "0" * 64 and newest["prevHash"] == oldest["hash"]
+    assert page["items"][2]["prevHash"] == "0" * 64 and newest["prevHash"] == oldest["hash"]
     assert newest["action"] == "schema.put"
     _, verified = await get(http, "/api/audit/verify")
-    assert verified == {"ok": True, "entries": 2, "breaks": []}
+    assert verified == {"ok": True, "entries": 3, "breaks": []}
 
 
 async def test_health_reports_sqlite(http: aiohttp.ClientSession, daemon: Daemon) -> None:

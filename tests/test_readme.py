@@ -45,6 +45,7 @@ def test_readme_curl_examples_work(spawn: Any) -> None:
     assert len(commands) >= 15
     for command in commands:
         command = command.replace("localhost:3001", f"127.0.0.1:{proc.port}")
+        command = command.replace("fpcd-data/", f"{proc.data_dir}/")
         args = [*shlex.split(command), "-o", "/dev/null", "-w", "%{http_code}"]
         out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True)
         status = int(out.stdout)
