@@ -28,6 +28,7 @@ from fpcd.api.auth import OpenAccess
 from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
 from fpcd.api.server import build_api_app, build_ws_app
+from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import SettingsError
 from fpcd.observe.health import Health
 from fpcd.observe.logging import AccessLogger, configure_logging
@@ -38,6 +39,8 @@ from fpcd.services.configs import ConfigLimits, ConfigService
 from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
 from fpcd.services.keyring import MasterKeyError, open_keyring
+from fpcd.services.live import LiveHub
+from fpcd.services.registry import RegistryService
 from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
 from fpcd.settings import RELOADABLE, Settings, changed_keys, load_settings
@@ -106,6 +109,8 @@ class Daemon:
         self.configs: ConfigService | None = None
         self.flags: FlagService | None = None
         self.secrets: SecretService | None = None
+        self.registry: RegistryService | None = None
+        self.hub: LiveHub | None = None
         self.bus: EventBus | None = None
         self.scheduler: Scheduler | None = None
         self.health: Health | None = None
@@ -194,6 +199,33 @@ class Daemon:
         await self.flags.load()
         scheduler.every("analytics:flush", settings.flags.analytics_flush_interval, analytics.flush)
         self._stack.push_async_callback(analytics.flush)  # the last counts, after the doors close
+        self.registry = RegistryService(
+            store,
+            committer,
+            bus,
+            self.configs,
+            node_id=node_id,
+            clock=self._clock,
+            check_interval=settings.registry.check_interval,
+            check_timeout=settings.registry.check_timeout,
+            time_source=lambda: self._clock().timestamp(),
+        )
+        await self.registry.start()
+        self._stack.push_async_callback(self.registry.stop)
+        wsl = settings.websocket
+        ws_limits = WebSocketLimits(
+            heartbeat=wsl.heartbeat,
+            idle_timeout=wsl.idle_timeout,
+            max_queue=wsl.max_queue,
+            max_subscriptions=wsl.max_subscriptions,
+            max_message_bytes=wsl.max_message_bytes,
+            max_connections=wsl.max_connections,
+        )
+        hub = self.hub = LiveHub(
+            bus, self.configs, self.flags, max_subscriptions=wsl.max_subscriptions
+        )
+        hub.start()
+        self._stack.push_async_callback(hub.stop)
         audit = AuditService(store)
         health = self.health = Health(node_id)
 
@@ -203,6 +235,11 @@ class Daemon:
 
         health.add("sqlite", sqlite_health)
 
+        async def websocket_health() -> ComponentHealth:
+            return ComponentHealth(status="ok", counts=hub.counts)
+
+        health.add("websocket", websocket_health, critical=False)
+
         if settings.upstream.postgres_url or settings.upstream.redis_url:
             log.warning("upstream settings are given but replication is not built yet: ignored")
 
@@ -211,13 +248,24 @@ class Daemon:
             configs=self.configs,
             flags=self.flags,
             secrets=self.secrets,
+            registry=self.registry,
             audit=audit,
             health=health,
+            hub=hub,
+            ws_limits=ws_limits,
             authenticator=authenticator,
             limits=self.request_limits,
         )
         await self._serve_api(api_app)
-        await self._serve_ws(build_ws_app(health=health, authenticator=authenticator))
+        await self._serve_ws(
+            build_ws_app(
+                health=health,
+                hub=hub,
+                ws_limits=ws_limits,
+                default_environment=settings.server.default_environment,
+                authenticator=authenticator,
+            )
+        )
         await self._serve_flag_socket(self.flags)
         health.ready = True
         # Objects built at start-up live as long as the daemon: keep them out of the

@@ -122,6 +122,28 @@ class FlagSettings(Section, frozen=True, kw_only=True):
     analytics_flush_interval: Duration = Duration(5.0)
 
 
+class WebSocketSettings(Section, frozen=True, kw_only=True):
+    #: Server pings this often; a client that misses the pong is closed (dead connection).
+    heartbeat: Duration = Duration(30.0)
+    #: A connection with no subscription is closed after this long (code 4002).
+    idle_timeout: Duration = Duration(60.0)
+    #: Messages waiting for one client; past this it is closed as a slow consumer (4001).
+    max_queue: Positive = 256
+    #: Subscriptions one connection may hold.
+    max_subscriptions: Positive = 64
+    #: Largest frame a client may send, in bytes.
+    max_message_bytes: Positive = 65536
+    #: Open WebSocket connections in all; more are refused with 503.
+    max_connections: Positive = 10000
+
+
+class RegistrySettings(Section, frozen=True, kw_only=True):
+    #: How often each registered healthCheck URL is polled (and staleness re-evaluated).
+    check_interval: Duration = Duration(10.0)
+    #: How long one health probe may take before it counts as unhealthy.
+    check_timeout: Duration = Duration(2.0)
+
+
 class Settings(Section, frozen=True, kw_only=True):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -130,6 +152,8 @@ class Settings(Section, frozen=True, kw_only=True):
     upstream: UpstreamSettings = UpstreamSettings()
     secrets: SecretSettings = SecretSettings()
     flags: FlagSettings = FlagSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     @property
     def data_dir(self) -> Path:
@@ -288,6 +312,8 @@ def _check(settings: Settings, label: str) -> None:
             raise SettingsError(f"{label}: {key}: expected octal digits like 0660") from None
         if mode & ~0o777:
             raise SettingsError(f"{label}: {key}: only permission bits (0-0777)")
+    if settings.websocket.heartbeat < 1:
+        raise SettingsError(f"{label}: websocket.heartbeat: at least 1s")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
 

@@ -240,6 +240,8 @@ class ComponentHealth(View, kw_only=True, omit_defaults=True):
     status: str
     detail: str | None = None
     latency_ms: float | None = None
+    #: Gauges of the component (e.g. WebSocket connections and subscriptions).
+    counts: dict[str, int] | None = None
 
 
 class HealthDocument(View, kw_only=True):
@@ -280,3 +282,52 @@ class EvaluateRequest(Body, kw_only=True):
 
 class EvaluateResponse(View, kw_only=True):
     results: dict[str, EvaluationResult]
+
+
+# -- service registry ---------------------------------------------------------------
+
+
+class HealthCheckSpec(Body, kw_only=True):
+    url: str
+
+
+class ServiceRegister(Body, kw_only=True):
+    """`POST /api/services/register` (the seed's body, plus `ttlSeconds`)."""
+
+    name: str
+    version: str = ""
+    host: str = ""
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    #: A URL, or `{"url": ...}`.
+    health_check: str | HealthCheckSpec | None = None
+    tags: list[str] = []
+    environment: str | None = None
+    required_configs: list[str] = []
+    metadata: dict[str, Any] = {}
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class ServiceView(View, kw_only=True, omit_defaults=True):
+    name: str
+    version: str = ""
+    host: str = ""
+    port: int | None = None
+    health_check: str = ""
+    tags: list[str] = []
+    environment: str
+    required_configs: list[str] = []
+    metadata: dict[str, Any] = {}
+    ttl_seconds: int | None = None
+    registered_at: datetime
+    registered_by: str
+    #: healthy, unhealthy, unknown or stale.
+    status: str
+    last_heartbeat: datetime | None = None
+    last_check: datetime | None = None
+    last_error: str | None = None
+
+
+class RegisterResult(View, kw_only=True):
+    service: ServiceView
+    #: requiredConfigs absent from the service's current config.
+    missing_configs: list[str]

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api import routes_audit, routes_config, routes_flags, routes_health, routes_secrets
+from fpcd.api import (
+    routes_audit,
+    routes_config,
+    routes_flags,
+    routes_health,
+    routes_secrets,
+    routes_services,
+    ws,
+)
 from fpcd.api.http import AUTHENTICATOR, REQUEST_LIMITS, Authenticator, RequestLimits, pipeline
 from fpcd.observe.health import Health
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
+from fpcd.services.live import LiveHub
+from fpcd.services.registry import RegistryService
 from fpcd.services.secrets import SecretService
 
 #: aiohttp's own cap; the configurable limit is enforced while reading (see read_body).
@@ -21,8 +31,11 @@ def build_api_app(
     configs: ConfigService,
     flags: FlagService,
     secrets: SecretService,
+    registry: RegistryService,
     audit: AuditService,
     health: Health,
+    hub: LiveHub,
+    ws_limits: ws.WebSocketLimits,
     authenticator: Authenticator,
     limits: RequestLimits,
 ) -> web.Application:
@@ -33,21 +46,32 @@ def build_api_app(
     app[routes_flags.FLAGS] = flags
     app[routes_secrets.SECRETS] = secrets
     app[routes_secrets.ENVIRONMENT] = configs.default_environment
+    app[routes_services.REGISTRY] = registry
     app[routes_audit.AUDIT] = audit
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
     routes_config.add_routes(app)
     routes_flags.add_routes(app)
     routes_secrets.add_routes(app)
+    routes_services.add_routes(app)
+    ws.add_routes(app, hub, ws_limits, configs.default_environment, paths=("/ws",))
     routes_audit.add_routes(app)
     return app
 
 
-def build_ws_app(*, health: Health, authenticator: Authenticator) -> web.Application:
-    """The WebSocket port (the seed's CONFIG_WS_PORT); its protocol arrives with live updates."""
+def build_ws_app(
+    *,
+    health: Health,
+    hub: LiveHub,
+    ws_limits: ws.WebSocketLimits,
+    default_environment: str,
+    authenticator: Authenticator,
+) -> web.Application:
+    """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
     app = web.Application(middlewares=[pipeline])
     app[AUTHENTICATOR] = authenticator
     app[REQUEST_LIMITS] = RequestLimits()
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
+    ws.add_routes(app, hub, ws_limits, default_environment, paths=("/", "/ws"))
     return app

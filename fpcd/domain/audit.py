@@ -27,6 +27,7 @@ from fpcd.domain.model import (
     SecretRead,
     SecretRewrap,
     SecretVersion,
+    ServiceRegistration,
 )
 
 GENESIS_HASH = "0" * 64
@@ -97,6 +98,9 @@ def describe(change: Change) -> tuple[str, str, dict[str, Any]]:
             return "secret.rewrap", "keyring", {"keyId": w.key_id, "count": len(w.items)}
         case DataKey() as k:
             return f"keyring.{change.op}", f"key:{k.id}", {"state": k.state}
+        case ServiceRegistration() as reg:
+            action = "service.deregister" if reg.deregistered else "service.register"
+            return action, f"service:{reg.name}", {"environment": reg.environment}
         case AuditNote() as note:
             return note.action, note.target, dict(note.details)
     raise AssertionError(f"unhandled payload {type(change.payload).__name__}")

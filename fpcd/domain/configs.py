@@ -178,3 +178,16 @@ def effective_configs(
         yield environment, layer
     for env in sorted(others):
         yield env, deep_merge(layer, others[env])
+
+
+def missing_paths(config: dict[str, Any], paths: list[str]) -> list[str]:
+    """The dotted paths (`database.host`) that do not resolve in `config`."""
+    missing = []
+    for path in paths:
+        node: Any = config
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(path)
+                break
+            node = node[part]
+    return missing

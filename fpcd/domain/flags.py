@@ -612,6 +612,27 @@ def evaluate(
 _MISSING = object()
 
 
+def active(
+    flag: CompiledFlag | None, environment: str | None, now: float, lookup: Lookup, _depth: int = 0
+) -> bool:
+    """Steps 2-4 for everyone: enabled in `environment`, dependencies active, in its dates.
+
+    What a FEATURE_FLAG_UPDATE reports; per-user targeting and rollout still apply.
+    """
+    if flag is None or flag.archived or _depth > 16:
+        return False
+    rules = flag.rules_for(environment)
+    if not rules.enabled:
+        return False
+    if rules.start is not None and now < rules.start:
+        return False
+    if rules.end is not None and now >= rules.end:
+        return False
+    return all(
+        active(lookup(dep), environment, now, lookup, _depth + 1) for dep, _ in rules.dependencies
+    )
+
+
 def _with_variant(
     flag: CompiledFlag,
     rules: CompiledRules,

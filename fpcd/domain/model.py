@@ -151,6 +151,27 @@ class SecretRead(Record, frozen=True, kw_only=True, tag="secret_read"):
     peer: str = ""
 
 
+class ServiceRegistration(Record, frozen=True, kw_only=True, tag="service"):
+    """A service in the registry; `deregistered` marks its removal (history is kept)."""
+
+    name: str
+    version: str = ""
+    host: str = ""
+    port: int | None = None
+    #: URL polled for health (2xx/3xx: healthy); empty: no polling.
+    health_check: str = ""
+    tags: list[str] = []
+    environment: str
+    #: Dotted config paths the service needs in its environment's effective config.
+    required_configs: list[str] = []
+    metadata: dict[str, Any] = {}
+    #: Heartbeats must arrive at least this often, or the service turns stale.
+    ttl_seconds: int | None = None
+    registered_at: datetime
+    registered_by: str
+    deregistered: bool = False
+
+
 Payload = (
     ConfigVersion
     | SchemaRecord
@@ -162,6 +183,7 @@ Payload = (
     | SecretDestroyed
     | SecretRewrap
     | SecretRead
+    | ServiceRegistration
 )
 
 

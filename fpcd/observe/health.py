@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from fpcd import __version__
 from fpcd.wire import ComponentHealth, HealthDocument
 
@@ -36,7 +38,7 @@ class Health:
             return ComponentHealth(status="down", detail=error.__class__.__name__)
         if result.latency_ms is None:
             elapsed = round((time.perf_counter() - started) * 1000, 3)
-            result = ComponentHealth(status=result.status, detail=result.detail, latency_ms=elapsed)
+            result = msgspec.structs.replace(result, latency_ms=elapsed)
         return result
 
     async def report(self) -> HealthDocument:

@@ -24,6 +24,7 @@ from fpcd.domain.configs import (
     deep_merge,
     diff,
     effective_configs,
+    missing_paths,
     valid_name,
 )
 from fpcd.domain.crypto import Secret
@@ -120,6 +121,8 @@ class ConfigService:
         self._generation: dict[str, int] = {}
         self._validators: dict[str, SchemaValidator | None] = {}
         self._last_reload: dict[tuple[str, str], str] = {}
+        #: (service, environment) -> dotted paths a registered service requires there.
+        self.required_configs: Callable[[str, str], list[str]] = lambda service, env: []
         bus.subscribe(self._on_event)
 
     # -- events ------------------------------------------------------------------
@@ -241,6 +244,11 @@ class ConfigService:
             bucket[key] = encoded
         return encoded
 
+    async def versions_after(self, service: str, environment: str, version: int) -> list[int]:
+        """Version numbers of a layer after `version`, oldest first (a WebSocket replay)."""
+        head = await self._store.config_head(service, environment)
+        return list(range(version + 1, head.version + 1)) if head else []
+
     async def history(
         self, service: str, environment: str, *, limit: int, offset: int
     ) -> Page[VersionView]:
@@ -342,19 +350,26 @@ class ConfigService:
         return self._validators[service]
 
     async def _validate(self, service: str, environment: str, config: dict[str, Any]) -> None:
+        """The service's schema and its registered requiredConfigs, on every document the
+        write produces (all environments over `default` when `default` is written)."""
         validator = await self._validator(service)
-        if validator is None:
+        if validator is None and not self.required_configs(service, environment):
             return
         layers = {env: v.config for env, v in (await self._store.config_layers(service)).items()}
         errors: list[FieldError] = []
         for env, document in effective_configs(environment, config, layers):
-            for error in validator.errors(document, "$.config"):
+            found = validator.errors(document, "$.config") if validator is not None else []
+            found += [
+                FieldError(f"$.config.{path}", "required by the registered service")
+                for path in missing_paths(document, self.required_configs(service, env))
+            ]
+            for error in found:
                 if env != environment:
                     error = FieldError(error.path, f"{error.message} (in '{env}' over default)")
                 errors.append(error)
         if errors:
             raise Invalid(
-                f"the configuration does not match the schema of {service}", errors=errors
+                f"the configuration does not match what {service} requires", errors=errors
             )
 
     @staticmethod

@@ -27,7 +27,15 @@ class FlagSwitched(msgspec.Struct, frozen=True):
     boundary: str  # "start" or "end"
 
 
-Event = ChangeApplied | FlagSwitched
+class ServiceStatusChanged(msgspec.Struct, frozen=True):
+    """A registered service's health moved (healthy, unhealthy, unknown, stale)."""
+
+    name: str
+    old: str
+    new: str
+
+
+Event = ChangeApplied | FlagSwitched | ServiceStatusChanged
 Listener = Callable[[Event], None]
 
 

@@ -28,6 +28,7 @@ from fpcd.domain.flags import (
     EvaluationContext,
     EvaluationResult,
     FlagDefinition,
+    active,
     compile_flag,
     dependency_keys,
     derive_key,
@@ -165,6 +166,13 @@ class FlagService:
 
     def lookup(self, key: str) -> CompiledFlag | None:
         return self._compiled.get(key)
+
+    def get_record(self, key: str) -> FlagRecord | None:
+        """The latest version, archived or not."""
+        return self._records.get(key)
+
+    def active(self, key: str, environment: str, now: float) -> bool:
+        return active(self._compiled.get(key), environment, now, self._compiled.get)
 
     def evaluate_one(
         self, key: str, context: EvaluationContext, now: float | None = None

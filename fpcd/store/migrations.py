@@ -106,6 +106,13 @@ MIGRATIONS: list[str] = [
         WHERE entity = 'config'
           AND json_extract(CAST(payload AS TEXT), '$.payload.secrets') IS NOT NULL;
     """,
+    # 4: the service registry.
+    """
+    CREATE TABLE services (
+        name   TEXT PRIMARY KEY,
+        record BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

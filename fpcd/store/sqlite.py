@@ -31,6 +31,7 @@ from fpcd.domain.model import (
     SecretRead,
     SecretRewrap,
     SecretVersion,
+    ServiceRegistration,
     rfc3339,
 )
 from fpcd.store.migrations import LATEST, MIGRATIONS
@@ -45,6 +46,7 @@ _version_decoder = msgspec.json.Decoder(ConfigVersion)
 _schema_decoder = msgspec.json.Decoder(SchemaRecord)
 _flag_decoder = msgspec.json.Decoder(FlagRecord)
 _data_key_decoder = msgspec.json.Decoder(DataKey)
+_service_decoder = msgspec.json.Decoder(ServiceRegistration)
 _details_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -365,6 +367,12 @@ class Store:
                         for name in read.names
                     ],
                 )
+            case ServiceRegistration() as reg:
+                await db.execute(
+                    "INSERT INTO services (name, record) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+                    (reg.name, _change_encoder.encode(reg)),
+                )
             case AuditNote() | ReloadRequest():
                 pass
 
@@ -492,6 +500,12 @@ class Store:
             (flag, first_hour, last_hour),
         )
         return [tuple(r) for r in rows]
+
+    # -- service registry ---------------------------------------------------------
+
+    async def registrations(self) -> list[ServiceRegistration]:
+        rows = await self._fetchall("SELECT record FROM services ORDER BY name")
+        return [_service_decoder.decode(r[0]) for r in rows]
 
     # -- secrets ----------------------------------------------------------------
 

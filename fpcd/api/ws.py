@@ -1,0 +1,229 @@
+"""The WebSocket door: the seed's protocol on the WS port (at `/` and `/ws`) and at `/ws`
+on the API port.
+
+Client: `SUBSCRIBE {serviceName, environment, subscriptions, lastVersion?}`,
+`UNSUBSCRIBE {serviceName, environment}`, `PING`. Server: `SUBSCRIBED`,
+`CONFIGURATION_UPDATE`, `FEATURE_FLAG_UPDATE`, `CONFIGURATION_RELOAD`, `UNSUBSCRIBED`,
+`PONG`, `ERROR {code, message}`. A bad frame gets ERROR and the connection lives on.
+Each connection writes from its own bounded queue; one that falls behind is closed with
+code 4001 so it never delays anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from fpcd.domain.configs import valid_name
+from fpcd.services.live import TOPICS, ErrorMessage, LiveHub, Pong, encode
+
+log = logging.getLogger("fpcd.ws")
+
+#: Close codes (4000-4999 are the application's own).
+CLOSE_SLOW_CONSUMER = 4001
+CLOSE_IDLE = 4002
+
+
+@dataclass(frozen=True)
+class WebSocketLimits:
+    heartbeat: float = 30.0
+    idle_timeout: float = 60.0
+    max_queue: int = 256
+    max_subscriptions: int = 64
+    max_message_bytes: int = 65536
+    max_connections: int = 10_000
+
+
+class ClientMessage(msgspec.Struct, tag_field="type", rename="camel"):
+    """Messages a client sends; extra fields are ignored so any seed client works."""
+
+
+class Subscribe(ClientMessage, tag="SUBSCRIBE", kw_only=True):
+    service_name: str
+    environment: str | None = None
+    subscriptions: list[str] = msgspec.field(default_factory=lambda: list(TOPICS))
+    last_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class Unsubscribe(ClientMessage, tag="UNSUBSCRIBE", kw_only=True):
+    service_name: str
+    environment: str | None = None
+
+
+class Ping(ClientMessage, tag="PING", kw_only=True):
+    pass
+
+
+_decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping).decode
+HUB = web.AppKey("live_hub", LiveHub)
+WS_LIMITS = web.AppKey("ws_limits", WebSocketLimits)
+DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
+
+
+class Connection:
+    """One WebSocket client: what the hub delivers to, with its own write queue."""
+
+    def __init__(self, ws: web.WebSocketResponse, max_queue: int) -> None:
+        self.ws = ws
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(max_queue)
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[bool] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+
+    def deliver(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(data)
+        except asyncio.QueueFull:
+            log.warning("websocket dropped: slow consumer", extra={"queued": self._queue.qsize()})
+            self.close_soon(CLOSE_SLOW_CONSUMER, b"slow consumer")
+
+    def close_soon(self, code: int, reason: bytes) -> None:
+        """Close from a callback; the handler's receive loop then ends and cleans up."""
+        if self._closing:
+            return
+        self._closing = True
+        self._closer = asyncio.get_running_loop().create_task(
+            self.ws.close(code=code, message=reason)
+        )
+
+    async def _write_loop(self) -> None:
+        while True:
+            data = await self._queue.get()
+            await self.ws.send_frame(data, WSMsgType.TEXT)
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._closer is not None:
+            await asyncio.gather(self._closer, return_exceptions=True)
+
+
+CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("ws_connections")
+
+
+def _error(code: str, message: str) -> bytes:
+    return encode(ErrorMessage(code=code, message=message))
+
+
+def _handle(conn: Connection, hub: LiveHub, default_environment: str, data: bytes) -> bool:
+    """Act on one frame; True when it was a subscription (the connection is not idle)."""
+    try:
+        message = _decode(data)
+    except msgspec.ValidationError as error:
+        code = "UNKNOWN_TYPE" if "`$.type`" in str(error) else "BAD_MESSAGE"
+        conn.deliver(_error(code, str(error)))
+        return False
+    except (msgspec.DecodeError, RecursionError):
+        conn.deliver(_error("BAD_JSON", "the frame is not valid JSON"))
+        return False
+    match message:
+        case Ping():
+            conn.deliver(encode(Pong(timestamp=int(time.time() * 1000))))
+            return False
+        case Subscribe() | Unsubscribe():
+            environment = message.environment or default_environment
+            if not valid_name(message.service_name) or not valid_name(environment):
+                conn.deliver(
+                    _error(
+                        "BAD_MESSAGE",
+                        "serviceName and environment are 1-128 of letters, digits, '.', '_', '-'",
+                    )
+                )
+                return False
+            if isinstance(message, Unsubscribe):
+                hub.unsubscribe(conn, message.service_name, environment)
+                return False
+            unknown = sorted(set(message.subscriptions) - set(TOPICS))
+            if unknown or not message.subscriptions:
+                conn.deliver(_error("BAD_MESSAGE", "subscriptions are any of " + ", ".join(TOPICS)))
+                return False
+            hub.subscribe(
+                conn, message.service_name, environment, message.subscriptions, message.last_version
+            )
+            return True
+    return False
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    limits, hub, connections = app[WS_LIMITS], app[HUB], app[CONNECTIONS]
+    if len(connections) >= limits.max_connections:
+        raise web.HTTPServiceUnavailable(reason="too many WebSocket connections")
+    ws = web.WebSocketResponse(
+        heartbeat=limits.heartbeat,
+        max_msg_size=limits.max_message_bytes,
+        compress=False,  # every subscriber gets the same bytes, encoded once
+        decode_text=False,
+    )
+    await ws.prepare(request)
+    conn = Connection(ws, limits.max_queue)
+    connections.add(conn)
+    hub.connect(conn)
+    conn.start()
+    # A timer, not a receive timeout: aiohttp restarts that on every pong, so a client
+    # answering pings would never count as idle.
+    idle = asyncio.get_running_loop().call_later(
+        limits.idle_timeout, conn.close_soon, CLOSE_IDLE, b"idle: no subscription"
+    )
+    try:
+        while not ws.closed:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if msg.type == WSMsgType.BINARY:
+                    conn.deliver(_error("BAD_MESSAGE", "send JSON in text frames"))
+                    continue
+                if _handle(conn, hub, app[DEFAULT_ENVIRONMENT], msg.data):
+                    idle.cancel()
+            elif msg.type in (
+                WSMsgType.CLOSE,
+                WSMsgType.CLOSING,
+                WSMsgType.CLOSED,
+                WSMsgType.ERROR,
+            ):
+                break
+    finally:
+        idle.cancel()
+        hub.disconnect(conn)
+        await conn.stop()
+        with contextlib.suppress(Exception):
+            await ws.close()
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """on_shutdown: tell every client the server is going away (1001)."""
+    connections = app[CONNECTIONS]
+    for conn in list(connections):
+        with contextlib.suppress(Exception):
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def add_routes(
+    app: web.Application,
+    hub: LiveHub,
+    limits: WebSocketLimits,
+    default_environment: str,
+    paths: tuple[str, ...],
+) -> None:
+    app[HUB] = hub
+    app[WS_LIMITS] = limits
+    app[CONNECTIONS] = weakref.WeakSet()
+    app[DEFAULT_ENVIRONMENT] = default_environment
+    for path in paths:
+        app.router.add_get(path, websocket)
+    app.on_shutdown.append(close_all)

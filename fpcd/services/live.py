@@ -1,0 +1,371 @@
+"""Live updates: who is subscribed to what, and turning change events into messages.
+
+Every change reaches subscribers through the one event bus, whatever door or host it
+came from. One dispatcher task handles events and subscription requests in order, so a
+subscriber's replay and its live updates never interleave; each message is encoded
+once and handed to every subscriber's own bounded queue (a slow subscriber is dropped
+by its connection, never waited for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from fpcd.domain.configs import BASE_ENVIRONMENT
+from fpcd.domain.errors import FpcdError, NotFound
+from fpcd.domain.model import ConfigVersion, FlagRecord, ReloadRequest
+from fpcd.services.configs import ConfigService
+from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
+from fpcd.services.flags import FlagService, flag_document
+
+log = logging.getLogger("fpcd.live")
+
+CONFIG_UPDATES = "config-updates"
+FEATURE_FLAGS = "feature-flags"
+TOPICS = (CONFIG_UPDATES, FEATURE_FLAGS)
+
+
+class ServerMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True):
+    """Messages the server sends; `type` carries the seed's message names."""
+
+
+class ConfigurationUpdate(ServerMessage, tag="CONFIGURATION_UPDATE", kw_only=True):
+    service_name: str
+    environment: str
+    version: int
+    config: dict[str, Any]
+    #: The `default` layer's version merged underneath (absent for `default` itself).
+    base_version: int | None = None
+    checksum: str
+
+
+class ConfigurationReload(ServerMessage, tag="CONFIGURATION_RELOAD", kw_only=True):
+    service_name: str
+    environment: str
+    version: int
+    force: bool = False
+
+
+class FeatureFlagUpdate(ServerMessage, tag="FEATURE_FLAG_UPDATE", kw_only=True):
+    flag_key: str
+    #: On in `environment` at this moment: enabled, dependencies active, inside its dates.
+    enabled: bool
+    environment: str
+    flag: dict[str, Any] | None
+    #: "changed", "archived", "schedule_start" or "schedule_end".
+    reason: str
+
+
+class Subscribed(ServerMessage, tag="SUBSCRIBED", kw_only=True):
+    service_name: str
+    environment: str
+    subscriptions: list[str]
+
+
+class Unsubscribed(ServerMessage, tag="UNSUBSCRIBED", kw_only=True):
+    service_name: str
+    environment: str
+
+
+class Pong(ServerMessage, tag="PONG", kw_only=True):
+    timestamp: int = 0
+
+
+class ErrorMessage(ServerMessage, tag="ERROR", kw_only=True):
+    code: str
+    message: str
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode(message: ServerMessage) -> bytes:
+    return _encode(message)
+
+
+class Subscriber(Protocol):
+    """A connection, as the hub sees it: `deliver` must not block (queue or drop)."""
+
+    def deliver(self, data: bytes) -> None: ...
+
+
+class Stream:
+    """One subscriber's subscription to one (service, environment)."""
+
+    __slots__ = ("configs", "flags", "last")
+
+    def __init__(self, topics: set[str]) -> None:
+        self.configs = CONFIG_UPDATES in topics
+        self.flags = FEATURE_FLAGS in topics
+        #: (version, base version) of the last CONFIGURATION_UPDATE sent: never older, never twice.
+        self.last: tuple[int, int] = (-1, -1)
+
+
+Key = tuple[str, str]
+Job = Callable[[], Awaitable[None]]
+
+
+class LiveHub:
+    def __init__(
+        self,
+        bus: EventBus,
+        configs: ConfigService,
+        flags: FlagService,
+        *,
+        max_subscriptions: int,
+        time_source: Callable[[], float] = time.time,
+    ) -> None:
+        self._configs = configs
+        self._flags = flags
+        self._time = time_source
+        self.max_subscriptions = max_subscriptions
+        self._streams: dict[Key, dict[Subscriber, Stream]] = {}
+        self._by_subscriber: dict[Subscriber, dict[Key, Stream]] = {}
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        bus.subscribe(self._on_event)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._dispatch(), name="live-dispatch")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _dispatch(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("live update failed")
+
+    # -- subscriptions --------------------------------------------------------------
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "connections": len(self._by_subscriber),
+            "subscriptions": sum(len(s) for s in self._by_subscriber.values()),
+        }
+
+    def connect(self, subscriber: Subscriber) -> None:
+        self._by_subscriber.setdefault(subscriber, {})
+
+    def disconnect(self, subscriber: Subscriber) -> None:
+        for key in self._by_subscriber.pop(subscriber, {}):
+            streams = self._streams.get(key)
+            if streams is not None:
+                streams.pop(subscriber, None)
+                if not streams:
+                    del self._streams[key]
+
+    def subscribe(
+        self,
+        subscriber: Subscriber,
+        service: str,
+        environment: str,
+        topics: list[str],
+        last_version: int | None,
+    ) -> None:
+        """Queue the subscription so it takes its place among the live events."""
+        self._queue.put_nowait(
+            lambda: self._subscribe(subscriber, service, environment, topics, last_version)
+        )
+
+    async def _subscribe(
+        self,
+        subscriber: Subscriber,
+        service: str,
+        environment: str,
+        topics: list[str],
+        last_version: int | None,
+    ) -> None:
+        mine = self._by_subscriber.get(subscriber)
+        if mine is None:  # it went away while queued
+            return
+        key = (service, environment)
+        if key not in mine and len(mine) >= self.max_subscriptions:
+            subscriber.deliver(
+                encode(
+                    ErrorMessage(
+                        code="TOO_MANY_SUBSCRIPTIONS",
+                        message=f"at most {self.max_subscriptions} subscriptions per connection",
+                    )
+                )
+            )
+            return
+        stream = Stream(set(topics))
+        mine[key] = stream
+        self._streams.setdefault(key, {})[subscriber] = stream
+        subscriber.deliver(
+            encode(
+                Subscribed(
+                    service_name=service, environment=environment, subscriptions=sorted(set(topics))
+                )
+            )
+        )
+        if last_version is not None and stream.configs:
+            await self._replay(subscriber, stream, service, environment, last_version)
+
+    def unsubscribe(self, subscriber: Subscriber, service: str, environment: str) -> None:
+        async def job() -> None:
+            mine = self._by_subscriber.get(subscriber, {})
+            if mine.pop((service, environment), None) is not None:
+                streams = self._streams.get((service, environment), {})
+                streams.pop(subscriber, None)
+                if not streams:
+                    self._streams.pop((service, environment), None)
+            subscriber.deliver(encode(Unsubscribed(service_name=service, environment=environment)))
+
+        self._queue.put_nowait(job)
+
+    async def _replay(
+        self,
+        subscriber: Subscriber,
+        stream: Stream,
+        service: str,
+        environment: str,
+        last_version: int,
+    ) -> None:
+        """Every version after `last_version`, in order, then the current state."""
+        versions = await self._configs.versions_after(service, environment, last_version)
+        for version in versions:
+            update = await self._update(service, environment, version)
+            self._send_config(subscriber, stream, update)
+        try:
+            current = await self._update(service, environment, None)
+        except NotFound:
+            return
+        # The default layer may have moved on since the last version replayed: send the
+        # current merge, unless a newer version of the layer exists (its live event,
+        # queued behind this replay, will bring it in order).
+        newest = versions[-1] if versions else last_version
+        if current.version != newest:
+            return
+        if newest == 0:  # the client has nothing: the inherited default is news
+            self._send_config(subscriber, stream, current)
+            return
+        had = await self._update(service, environment, newest)  # merged as of that version
+        if (current.base_version or 0) > (had.base_version or 0):
+            stream.last = max(stream.last, (had.version, had.base_version or 0))
+            self._send_config(subscriber, stream, current)
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, FlagSwitched):
+            self._queue.put_nowait(
+                lambda: self._flag_update(event.key, f"schedule_{event.boundary}")
+            )
+            return
+        assert isinstance(event, ChangeApplied)
+        payload = event.change.payload
+        match payload:
+            case ConfigVersion():
+                # Queued even with no subscriber yet: a SUBSCRIBE queued before it must
+                # still see it (or find it already in the store when it replays).
+                self._queue.put_nowait(lambda: self._config_changed(payload))
+            case ReloadRequest():
+                self._queue.put_nowait(lambda: self._reload(payload))
+            case FlagRecord():
+                reason = "archived" if payload.archived else "changed"
+                self._queue.put_nowait(lambda: self._flag_update(payload.key, reason))
+
+    async def _update(
+        self, service: str, environment: str, version: int | None
+    ) -> ConfigurationUpdate:
+        doc = await self._configs.document(service, environment, version=version)
+        return ConfigurationUpdate(
+            service_name=service,
+            environment=environment,
+            version=doc.version,
+            config=doc.config,
+            base_version=doc.base_version,
+            checksum=doc.checksum,
+        )
+
+    @staticmethod
+    def _send_config(subscriber: Subscriber, stream: Stream, update: ConfigurationUpdate) -> bool:
+        position = (update.version, update.base_version or 0)
+        if position <= stream.last:
+            return False
+        stream.last = position
+        subscriber.deliver(encode(update))
+        return True
+
+    async def _config_changed(self, change: ConfigVersion) -> None:
+        service = change.service
+        if change.environment == BASE_ENVIRONMENT:
+            keys = [k for k in self._streams if k[0] == service]
+        else:
+            keys = [(service, change.environment)]
+        for key in keys:
+            streams = [(s, st) for s, st in self._streams.get(key, {}).items() if st.configs]
+            if not streams:
+                continue
+            try:
+                if key[1] == change.environment:  # exactly the version the change wrote
+                    update = await self._update(service, key[1], change.version)
+                else:  # an environment over a new default: its current effective config
+                    update = await self._update(service, key[1], None)
+            except FpcdError:
+                continue
+            data = encode(update)
+            position = (update.version, update.base_version or 0)
+            for subscriber, stream in streams:
+                if position > stream.last:
+                    stream.last = position
+                    subscriber.deliver(data)
+
+    async def _reload(self, reload: ReloadRequest) -> None:
+        data = encode(
+            ConfigurationReload(
+                service_name=reload.service,
+                environment=reload.environment,
+                version=reload.version,
+                force=reload.force,
+            )
+        )
+        for subscriber, stream in self._streams.get(
+            (reload.service, reload.environment), {}
+        ).items():
+            if stream.configs:
+                subscriber.deliver(data)
+
+    async def _flag_update(self, key: str, reason: str) -> None:
+        record = self._flags.get_record(key)
+        doc = flag_document(record) if record is not None else None
+        now = self._time()
+        by_environment: dict[str, bytes] = {}
+        sent: set[tuple[int, str]] = set()
+        for (_, environment), streams in list(self._streams.items()):
+            for subscriber, stream in streams.items():
+                if not stream.flags or (id(subscriber), environment) in sent:
+                    continue
+                sent.add((id(subscriber), environment))
+                data = by_environment.get(environment)
+                if data is None:
+                    enabled = self._flags.active(key, environment, now)
+                    data = by_environment[environment] = encode(
+                        FeatureFlagUpdate(
+                            flag_key=key,
+                            enabled=enabled,
+                            environment=environment,
+                            flag=doc,
+                            reason=reason,
+                        )
+                    )
+                subscriber.deliver(data)

@@ -1,0 +1,76 @@
+"""The seed's own Node `ws` client example works unchanged against fpcd."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def http(url: str, method: str, body: Any) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method)
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+def test_seed_node_example(spawn: Any, tmp_path: Path) -> None:
+    npm, node = shutil.which("npm"), shutil.which("node")
+    assert npm and node, "node and npm are needed (.ci/run installs them)"
+    subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--silent", "ws@8"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    proc = spawn().start()
+    example = (ROOT / "docs" / "examples" / "seed-ws-client.js").read_text()
+    script = tmp_path / "client.js"
+    script.write_text(example.replace("ws://localhost:8080", f"ws://127.0.0.1:{proc.ws_port}"))
+    client = subprocess.Popen(
+        [node, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # until the example has subscribed
+            with urllib.request.urlopen(proc.url + "/health", timeout=5) as r:
+                counts = json.loads(r.read())["components"]["websocket"]["counts"]
+            if counts["subscriptions"] == 1:
+                break
+            time.sleep(0.05)
+        http(
+            proc.url + "/api/config/user-service",
+            "PUT",
+            {"environment": "production", "config": {"maxUsers": 100}},
+        )
+        http(proc.url + "/api/features", "POST", {"name": "new-signup", "enabled": True})
+        http(
+            proc.url + "/api/config/user-service/reload",
+            "POST",
+            {"environment": "production", "force": True},
+        )
+        lines: list[str] = []
+        deadline = time.monotonic() + 15
+        assert client.stdout is not None
+        while len(lines) < 3 and time.monotonic() < deadline:
+            line = client.stdout.readline()
+            if line:
+                lines.append(line.strip())
+    finally:
+        client.kill()
+        client.wait(10)
+    assert lines == [
+        'Configuration updated: {"maxUsers":100}',
+        "Feature flag updated: new_signup true",
+        "Configuration reload requested",
+    ], lines
