@@ -1,0 +1,1 @@
+"""File sync (materialized configs, commands, drift) and the declarative source directory."""

@@ -1,0 +1,453 @@
+"""File sync: configurations materialized to files, commands run after a change, drift
+repaired, like consul-template.
+
+Writes are atomic (temp file in the same directory, fsync, chmod/chown, rename, fsync of
+the directory) and skipped when the bytes would not change. Bursts of changes are
+coalesced by each file's `wait = {min, max}`; a command shared by several files runs once
+per burst; a failing command is retried on the next change, with a growing pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import shlex
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from fpcd.domain.configs import BASE_ENVIRONMENT
+from fpcd.domain.errors import FpcdError, NotFound
+from fpcd.domain.model import (
+    AuditNote,
+    Caller,
+    Change,
+    ConfigVersion,
+    ReloadRequest,
+    SecretDestroyed,
+    SecretVersion,
+)
+from fpcd.domain.render import RenderError, render
+from fpcd.services.changes import Committer
+from fpcd.services.configs import ConfigService
+from fpcd.services.events import ChangeApplied, Event, EventBus
+from fpcd.settings import FileSettings
+
+log = logging.getLogger("fpcd.files")
+
+OUTPUT_LIMIT = 4096
+SYSTEM = Caller(subject="fpcd:files", scopes=frozenset({"*"}))
+
+
+def atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> bool:
+    """Write `data` so a reader sees the old file or the new one, never a part; False when
+    the file already holds exactly these bytes (and mode)."""
+    with contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        if (
+            (st.st_mode & 0o777) == mode
+            and path.read_bytes() == data
+            and (uid in (-1, st.st_uid) and gid in (-1, st.st_gid))
+        ):
+            return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".fpcd-tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            if uid != -1 or gid != -1:
+                os.fchown(handle.fileno(), uid, gid)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Temp files left by a daemon killed mid-write."""
+    for stale in path.parent.glob(f".{path.name}.*.fpcd-tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def command_argv(spec: FileSettings) -> tuple[str, ...]:
+    if isinstance(spec.command, list):
+        return tuple(spec.command)
+    if not spec.command:
+        return ()
+    return (spec.command,) if spec.shell else tuple(shlex.split(spec.command))
+
+
+@dataclass
+class Target:
+    spec: FileSettings
+    path: Path
+    mode: int
+    uid: int
+    gid: int
+    template: str | None
+    command: tuple[str, ...]
+    #: What fpcd last wrote (or found identical): drift is any other content.
+    written: bytes | None = None
+    first_change: float | None = None
+    timer: asyncio.TimerHandle | None = None
+    force: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+#: Requests for one command this close together share one run (files of one burst).
+COALESCE = 0.1
+
+
+@dataclass
+class CommandState:
+    failures: int = 0
+    not_before: float = 0.0
+    task: asyncio.Task[None] | None = None
+    #: Executing now (a request then means "run once more"), not just waiting to.
+    running: bool = False
+    again: bool = False
+
+
+class _Drift(FileSystemEventHandler):
+    """Runs in watchdog's thread: hands paths to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sync: FileSync) -> None:
+        self._loop = loop
+        self._sync = sync
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            path = os.fsdecode(raw) if raw else ""
+            if path and path in self._sync.by_path:
+                self._loop.call_soon_threadsafe(self._sync.drift_suspected, path)
+
+
+class FileSync:
+    def __init__(
+        self,
+        specs: list[FileSettings],
+        configs: ConfigService,
+        committer: Committer,
+        bus: EventBus,
+        *,
+        node_id: str,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._configs = configs
+        self._committer = committer
+        self._node_id = node_id
+        self._clock = clock
+        self.targets: list[Target] = []
+        for spec in specs:
+            self.targets.append(
+                Target(
+                    spec=spec,
+                    path=Path(spec.path),
+                    mode=int(spec.mode, 8),
+                    uid=pwd.getpwnam(spec.owner).pw_uid if spec.owner else -1,
+                    gid=grp.getgrnam(spec.group).gr_gid if spec.group else -1,
+                    template=Path(spec.template).read_text() if spec.template else None,
+                    command=command_argv(spec),
+                )
+            )
+        self.by_path = {str(t.path): t for t in self.targets}
+        self._commands: dict[tuple[tuple[str, ...], bool], CommandState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._observer: BaseObserver | None = None
+        self.command_runs = 0
+        bus.subscribe(self._on_event)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.targets:
+            return
+        for target in self.targets:
+            await asyncio.to_thread(remove_stale_temps, target.path)
+            await asyncio.to_thread(target.path.parent.mkdir, parents=True, exist_ok=True)
+            await self._materialize(target)
+        observer = Observer()
+        handler = _Drift(asyncio.get_running_loop(), self)
+        for directory in sorted({str(t.path.parent) for t in self.targets}):
+            observer.schedule(handler, directory, recursive=False)
+        observer.start()
+        self._observer = observer
+
+    async def stop(self) -> None:
+        if self._observer is not None:
+            observer, self._observer = self._observer, None
+            observer.stop()
+            await asyncio.to_thread(observer.join)
+        for target in self.targets:
+            if target.timer is not None:
+                target.timer.cancel()
+        tasks = list(self._tasks) + [s.task for s in self._commands.values() if s.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- changes -> writes -------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, ChangeApplied):
+            return
+        payload = event.change.payload
+        match payload:
+            case ConfigVersion():
+                self._changed(payload.service, payload.environment, secrets=False)
+            case SecretVersion() | SecretDestroyed():
+                self._changed(payload.service, payload.environment, secrets=True)
+            case ReloadRequest():
+                for target in self.targets:
+                    if (target.spec.service, target.spec.environment) == (
+                        payload.service,
+                        payload.environment,
+                    ):
+                        target.force = target.force or payload.force
+                        self._schedule(target)
+
+    def _changed(self, service: str, environment: str, *, secrets: bool) -> None:
+        for target in self.targets:
+            spec = target.spec
+            if spec.service != service or environment not in (spec.environment, BASE_ENVIRONMENT):
+                continue
+            if secrets and not spec.include_secrets:
+                continue
+            self._schedule(target)
+
+    def _schedule(self, target: Target) -> None:
+        """Debounce: wait `min` after the latest change, but no more than `max` in all."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if target.first_change is None:
+            target.first_change = now
+        wait = target.spec.wait
+        when = now + wait.min
+        if wait.max:
+            when = min(when, target.first_change + wait.max)
+        if target.timer is not None:
+            target.timer.cancel()
+        target.timer = loop.call_at(when, self._fire, target)
+
+    def _fire(self, target: Target) -> None:
+        target.timer = None
+        target.first_change = None
+        self._spawn(self._materialize(target))
+
+    async def _materialize(self, target: Target) -> None:
+        spec = target.spec
+        async with target.lock:
+            force, target.force = target.force, False
+            try:
+                doc = await self._configs.document(
+                    spec.service,
+                    spec.environment,
+                    include_secrets=spec.include_secrets,
+                    caller=SYSTEM,
+                )
+            except NotFound:
+                log.warning(
+                    "no configuration to write yet",
+                    extra={
+                        "file": spec.path,
+                        "service": spec.service,
+                        "environment": spec.environment,
+                    },
+                )
+                return
+            secrets = {n: m.value for n, m in doc.secrets.items() if m.value is not None}
+            try:
+                data = render(
+                    spec.format,
+                    doc.config,
+                    secrets=secrets or None,
+                    template=target.template,
+                    allow_empty=spec.allow_empty,
+                )
+            except RenderError as error:
+                log.error(
+                    "cannot render file; the old one stays",
+                    extra={"file": spec.path, "error": str(error)},
+                )
+                return
+            try:
+                changed = await asyncio.to_thread(
+                    atomic_write, target.path, data, target.mode, target.uid, target.gid
+                )
+            except OSError as error:
+                log.error("cannot write file", extra={"file": spec.path, "error": error.strerror})
+                return
+            target.written = data
+            if changed:
+                log.info(
+                    "file written",
+                    extra={"file": spec.path, "version": doc.version, "bytes": len(data)},
+                )
+            if (changed or force) and target.command:
+                self.request_command(target)
+
+    # -- commands -------------------------------------------------------------------------
+
+    def request_command(self, target: Target) -> None:
+        """Run the file's command soon; once for every file that shares it in this burst."""
+        key = (target.command, target.spec.shell)
+        state = self._commands.setdefault(key, CommandState())
+        if state.task is not None and not state.task.done():
+            if state.running:
+                state.again = True  # changed after it started: once more when it ends
+            return
+        state.task = asyncio.ensure_future(self._run_command(key, state, target.spec))
+
+    async def _run_command(
+        self, key: tuple[tuple[str, ...], bool], state: CommandState, spec: FileSettings
+    ) -> None:
+        argv, shell = key
+        while True:
+            await asyncio.sleep(max(COALESCE, state.not_before - time.monotonic()))
+            state.again, state.running = False, True
+            try:
+                ok = await self._execute(argv, shell, spec.command_timeout)
+            finally:
+                state.running = False
+            self.command_runs += 1
+            if ok:
+                state.failures, state.not_before = 0, 0.0
+            else:
+                state.failures += 1
+                state.not_before = time.monotonic() + min(2.0**state.failures, 300.0)
+            if not state.again:
+                return
+
+    async def _execute(self, argv: tuple[str, ...], shell: bool, limit_s: float) -> bool:
+        started = time.monotonic()
+        try:
+            if shell:
+                proc = await asyncio.create_subprocess_shell(
+                    argv[0],
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
+            else:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
+        except OSError as error:
+            log.error(
+                "command could not start", extra={"command": list(argv), "error": error.strerror}
+            )
+            return False
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), limit_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.error("command timed out", extra={"command": list(argv), "timeout_s": limit_s})
+            return False
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        text = output.decode(errors="replace")
+        fields = {
+            "command": list(argv),
+            "exit_status": proc.returncode,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "output": text[:OUTPUT_LIMIT] + ("…(truncated)" if len(text) > OUTPUT_LIMIT else ""),
+        }
+        if proc.returncode == 0:
+            log.info("command ran", extra=fields)
+            return True
+        log.error("command failed; it runs again on the next change", extra=fields)
+        return False
+
+    # -- drift ------------------------------------------------------------------------------
+
+    def drift_suspected(self, path: str) -> None:
+        target = self.by_path.get(path)
+        if target is not None and target.written is not None:
+            self._spawn(self._check_drift(target))
+
+    async def _check_drift(self, target: Target) -> None:
+        async with target.lock:
+            expected = target.written
+            if expected is None:
+                return
+            try:
+                current: bytes | None = await asyncio.to_thread(target.path.read_bytes)
+            except FileNotFoundError:
+                current = None
+            except OSError:
+                return
+            if current == expected:
+                return  # our own write, or a touch
+            restore = target.spec.on_drift == "restore"
+            what = "deleted" if current is None else "edited"
+            log.warning(
+                f"file {what} outside fpcd; " + ("restoring it" if restore else "reporting only"),
+                extra={"file": str(target.path)},
+            )
+            if restore:
+                await asyncio.to_thread(
+                    atomic_write, target.path, expected, target.mode, target.uid, target.gid
+                )
+        await self._audit_drift(target, what, "restored" if restore else "reported")
+
+    async def _audit_drift(self, target: Target, what: str, action: str) -> None:
+        note = AuditNote(
+            action="file.drift",
+            target=f"file:{target.path}",
+            details={
+                "change": what,
+                "action": action,
+                "service": target.spec.service,
+                "environment": target.spec.environment,
+            },
+        )
+
+        async def plan() -> list[Change]:
+            return [
+                Change(
+                    key=str(target.path),
+                    op="drift",
+                    payload=note,
+                    actor=SYSTEM.subject,
+                    at=self._clock(),
+                    origin=self._node_id,
+                )
+            ]
+
+        with contextlib.suppress(FpcdError):
+            await self._committer.commit(plan)
