@@ -32,6 +32,7 @@ from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import SettingsError
 from fpcd.observe.health import Health
 from fpcd.observe.logging import AccessLogger, configure_logging
+from fpcd.observe.systemd import Watchdog, notify
 from fpcd.services.analytics import FlagAnalytics
 from fpcd.services.audit import AuditService
 from fpcd.services.changes import LocalCommitter
@@ -45,6 +46,8 @@ from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
 from fpcd.settings import RELOADABLE, Settings, changed_keys, load_settings
 from fpcd.store.sqlite import Store
+from fpcd.sync.files import FileSync
+from fpcd.sync.source import SourceImporter
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd")
@@ -111,6 +114,8 @@ class Daemon:
         self.secrets: SecretService | None = None
         self.registry: RegistryService | None = None
         self.hub: LiveHub | None = None
+        self.files: FileSync | None = None
+        self.source: SourceImporter | None = None
         self.bus: EventBus | None = None
         self.scheduler: Scheduler | None = None
         self.health: Health | None = None
@@ -226,6 +231,23 @@ class Daemon:
         )
         hub.start()
         self._stack.push_async_callback(hub.stop)
+        self.files = FileSync(
+            list(settings.files),
+            self.configs,
+            committer,
+            bus,
+            node_id=node_id,
+            clock=self._clock,
+        )
+        await self.files.start()
+        self._stack.push_async_callback(self.files.stop)
+        source: SourceImporter | None = None
+        if settings.sync.source_dir:
+            source = self.source = SourceImporter(
+                Path(settings.sync.source_dir), self.configs, self.flags
+            )
+            await source.start()
+            self._stack.push_async_callback(source.stop)
         audit = AuditService(store)
         health = self.health = Health(node_id)
 
@@ -239,6 +261,17 @@ class Daemon:
             return ComponentHealth(status="ok", counts=hub.counts)
 
         health.add("websocket", websocket_health, critical=False)
+
+        if source is not None:
+            importer = source
+
+            async def source_health() -> ComponentHealth:
+                if importer.rejected:
+                    problems = "; ".join(sorted(importer.rejected.values()))
+                    return ComponentHealth(status="degraded", detail=problems)
+                return ComponentHealth(status="ok")
+
+            health.add("source_dir", source_health, critical=False)
 
         if settings.upstream.postgres_url or settings.upstream.redis_url:
             log.warning("upstream settings are given but replication is not built yet: ignored")
@@ -268,6 +301,10 @@ class Daemon:
         )
         await self._serve_flag_socket(self.flags)
         health.ready = True
+        watchdog = Watchdog()
+        watchdog.start()
+        self._stack.push_async_callback(watchdog.stop)
+        notify("READY=1", f"STATUS=serving on {self.addresses['api']}")
         # Objects built at start-up live as long as the daemon: keep them out of the
         # collector's scans so collections on the request path stay short.
         gc.collect()
@@ -338,6 +375,7 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and commits, then close the store."""
+        notify("STOPPING=1")
         if self.health:
             self.health.ready = False
         await self._stack.aclose()
@@ -347,17 +385,19 @@ class Daemon:
 
     def reload_settings(self) -> None:
         """SIGHUP: re-read the settings file and environment; keep command-line values."""
+        notify("RELOADING=1")
         try:
             new = load_settings(self._settings_path, overrides=self._overrides)
         except SettingsError as error:
             log.error(
                 "settings reload refused; keeping the running settings", extra={"error": str(error)}
             )
+            notify("READY=1")
             return
         changed = changed_keys(self.settings, new)
         applied, pending = [], []
         for key in changed:
-            section, name = key.split(".", 1)
+            section, _, name = key.partition(".")
             if (section, name) in RELOADABLE or (section, "*") in RELOADABLE:
                 applied.append(key)
             else:
@@ -368,6 +408,7 @@ class Daemon:
             self.configs.limits = config_limits(new)
         self.settings = new
         log.info("settings reloaded", extra={"applied": applied, "need_restart": pending})
+        notify("READY=1")
 
     async def run(self) -> None:
         """Start, serve until SIGTERM or SIGINT, then stop; SIGHUP reloads settings."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -144,6 +145,50 @@ class RegistrySettings(Section, frozen=True, kw_only=True):
     check_timeout: Duration = Duration(2.0)
 
 
+class WaitSettings(Section, frozen=True, kw_only=True):
+    """Quiescence, as consul-template's `wait`: write once changes stop for `min`, but
+    never later than `max` after the first change of a burst."""
+
+    min: Duration = Duration(0.0)
+    max: Duration = Duration(0.0)
+
+
+class FileSettings(Section, frozen=True, kw_only=True):
+    """One `[[files]]` entry: a service's configuration materialized to a file."""
+
+    service: str
+    environment: str
+    #: Absolute path of the file to write.
+    path: str
+    #: json, toml, yaml, env (KEY=VALUE, nested keys as A__B) or template.
+    format: Literal["json", "toml", "yaml", "env", "template"] = "json"
+    #: For format "template": a file in Python string.Template syntax over the flattened keys.
+    template: str = ""
+    #: Octal permission bits of the written file.
+    mode: str = "0640"
+    #: Owner and group of the file (only when fpcd runs as root).
+    owner: str = ""
+    group: str = ""
+    #: Put secret values into the file; refused unless `mode` gives others no access.
+    include_secrets: bool = False
+    #: Run after the file changed: an argv list, or a string split as a shell would.
+    command: list[str] | str = ""
+    #: Run `command` through /bin/sh instead (only when you need pipes or variables).
+    shell: bool = False
+    command_timeout: Duration = Duration(30.0)
+    wait: WaitSettings = WaitSettings()
+    #: "restore" an edited or deleted file, or only "report" it.
+    on_drift: Literal["restore", "report"] = "restore"
+    #: Write an empty document (e.g. `{}`) instead of refusing to.
+    allow_empty: bool = False
+
+
+class SyncSettings(Section, frozen=True, kw_only=True):
+    #: A directory of declarative sources, watched: services/<service>/<environment>.toml,
+    #: .json or .yaml and flags/<key>.toml or .json are imported when they change.
+    source_dir: str = ""
+
+
 class Settings(Section, frozen=True, kw_only=True):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -154,6 +199,8 @@ class Settings(Section, frozen=True, kw_only=True):
     flags: FlagSettings = FlagSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     registry: RegistrySettings = RegistrySettings()
+    sync: SyncSettings = SyncSettings()
+    files: list[FileSettings] = []
 
     @property
     def data_dir(self) -> Path:
@@ -316,6 +363,50 @@ def _check(settings: Settings, label: str) -> None:
         raise SettingsError(f"{label}: websocket.heartbeat: at least 1s")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
+    for i, entry in enumerate(settings.files):
+        _check_file(entry, f"{label}: files[{i}]")
+
+
+def _check_file(entry: FileSettings, where: str) -> None:
+    for kind, value in (("service", entry.service), ("environment", entry.environment)):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
+            raise SettingsError(f"{where}.{kind}: not a valid {kind} name")
+    if not os.path.isabs(entry.path):
+        raise SettingsError(f"{where}.path: must be an absolute path")
+    try:
+        mode = int(entry.mode, 8)
+    except ValueError:
+        raise SettingsError(f"{where}.mode: expected octal digits like 0640") from None
+    if mode & ~0o777:
+        raise SettingsError(f"{where}.mode: only permission bits (0-0777)")
+    if entry.include_secrets and mode & 0o007:
+        raise SettingsError(
+            f"{where}.include_secrets: the file would hold secrets but mode {entry.mode} lets"
+            " others read it; use a mode such as 0600 or 0640"
+        )
+    if entry.format == "template" and not entry.template:
+        raise SettingsError(f"{where}.template: format 'template' needs a template file")
+    if entry.template and not os.path.isfile(entry.template):
+        raise SettingsError(f"{where}.template: {entry.template} is not a readable file")
+    if (entry.owner or entry.group) and os.geteuid() != 0:
+        raise SettingsError(f"{where}.owner/group: only when fpcd runs as root")
+    try:
+        import grp
+        import pwd
+
+        if entry.owner:
+            pwd.getpwnam(entry.owner)
+        if entry.group:
+            grp.getgrnam(entry.group)
+    except KeyError as error:
+        raise SettingsError(f"{where}.owner/group: no such user or group ({error})") from None
+    if isinstance(entry.command, str) and entry.command:
+        try:
+            shlex.split(entry.command)
+        except ValueError as error:
+            raise SettingsError(f"{where}.command: {error}") from None
+    if entry.wait.max and entry.wait.max < entry.wait.min:
+        raise SettingsError(f"{where}.wait.max: must not be less than wait.min")
 
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
@@ -323,8 +414,12 @@ def changed_keys(old: Settings, new: Settings) -> list[str]:
     out: list[str] = []
     old_map = msgspec.to_builtins(old, enc_hook=float)
     new_map = msgspec.to_builtins(new, enc_hook=float)
-    for section in new_map:
-        for key, value in new_map[section].items():
+    for section, values in new_map.items():
+        if not isinstance(values, dict):  # [[files]]: compared as a whole
+            if old_map.get(section) != values:
+                out.append(section)
+            continue
+        for key, value in values.items():
             if old_map.get(section, {}).get(key) != value:
                 out.append(f"{section}.{key}")
     return out

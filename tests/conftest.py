@@ -63,13 +63,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
-    overrides: dict[str, dict[str, Any]] = {
+def make_settings(data_dir: Path, **sections: Any) -> Settings:
+    overrides: dict[str, Any] = {
         "server": {"data_dir": str(data_dir), "api_port": 0, "ws_port": 0},
         "log": {"access": False},
     }
     for name, values in sections.items():
-        overrides.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            overrides.setdefault(name, {}).update(values)
+        else:  # [[files]]
+            overrides[name] = values
     return load_settings(None, environ={}, overrides=overrides)
 
 

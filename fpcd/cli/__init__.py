@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fpcd import __version__
-from fpcd.cli import audit_cmds, config_cmds, flag_cmds, secret_cmds, serve
+from fpcd.cli import audit_cmds, config_cmds, flag_cmds, render_cmd, secret_cmds, serve
 from fpcd.cli.common import CliError
 from fpcd.client.transport import TransportError
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds.register(sub)
     flag_cmds.register(sub)
     secret_cmds.register(sub)
+    render_cmd.register(sub)
     audit_cmds.register(sub)
     return parser
 
