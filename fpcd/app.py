@@ -29,13 +29,13 @@ from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.api.ws import WebSocketLimits
-from fpcd.domain.errors import SettingsError
+from fpcd.domain.errors import FpcdError, SettingsError
 from fpcd.observe.health import Health
 from fpcd.observe.logging import AccessLogger, configure_logging
 from fpcd.observe.systemd import Watchdog, notify
 from fpcd.services.analytics import FlagAnalytics
 from fpcd.services.audit import AuditService
-from fpcd.services.changes import LocalCommitter
+from fpcd.services.changes import Committer, LocalCommitter
 from fpcd.services.configs import ConfigLimits, ConfigService
 from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
@@ -48,6 +48,9 @@ from fpcd.settings import RELOADABLE, Settings, changed_keys, load_settings
 from fpcd.store.sqlite import Store
 from fpcd.sync.files import FileSync
 from fpcd.sync.source import SourceImporter
+from fpcd.upstream.doorbell import Doorbell
+from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
+from fpcd.upstream.replicator import Replicator
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd")
@@ -91,6 +94,13 @@ def _set_socket_access(path: Path, mode: int, group: str) -> None:
             raise StartupError(f"cannot give {path} to group {group}: {error}") from None
 
 
+_UNREACHABLE: tuple[type[BaseException], ...] = (TimeoutError, *UPSTREAM_ERRORS)
+
+
+async def _ready(component: ComponentHealth) -> ComponentHealth:
+    return component
+
+
 class Daemon:
     def __init__(
         self,
@@ -115,6 +125,7 @@ class Daemon:
         self.registry: RegistryService | None = None
         self.hub: LiveHub | None = None
         self.files: FileSync | None = None
+        self.replicator: Replicator | None = None
         self.source: SourceImporter | None = None
         self.bus: EventBus | None = None
         self.scheduler: Scheduler | None = None
@@ -151,7 +162,15 @@ class Daemon:
             await store.meta_set("node_id", node_id)
 
         bus = self.bus = EventBus()
-        committer = LocalCommitter(store, bus)
+        committer: Committer
+        upstream: UpstreamLog | None = None
+        if settings.upstream.postgres_url:
+            upstream, self.replicator = await self._open_upstream(store, bus)
+            committer = self.replicator
+        else:
+            if settings.upstream.redis_url:
+                log.warning("upstream.redis_url without upstream.postgres_url does nothing")
+            committer = LocalCommitter(store, bus)
         self._stack.push_async_callback(committer.drain)
         scheduler = self.scheduler = Scheduler()
         scheduler.start()
@@ -190,7 +209,7 @@ class Daemon:
             limits=config_limits(settings),
             secrets=self.secrets,
         )
-        analytics = FlagAnalytics(store, time.time)
+        analytics = FlagAnalytics(store, time.time, upstream=upstream, node_id=node_id)
         self.flags = FlagService(
             store,
             committer,
@@ -273,8 +292,20 @@ class Daemon:
 
             health.add("source_dir", source_health, critical=False)
 
-        if settings.upstream.postgres_url or settings.upstream.redis_url:
-            log.warning("upstream settings are given but replication is not built yet: ignored")
+        if self.replicator is not None:
+            replicator = self.replicator
+            health.add("upstream", lambda: _ready(replicator.health()), critical=False)
+            if replicator.doorbell is not None:
+                doorbell = replicator.doorbell
+                health.add(
+                    "redis",
+                    lambda: _ready(
+                        ComponentHealth(status="ok")
+                        if doorbell.connected
+                        else ComponentHealth(status="down", detail=doorbell.last_error)
+                    ),
+                    critical=False,
+                )
 
         authenticator = OpenAccess()
         api_app = build_api_app(
@@ -313,6 +344,52 @@ class Daemon:
             "fpcd ready",
             extra={"version": __version__, "node_id": node_id, **self.addresses},
         )
+
+    async def _open_upstream(self, store: Store, bus: EventBus) -> tuple[UpstreamLog, Replicator]:
+        """Connect the upstream, catch up (or start from the local copy), ring the doorbell."""
+        settings = self.settings.upstream
+        upstream = UpstreamLog(settings.postgres_url, pool_size=settings.pool_size)
+        try:
+            await upstream.open()
+        except Exception as error:  # a malformed URL; an unreachable server is not an error
+            raise StartupError(f"upstream.postgres_url: {error}") from None
+        self._stack.push_async_callback(upstream.close)
+        replicator = Replicator(
+            store,
+            bus,
+            upstream,
+            poll_interval=settings.poll_interval,
+            batch_size=settings.batch_size,
+            time_source=lambda: self._clock().timestamp(),
+        )
+
+        async def first_sync() -> None:
+            if settings.auto_migrate:
+                await upstream.migrate()
+            await replicator.bootstrap()
+            await replicator.sync_once()
+
+        try:
+            await asyncio.wait_for(first_sync(), settings.startup_timeout)
+        except FpcdError as error:
+            raise StartupError(str(error)) from None
+        except _UNREACHABLE as error:
+            if not store.upstream_cursor:
+                raise StartupError(
+                    "the upstream (Postgres) is unreachable and this host has no copy to"
+                    f" serve yet: {error.__class__.__name__}"
+                ) from None
+            log.warning(
+                "upstream unreachable at start: serving this host's copy until it is back",
+                extra={"cursor": store.upstream_cursor, "error": error.__class__.__name__},
+            )
+        if settings.redis_url:
+            replicator.doorbell = Doorbell(settings.redis_url, settings.channel, replicator.ring)
+            replicator.doorbell.start()
+            self._stack.push_async_callback(replicator.doorbell.stop)
+        replicator.start()
+        self._stack.push_async_callback(replicator.stop)
+        return upstream, replicator
 
     def _runner(self, app: web.Application) -> web.AppRunner:
         return web.AppRunner(

@@ -95,8 +95,21 @@ class StorageSettings(Section, frozen=True, kw_only=True):
 class UpstreamSettings(Section, frozen=True, kw_only=True):
     #: Postgres URL of the shared change log (the seed's DATABASE_URL). Empty: this host only.
     postgres_url: str = ""
-    #: Redis URL of the change doorbell (the seed's REDIS_URL).
+    #: Redis URL of the change doorbell (the seed's REDIS_URL). Empty: polling only.
     redis_url: str = ""
+    #: The Redis pub/sub channel rung after every commit.
+    channel: str = "fpcd:changes"
+    #: How often to pull from Postgres without a doorbell ring.
+    poll_interval: Duration = Duration(2.0)
+    #: At start, how long to try to catch up before serving the local copy (when there
+    #: is one; a daemon with no local copy keeps trying and is not ready until it has one).
+    startup_timeout: Duration = Duration(10.0)
+    #: Create or upgrade the upstream schema at start (else: `fpcd migrate --upstream`).
+    auto_migrate: bool = True
+    #: Postgres connections in the pool.
+    pool_size: Positive = 4
+    #: Changes pulled and applied per SQLite transaction.
+    batch_size: Positive = 500
 
 
 class SecretSettings(Section, frozen=True, kw_only=True):

@@ -200,3 +200,33 @@ def run_cli(
         env={**os.environ, **(env or {})},
         cwd=cwd,
     )
+
+
+# -- private Postgres and Redis ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    from tests.servers import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.destroy()
+
+
+_databases = iter(range(1, 10**6))
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """A fresh database on the private server for each test."""
+    return str(postgres.create_database(f"fpcd_test_{next(_databases)}"))

@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from fpcd import __version__
-from fpcd.cli import audit_cmds, config_cmds, flag_cmds, render_cmd, secret_cmds, serve
+from fpcd.cli import (
+    audit_cmds,
+    config_cmds,
+    flag_cmds,
+    render_cmd,
+    secret_cmds,
+    serve,
+    status_cmd,
+)
 from fpcd.cli.common import CliError
 from fpcd.client.transport import TransportError
 
@@ -23,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag_cmds.register(sub)
     secret_cmds.register(sub)
     render_cmd.register(sub)
+    status_cmd.register(sub)
     audit_cmds.register(sub)
     return parser
 

@@ -79,8 +79,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     else:
         print(f"{settings.database}: schema upgraded from version {before} to {after}")
     if args.upstream:
-        raise CliError("--upstream: replication is not built yet")
+        if not settings.upstream.postgres_url:
+            raise CliError("--upstream needs upstream.postgres_url (or DATABASE_URL)", code=2)
+        before, after = asyncio.run(_migrate_upstream(settings.upstream.postgres_url))
+        if before == after:
+            print(f"upstream: schema is current (version {after})")
+        else:
+            print(f"upstream: schema upgraded from version {before} to {after}")
     return 0
+
+
+async def _migrate_upstream(url: str) -> tuple[int, int]:
+    from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
+
+    log_ = UpstreamLog(url)
+    try:
+        await log_.open()
+        return await log_.migrate()
+    except UPSTREAM_ERRORS as error:
+        raise CliError(f"cannot reach the upstream: {error}") from None
+    finally:
+        await log_.close()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fpcd.store.sqlite import Store
+from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
 from fpcd.wire import AnalyticsDay, FlagAnalyticsDocument
 
 log = logging.getLogger("fpcd.analytics")
@@ -17,10 +18,24 @@ CountKey = tuple[str, int, str, int, str]
 
 
 class FlagAnalytics:
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    """With an upstream, counts also go to Postgres (per node) and reports add up every
+    host's counts; if Postgres is unreachable they wait for the next flush."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        *,
+        upstream: UpstreamLog | None = None,
+        node_id: str = "",
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._upstream = upstream
+        self._node_id = node_id
         self._pending: Counter[CountKey] = Counter()
+        #: Counts already in SQLite but not yet in Postgres.
+        self._unpushed: Counter[CountKey] = Counter()
 
     def count(self, flag: str, variant: str | None, enabled: bool, reason: str, now: float) -> None:
         """One evaluation; about 0.3 µs, no I/O."""
@@ -37,15 +52,38 @@ class FlagAnalytics:
         except Exception:
             self._pending.update(pending)
             raise
+        if self._upstream is not None:
+            self._unpushed.update(pending)
+            await self._push()
         return len(rows)
+
+    async def _push(self) -> None:
+        unpushed, self._unpushed = self._unpushed, Counter()
+        if not unpushed or self._upstream is None:
+            return
+        try:
+            await self._upstream.push_analytics(
+                self._node_id, [(*key, n) for key, n in unpushed.items()]
+            )
+        except UPSTREAM_ERRORS:
+            self._unpushed.update(unpushed)  # next flush tries again
 
     async def report(self, flag: str, start: datetime, end: datetime) -> FlagAnalyticsDocument:
         """Totals, per variant, per reason and per day for [start, end), stored plus pending."""
         first, last = int(start.timestamp() // 3600), int((end.timestamp() - 1) // 3600)
-        rows = await self._store.analytics(flag, first, last)
+        not_upstream = self._pending + self._unpushed
+        rows: list[tuple[int, str, int, str, int]] | None = None
+        if self._upstream is not None:
+            try:
+                rows = await self._upstream.analytics(flag, first, last)
+            except UPSTREAM_ERRORS:
+                rows = None  # this host's counts only, until Postgres is back
+        if rows is None:
+            rows = await self._store.analytics(flag, first, last)
+            not_upstream = self._pending
         rows += [
             (hour, variant, enabled, reason, n)
-            for (key, hour, variant, enabled, reason), n in self._pending.items()
+            for (key, hour, variant, enabled, reason), n in not_upstream.items()
             if key == flag and first <= hour <= last
         ]
         total = enabled_total = 0

@@ -120,13 +120,37 @@ async def open_keyring(
     clock: Callable[[], datetime],
     node_id: str,
 ) -> tuple[Keyring, AESGCM]:
-    """Unwrap every live data key (creating the first one on a new store)."""
+    """Unwrap every live data key, creating the first one on a new store (or cluster)."""
     stored = await store.data_keys()
     source = master_key_source(settings, have_data_keys=bool(stored))
     salt = next((k.salt for k in stored if k.salt), b"")
     if source.needs_salt and not salt:
         salt = random.token_bytes(16)
     master = await asyncio.to_thread(derive_master_key, source, salt)  # scrypt: keep off the loop
+    if not any(k.state == "primary" for k in stored):
+
+        async def plan() -> list[Change]:
+            # Planned under the writers' lock: with replication, another host may have
+            # created the first key meanwhile, and then that one is used.
+            if any(k.state == "primary" for k in await store.data_keys()):
+                return []
+            record = new_data_key(master, salt if source.needs_salt else b"", clock())
+            return [
+                Change(
+                    key=record.id,
+                    op="create",
+                    payload=record,
+                    actor="fpcd",
+                    at=clock(),
+                    origin=node_id,
+                )
+            ]
+
+        await committer.commit(plan)
+        stored = await store.data_keys()
+        theirs = next((k.salt for k in stored if k.salt), b"")
+        if source.needs_salt and theirs and theirs != salt:
+            master = await asyncio.to_thread(derive_master_key, source, theirs)
     keyring = Keyring()
     for record in stored:
         if record.state == "retired":
@@ -142,26 +166,6 @@ async def open_keyring(
             ) from None
         if record.state == "primary":
             keyring.primary = record.id
-    if keyring.primary is None:
-        record = new_data_key(master, salt if source.needs_salt else b"", clock())
-
-        async def plan() -> list[Change]:
-            return [
-                Change(
-                    key=record.id,
-                    op="create",
-                    payload=record,
-                    actor="fpcd",
-                    at=clock(),
-                    origin=node_id,
-                )
-            ]
-
-        await committer.commit(plan)
-        keyring.keys[record.id] = AESGCM(
-            unwrap_data_key(master, record.id, record.nonce, record.wrapped)
-        )
-        keyring.primary = record.id
     return keyring, master
 
 

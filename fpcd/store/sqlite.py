@@ -144,6 +144,7 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._audit_head: tuple[int, str] = (0, GENESIS_HASH)
+        self._cursor = 0
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -164,6 +165,40 @@ class Store:
         if row:
             head_id, head_hash = row[0].split(":", 1)
             self._audit_head = (int(head_id), head_hash)
+        row = await self._fetchone("SELECT value FROM meta WHERE key = 'upstream_cursor'")
+        self._cursor = int(row[0]) if row else 0
+
+    async def local_changes_count(self) -> int:
+        """Changes made here without an upstream (a standalone history)."""
+        row = await self._fetchone("SELECT count(*) FROM changes WHERE upstream_seq IS NULL")
+        return int(row[0])
+
+    async def local_changes(self) -> list[Change]:
+        rows = await self._fetchall(
+            "SELECT seq, payload FROM changes WHERE upstream_seq IS NULL ORDER BY seq"
+        )
+        return [msgspec.structs.replace(_change_decoder.decode(r[1]), seq=r[0]) for r in rows]
+
+    async def mark_upstream(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """(upstream seq, local seq) for a standalone history just pushed upstream."""
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany("UPDATE changes SET upstream_seq = ? WHERE seq = ?", pairs)
+                cursor = max(upstream for upstream, _ in pairs)
+                await db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('upstream_cursor', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(cursor),),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            self._cursor = cursor
 
     async def open_readonly(self) -> None:
         """Read without migrating or writing (offline `fpcd audit verify`)."""
@@ -226,8 +261,14 @@ class Store:
 
     # -- the one write path ----------------------------------------------------
 
-    async def apply(self, changes: Sequence[Change]) -> list[Change]:
-        """Store and materialize `changes` in one transaction; returns them with `seq` set."""
+    async def apply(self, changes: Sequence[Change], *, upstream: bool = False) -> list[Change]:
+        """Store and materialize `changes` in one transaction; returns them with the local
+        `seq` set.
+
+        With `upstream`, each change's `seq` on input is its place in the upstream log:
+        changes at or below the cursor are skipped (already applied), and the cursor moves
+        in the same transaction, so a crash can neither skip nor repeat one.
+        """
         if not changes:
             return []
         async with self._write_lock:
@@ -235,13 +276,21 @@ class Store:
                 raise StoreClosed("the store is closed")
             db = self._writer
             audit_id, audit_hash = self._audit_head
+            cursor = self._cursor
             stored: list[Change] = []
             await db.execute("BEGIN IMMEDIATE")
             try:
                 for change in changes:
+                    upstream_seq = None
+                    if upstream:
+                        if change.seq <= cursor:
+                            continue
+                        if change.seq != cursor + 1:
+                            raise FpcdError(f"upstream change {change.seq} follows {cursor}: a gap")
+                        upstream_seq = cursor = change.seq
                     cur = await db.execute(
                         "INSERT INTO changes (entity, key, op, actor, at, origin, request_id,"
-                        " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " upstream_seq, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             change.entity,
                             change.key,
@@ -250,6 +299,7 @@ class Store:
                             rfc3339(change.at),
                             change.origin,
                             change.request_id,
+                            upstream_seq,
                             _change_encoder.encode(change),
                         ),
                     )
@@ -274,17 +324,32 @@ class Store:
                     )
                     audit_id, audit_hash = entry.id, entry.hash
                     stored.append(change)
+                if not stored:
+                    await db.execute("ROLLBACK")
+                    return []
                 await db.execute(
                     "INSERT INTO meta (key, value) VALUES ('audit_head', ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (f"{audit_id}:{audit_hash}",),
                 )
+                if upstream:
+                    await db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('upstream_cursor', ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (str(cursor),),
+                    )
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
             self._audit_head = (audit_id, audit_hash)
+            self._cursor = cursor
             return stored
+
+    @property
+    def upstream_cursor(self) -> int:
+        """The last upstream change applied here (0: none)."""
+        return self._cursor
 
     async def _materialize(self, db: aiosqlite.Connection, change: Change) -> None:
         match change.payload:

@@ -1,0 +1,217 @@
+"""The replicated committer and the replication loop.
+
+A write: take the upstream write lock, pull and apply everything newer than this host's
+cursor (so the plan sees current state everywhere), plan, append to Postgres, commit,
+then apply locally and ring the doorbell. Acknowledged means durable upstream.
+
+Everyone else: on a doorbell ring, on a timer and at start, pull `seq > cursor` in
+order and apply each batch in one SQLite transaction that also moves the cursor.
+One lock serializes local applies, so a change is applied exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from fpcd.domain.errors import FpcdError, Unavailable
+from fpcd.domain.model import Change
+from fpcd.services.changes import Plan
+from fpcd.services.events import ChangeApplied, EventBus
+from fpcd.store.sqlite import Store
+from fpcd.upstream.doorbell import Doorbell
+from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
+from fpcd.wire import ComponentHealth
+
+log = logging.getLogger("fpcd.replication")
+
+
+class Replicator:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        upstream: UpstreamLog,
+        *,
+        poll_interval: float,
+        batch_size: int = 500,
+        time_source: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self.upstream = upstream
+        self.doorbell: Doorbell | None = None
+        self._poll_interval = poll_interval
+        self._batch = batch_size
+        self._time = time_source
+        self._lock = asyncio.Lock()
+        self._inflight: set[asyncio.Task[list[Change]]] = set()
+        self._ring = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        #: Set after the first complete catch-up (the daemon is ready then).
+        self.caught_up = asyncio.Event()
+        self.available = False
+        self.last_error: str | None = None
+        self.last_sync: float | None = None
+        self.head = 0
+
+    # -- the Committer protocol --------------------------------------------------------
+
+    async def commit(self, plan: Plan) -> list[Change]:
+        task = asyncio.ensure_future(self._commit(plan))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _commit(self, plan: Plan) -> list[Change]:
+        async with self._lock:
+            try:
+                async with self.upstream.locked() as conn:
+                    await self._pull(conn)
+                    drafts = await plan()
+                    if not drafts:
+                        return []
+                    appended = await self.upstream.append(conn, drafts)
+            except UPSTREAM_ERRORS as error:
+                self._down(error)
+                raise Unavailable(
+                    "the upstream (Postgres) is unreachable: writes are refused until it is"
+                    " back; reads keep working from this host's copy",
+                    headers={"Retry-After": "5"},
+                ) from None
+            self._up()
+            self.head = max(self.head, appended[-1].seq)
+            applied = await self._apply(appended)
+        if self.doorbell is not None:
+            self.doorbell.ring(appended[-1].seq)
+        return applied
+
+    # -- pulling ---------------------------------------------------------------------------
+
+    async def _apply(self, changes: list[Change]) -> list[Change]:
+        applied = await self._store.apply(changes, upstream=True)
+        for change in applied:
+            self._bus.publish(ChangeApplied(change))
+        return applied
+
+    async def _pull(self, conn: asyncpg.Connection) -> int:
+        """Apply everything after the cursor, batch by batch; returns how many."""
+        total = 0
+        while True:
+            batch = await self.upstream.fetch_after(conn, self._store.upstream_cursor, self._batch)
+            if not batch:
+                break
+            self.head = max(self.head, batch[-1].seq)
+            total += len(await self._apply(batch))
+            if len(batch) < self._batch:
+                break
+        self.last_sync = self._time()
+        return total
+
+    async def sync_once(self) -> int:
+        async with self._lock:
+            try:
+                async with self.upstream.reader() as conn:
+                    pulled = await self._pull(conn)
+                    self.head = max(self.head, await self.upstream.head(conn))
+            except UPSTREAM_ERRORS as error:
+                self._down(error)
+                raise
+            self._up()
+            self.caught_up.set()
+            return pulled
+
+    def ring(self, seq: int) -> None:
+        """Doorbell callback: something at `seq` (0: unknown) may be new."""
+        if seq == 0 or seq > self._store.upstream_cursor:
+            self._ring.set()
+
+    def _up(self) -> None:
+        if not self.available:
+            log.info("upstream reachable", extra={"cursor": self._store.upstream_cursor})
+        self.available, self.last_error = True, None
+
+    def _down(self, error: BaseException) -> None:
+        if self.available or self.last_error is None:
+            log.warning(
+                "upstream unreachable; serving reads from the local copy",
+                extra={"error": error.__class__.__name__},
+            )
+        self.available, self.last_error = False, error.__class__.__name__
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def bootstrap(self) -> None:
+        """An empty upstream and a standalone history here: seed the upstream with it.
+
+        A history made without the upstream cannot join one that already has its own.
+        """
+        local = await self._store.local_changes_count()
+        if not local:
+            return
+        async with self._lock, self.upstream.locked() as conn:
+            if await self.upstream.head(conn) or self._store.upstream_cursor:
+                raise FpcdError(
+                    f"this data dir holds {local} changes made without the upstream, and the"
+                    " upstream already has its own history: start with an empty data dir"
+                    " to join it"
+                )
+            changes = await self._store.local_changes()
+            appended = await self.upstream.append(conn, changes)
+            await self._store.mark_upstream(
+                [
+                    (c.seq, local_seq)
+                    for c, local_seq in zip(appended, [c.seq for c in changes], strict=True)
+                ]
+            )
+        log.info("seeded the upstream with this host's history", extra={"changes": local})
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="replicator")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+
+    async def _run(self) -> None:
+        delay = self._poll_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ring.wait(), delay)
+            self._ring.clear()
+            try:
+                await self.sync_once()
+                delay = self._poll_interval
+            except UPSTREAM_ERRORS:
+                delay = min(max(delay * 2, 0.5), 30.0)  # back off while it is down
+            except Exception:
+                log.exception("replication pull failed")
+                delay = self._poll_interval
+
+    # -- health --------------------------------------------------------------------------------
+
+    def health(self) -> ComponentHealth:
+        cursor = self._store.upstream_cursor
+        counts = {
+            "cursor": cursor,
+            "head": max(self.head, cursor),
+            "lag": max(self.head - cursor, 0),
+        }
+        if self.last_sync is not None:
+            counts["secondsSinceSync"] = int(self._time() - self.last_sync)
+        if not self.available:
+            return ComponentHealth(
+                status="down", detail=self.last_error or "not connected yet", counts=counts
+            )
+        return ComponentHealth(status="ok", counts=counts)

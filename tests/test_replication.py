@@ -1,0 +1,419 @@
+"""Replication through a private Postgres and Redis, several daemons standing in for hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from fpcd.app import Daemon, StartupError
+from tests.conftest import DaemonProcess, make_settings, run_cli, secret_value
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def upstream_settings(pg_url: str, redis_url: str | None, channel: str) -> dict[str, Any]:
+    return {
+        "postgres_url": pg_url,
+        "redis_url": redis_url or "",
+        "channel": channel,
+        "poll_interval": "300ms",
+        "startup_timeout": "5s",
+        "batch_size": 50,
+    }
+
+
+class Host:
+    """One daemon and an HTTP session to it."""
+
+    def __init__(self, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+        self.daemon = daemon
+        self.http = http
+
+    async def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        async with self.http.request(method, path, json=body, headers=headers) as r:
+            text = await r.text()
+            return r.status, json.loads(text) if text else None
+
+    async def put(
+        self, service: str, config: dict[str, Any], env: str = "prod", **extra: Any
+    ) -> tuple[int, Any]:
+        return await self.call(
+            "PUT", f"/api/config/{service}", {"environment": env, "config": config, **extra}
+        )
+
+
+@pytest.fixture
+async def cluster(
+    tmp_path: Path, pg_url: str, redis_server: Any, request: Any
+) -> AsyncIterator[Callable[..., Awaitable[Host]]]:
+    channel = f"fpcd:test:{request.node.name}"
+    hosts: list[Host] = []
+
+    async def start(name: str, *, redis: bool = True, **sections: Any) -> Host:
+        settings = make_settings(
+            tmp_path / name,
+            upstream=upstream_settings(pg_url, redis_server.url if redis else None, channel),
+            secrets={"encryption_key": KEY},
+            **sections,
+        )
+        daemon = Daemon(settings)
+        await daemon.start()
+        http = aiohttp.ClientSession(base_url=daemon.addresses["api"])
+        host = Host(daemon, http)
+        hosts.append(host)
+        return host
+
+    yield start
+    for host in hosts:
+        await host.http.close()
+        if host.daemon.health is not None and host.daemon.store is not None:
+            await host.daemon.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> float:
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError("did not converge in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def history(host: Host, service: str, env: str = "prod") -> list[Any]:
+    status, page = await host.call(
+        "GET", f"/api/config/{service}/history?environment={env}&limit=1000"
+    )
+    if status == 404:
+        return []
+    return [(v["version"], v["checksum"], v["createdBy"]) for v in page["items"]]
+
+
+async def audit_hashes(host: Host) -> list[str]:
+    _, page = await host.call("GET", "/api/audit?limit=1000")
+    return [e["hash"] for e in page["items"]]
+
+
+async def converged(*hosts: Host) -> bool:
+    cursors = {h.daemon.store.upstream_cursor for h in hosts}  # type: ignore[union-attr]
+    return len(cursors) == 1
+
+
+async def assert_same_everywhere(hosts: list[Host], services: list[str]) -> None:
+    await eventually(lambda: converged(*hosts))
+    for service in services:
+        histories = [await history(h, service) for h in hosts]
+        assert all(h == histories[0] for h in histories), histories
+        versions = [v for v, _, _ in histories[0]]
+        assert versions == list(range(len(versions), 0, -1))  # no gaps
+    audits = [await audit_hashes(h) for h in hosts]
+    assert all(a == audits[0] for a in audits)
+    for host in hosts:
+        assert (await host.call("GET", "/api/audit/verify"))[1]["ok"] is True
+
+
+async def test_every_kind_of_change_reaches_the_other_hosts(cluster: Any) -> None:
+    a, b = await cluster("a"), await cluster("b")
+    value = secret_value("replicated")
+    assert (await a.put("shop", {"port": 80}, secrets={"PW": value}))[0] == 200
+    assert (await a.call("PUT", "/api/config/shop/schema", {"type": "object"}))[0] == 200
+    assert (await a.call("POST", "/api/features", {"name": "dark mode", "enabled": True}))[0] == 201
+    assert (await a.call("POST", "/api/services/register", {"name": "shop"}))[0] == 201
+    await a.call("POST", "/api/config/shop/reload", {"environment": "prod", "force": True})
+
+    async def arrived() -> bool:
+        status, doc = await b.call("GET", "/api/config/shop?environment=prod")
+        return status == 200 and doc["config"] == {"port": 80}
+
+    await eventually(arrived)
+    await eventually(lambda: converged(a, b))
+    assert (await b.call("GET", "/api/config/shop/schema"))[0] == 200
+    assert (await b.call("GET", "/api/features/dark_mode"))[1]["enabled"] is True
+    assert (await b.call("GET", "/api/services/shop"))[0] == 200
+    connector = aiohttp.UnixConnector(path=b.daemon.addresses["socket"])
+    async with (
+        aiohttp.ClientSession(connector=connector) as unix,
+        unix.get("http://fpcd/api/secrets/shop/PW?environment=prod") as r,
+    ):
+        assert (await r.json())["value"] == value  # decrypted with the shared master key
+    await assert_same_everywhere([a, b], ["shop"])
+    # Ciphertext only, upstream.
+    conn = await asyncpg.connect(a.daemon.settings.upstream.postgres_url)
+    try:
+        payloads = [r["payload"] for r in await conn.fetch("SELECT payload FROM fpcd_changes")]
+    finally:
+        await conn.close()
+    assert payloads and all(value.encode() not in p for p in payloads)
+
+
+async def test_websocket_subscribers_on_other_hosts_get_the_change(cluster: Any) -> None:
+    a, b = await cluster("a"), await cluster("b")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(b.daemon.addresses["ws"] + "/")
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "SUBSCRIBE",
+                    "serviceName": "svc",
+                    "environment": "prod",
+                    "subscriptions": ["config-updates"],
+                }
+            )
+        )
+        assert json.loads((await ws.receive()).data)["type"] == "SUBSCRIBED"
+        await a.put("svc", {"from": "a"})
+        update = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+        assert update["type"] == "CONFIGURATION_UPDATE" and update["config"] == {"from": "a"}
+        await ws.close()
+
+
+async def test_a_new_host_catches_up_before_it_is_ready(cluster: Any) -> None:
+    a = await cluster("a")
+    for n in range(120):
+        await a.put("svc", {"n": n})
+    c = await cluster("c")  # start() returns once caught up
+    assert await history(c, "svc") == await history(a, "svc")
+    assert (await c.call("GET", "/health/ready"))[0] == 200
+
+
+async def test_redis_down_then_back(cluster: Any, redis_server: Any) -> None:
+    a, b = await cluster("a"), await cluster("b")
+    await a.put("svc", {"n": 0})
+    await eventually(lambda: converged(a, b))
+    redis_server.stop()
+    try:
+        await a.put("svc", {"n": 1})  # writes do not need Redis
+
+        async def b_has(n: int) -> bool:
+            return (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"] == {
+                "n": n
+            }
+
+        await eventually(lambda: b_has(1), 10)  # by polling
+
+        async def redis_down() -> bool:
+            _, health = await b.call("GET", "/health")
+            return bool(health["components"]["redis"]["status"] == "down")
+
+        await eventually(redis_down, 15)
+        _, health = await b.call("GET", "/health")
+        assert health["status"] == "degraded"
+    finally:
+        redis_server.start()
+
+    async def redis_up() -> bool:
+        _, health = await b.call("GET", "/health")
+        return bool(health["components"]["redis"]["status"] == "ok")
+
+    await eventually(redis_up, 20)
+    await a.put("svc", {"n": 2})
+    await eventually(lambda: converged(a, b))
+
+
+async def test_postgres_down_then_back(cluster: Any, postgres: Any) -> None:
+    a, b = await cluster("a"), await cluster("b")
+    await a.put("svc", {"n": 1})
+    await eventually(lambda: converged(a, b))
+    postgres.stop()
+    try:
+        status, doc = await a.call("GET", "/api/config/svc?environment=prod")
+        assert status == 200 and doc["config"] == {"n": 1}  # reads from the local copy
+        status, problem = await a.put("svc", {"n": 2})
+        assert status == 503 and "upstream" in problem["detail"]
+        assert (
+            "Retry-After"
+            in (
+                await a.http.put(
+                    "/api/config/svc", json={"environment": "prod", "config": {"n": 3}}
+                )
+            ).headers
+        )
+
+        async def degraded() -> bool:
+            _, health = await b.call("GET", "/health")
+            return bool(
+                health["components"]["upstream"]["status"] == "down"
+                and health["status"] == "degraded"
+            )
+
+        await eventually(degraded, 15)
+        status, _ = await b.call("POST", "/api/features", {"name": "x"})
+        assert status == 503
+    finally:
+        postgres.start()
+
+    async def writable() -> bool:
+        return (await a.put("svc", {"n": 4}))[0] == 200
+
+    await eventually(writable, 20)  # no restart needed
+    await eventually(lambda: converged(a, b), 20)
+    assert (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"] == {"n": 4}
+    await assert_same_everywhere([a, b], ["svc"])
+
+
+async def test_concurrent_writers_on_three_hosts(cluster: Any) -> None:
+    hosts = [await cluster(name) for name in ("a", "b", "c")]
+    results = await asyncio.gather(
+        *(
+            host.put("shared", {"writer": i, "n": n})
+            for n in range(15)
+            for i, host in enumerate(hosts)
+        )
+    )
+    acknowledged = [body["version"] for status, body in results if status == 200]
+    assert len(acknowledged) == 45 and sorted(acknowledged) == list(range(1, 46))
+    await assert_same_everywhere(hosts, ["shared"])
+
+
+async def test_if_match_conflict_across_hosts(cluster: Any) -> None:
+    a, b = await cluster("a"), await cluster("b")
+    await a.put("svc", {"n": 0})
+    await eventually(lambda: converged(a, b))
+    results = await asyncio.gather(
+        a.put("svc", {"by": "a"}, expectedVersion=1),
+        b.put("svc", {"by": "b"}, expectedVersion=1),
+    )
+    assert sorted(status for status, _ in results) == [200, 412]
+    await assert_same_everywhere([a, b], ["svc"])
+
+
+async def test_analytics_add_up_every_host(cluster: Any) -> None:
+    a, b = await cluster("a"), await cluster("b")
+    await a.call("POST", "/api/features", {"name": "counted", "enabled": True})
+    await eventually(lambda: converged(a, b))
+    for host, n in ((a, 3), (b, 5)):
+        for i in range(n):
+            await host.call(
+                "POST",
+                "/api/features/evaluate",
+                {"flags": ["counted"], "context": {"userId": str(i)}},
+            )
+        assert host.daemon.flags is not None
+        await host.daemon.flags.analytics.flush()
+    for host in (a, b):
+        _, report = await host.call("GET", "/api/features/counted/analytics")
+        assert report["total"] == 8
+
+
+async def test_health_shows_replication(cluster: Any) -> None:
+    a = await cluster("a")
+    await a.put("svc", {"n": 1})
+    _, health = await a.call("GET", "/health")
+    upstream = health["components"]["upstream"]
+    assert upstream["status"] == "ok"
+    assert upstream["counts"]["cursor"] >= 2 and upstream["counts"]["lag"] == 0
+    assert health["components"]["redis"]["status"] == "ok"
+
+
+async def test_standalone_history_seeds_an_empty_upstream(
+    tmp_path: Path, pg_url: str, postgres: Any
+) -> None:
+    alone = Daemon(make_settings(tmp_path / "alone", secrets={"encryption_key": KEY}))
+    await alone.start()
+    async with (
+        aiohttp.ClientSession(base_url=alone.addresses["api"]) as http,
+        http.put("/api/config/svc", json={"environment": "prod", "config": {"seed": 1}}) as r,
+    ):
+        assert r.status == 200
+    await alone.stop()
+    upstream = upstream_settings(pg_url, None, "fpcd:seed")
+    seeded = Daemon(
+        make_settings(tmp_path / "alone", upstream=upstream, secrets={"encryption_key": KEY})
+    )
+    await seeded.start()
+    joiner = Daemon(
+        make_settings(tmp_path / "joiner", upstream=upstream, secrets={"encryption_key": KEY})
+    )
+    await joiner.start()
+    try:
+        async with (
+            aiohttp.ClientSession(base_url=joiner.addresses["api"]) as http,
+            http.get("/api/config/svc?environment=prod") as r,
+        ):
+            assert (await r.json())["config"] == {"seed": 1}
+    finally:
+        await joiner.stop()
+        await seeded.stop()
+    other = Daemon(make_settings(tmp_path / "other", secrets={"encryption_key": KEY}))
+    await other.start()  # a standalone history of its own...
+    await other.stop()
+    refused = Daemon(
+        make_settings(tmp_path / "other", upstream=upstream, secrets={"encryption_key": KEY})
+    )
+    with pytest.raises(StartupError, match="empty data dir"):
+        await refused.start()  # ...cannot join an upstream that has one
+
+
+async def test_new_host_without_upstream_fails_clearly(tmp_path: Path, postgres: Any) -> None:
+    dead = upstream_settings(f"postgresql://postgres@127.0.0.1:{postgres.port + 1}/x", None, "c")
+    dead["startup_timeout"] = "1s"
+    daemon = Daemon(make_settings(tmp_path, upstream=dead, secrets={"encryption_key": KEY}))
+    with pytest.raises(StartupError, match="no copy to serve"):
+        await daemon.start()
+
+
+def test_killed_mid_batch_applies_nothing_twice(spawn: Any, pg_url: str, tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": pg_url,
+        "CONFIG_ENCRYPTION_KEY": KEY,
+        "FPCD_UPSTREAM__BATCH_SIZE": "1",
+        "FPCD_UPSTREAM__POLL_INTERVAL": "200ms",
+    }
+    writer: DaemonProcess = spawn("writer", env=env).start()
+    import urllib.request
+
+    def put(n: int) -> None:
+        req = urllib.request.Request(
+            writer.url + "/api/config/svc",
+            method="PUT",
+            data=json.dumps({"environment": "prod", "config": {"n": n}}).encode(),
+        )
+        urllib.request.urlopen(req, timeout=10).close()
+
+    for n in range(300):
+        put(n)
+    reader: DaemonProcess = spawn("reader", env=env)
+    cursors = []
+    for delay in (0.6, 0.9, 1.2, 1.6):
+        reader.start(wait=False)
+        time.sleep(delay)
+        reader.kill()  # SIGKILL, somewhere in the catch-up
+        db = reader.data_dir / "fpcd.db"
+        if db.exists():
+            with sqlite3.connect(db) as conn:
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'upstream_cursor'"
+                ).fetchone()
+                cursors.append(int(row[0]) if row else 0)
+    reader.start()
+    with sqlite3.connect(reader.data_dir / "fpcd.db") as conn:
+        seqs = [
+            r[0] for r in conn.execute("SELECT upstream_seq FROM changes ORDER BY seq").fetchall()
+        ]
+        versions = [
+            r[0]
+            for r in conn.execute("SELECT version FROM config_versions ORDER BY version").fetchall()
+        ]
+    assert seqs == list(range(1, len(seqs) + 1))  # each change once, in order
+    assert versions == list(range(1, 301))
+    assert any(0 < c < len(seqs) for c in cursors), cursors  # really killed midway
+    r = run_cli("status", "--socket", str(reader.socket))
+    assert r.returncode == 0 and "upstream" in r.stdout and "lag=0" in r.stdout
+
+
+def test_migrate_upstream_command(pg_url: str, tmp_path: Path) -> None:
+    r = run_cli("migrate", "--upstream", "--data-dir", str(tmp_path), env={"DATABASE_URL": pg_url})
+    assert r.returncode == 0 and "upstream: schema upgraded from version 0 to 1" in r.stdout
+    r = run_cli("migrate", "--upstream", "--data-dir", str(tmp_path), env={"DATABASE_URL": pg_url})
+    assert "upstream: schema is current" in r.stdout
