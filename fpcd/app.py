@@ -16,6 +16,8 @@ import os
 import secrets
 import signal
 import socket
+import ssl
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,9 +26,10 @@ from pathlib import Path
 from aiohttp import web
 
 from fpcd import __version__
-from fpcd.api.auth import OpenAccess
+from fpcd.api.auth import Authenticator, TokenVerifier
 from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
+from fpcd.api.permissions import RateLimiter
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import FpcdError, SettingsError
@@ -130,7 +133,15 @@ class Daemon:
         self.bus: EventBus | None = None
         self.scheduler: Scheduler | None = None
         self.health: Health | None = None
-        self.request_limits = RequestLimits(max_body_bytes=settings.limits.max_body_bytes)
+        self.request_limits = RequestLimits(
+            max_body_bytes=settings.limits.max_body_bytes,
+            max_json_depth=settings.limits.max_json_depth,
+            max_json_keys=settings.limits.max_json_keys,
+        )
+        self.rate_limiter = RateLimiter(settings.rate_limit)
+        #: The aiohttp applications serving the API and the WebSocket port.
+        self.apps: list[web.Application] = []
+        self.verifier: TokenVerifier | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -307,7 +318,7 @@ class Daemon:
                     critical=False,
                 )
 
-        authenticator = OpenAccess()
+        authenticator = Authenticator(self._token_verifier())
         api_app = build_api_app(
             configs=self.configs,
             flags=self.flags,
@@ -319,6 +330,7 @@ class Daemon:
             ws_limits=ws_limits,
             authenticator=authenticator,
             limits=self.request_limits,
+            rate_limiter=self.rate_limiter,
         )
         await self._serve_api(api_app)
         await self._serve_ws(
@@ -328,6 +340,7 @@ class Daemon:
                 ws_limits=ws_limits,
                 default_environment=settings.server.default_environment,
                 authenticator=authenticator,
+                rate_limiter=self.rate_limiter,
             )
         )
         await self._serve_flag_socket(self.flags)
@@ -391,6 +404,37 @@ class Daemon:
         self._stack.push_async_callback(replicator.stop)
         return upstream, replicator
 
+    def _token_verifier(self) -> TokenVerifier | None:
+        """Token auth for TCP callers; on first start, an admin token file for the CLI."""
+        settings = self.settings
+        if not settings.auth.enabled:
+            log.warning("token auth is off: TCP callers are not asked who they are")
+            return None
+        try:
+            verifier = self.verifier = TokenVerifier(settings)
+        except (OSError, ValueError) as error:
+            raise StartupError(f"auth: cannot load the token keys: {error}") from None
+        created = verifier.ensure_admin_token(settings.data_dir)
+        if created is not None:
+            log.warning(
+                "created an admin token for this host (the CLI uses it; keep it private)",
+                extra={"path": str(created)},
+            )
+            print(f"fpcd: admin token written to {created} (mode 0600)", file=sys.stderr)
+        return verifier
+
+    def _tls(self) -> ssl.SSLContext | None:
+        tls = self.settings.tls
+        if not tls.cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as error:
+            raise StartupError(f"tls: cannot load {tls.cert} / {tls.key}: {error}") from None
+        return context
+
     def _runner(self, app: web.Application) -> web.AppRunner:
         return web.AppRunner(
             app,
@@ -402,16 +446,18 @@ class Daemon:
 
     async def _serve_api(self, app: web.Application) -> None:
         settings = self.settings
+        self.apps.append(app)
         runner = self._runner(app)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         host, port = settings.server.api_host, settings.server.api_port
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=self._tls()).start()
         except OSError as error:
             raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         bound = runner.addresses[-1]
-        self.addresses["api"] = f"http://{bound[0]}:{bound[1]}"
+        scheme = "https" if settings.tls.cert else "http"
+        self.addresses["api"] = f"{scheme}://{bound[0]}:{bound[1]}"
 
         path = settings.api_socket
         _claim_socket(path)
@@ -439,16 +485,18 @@ class Daemon:
 
     async def _serve_ws(self, app: web.Application) -> None:
         settings = self.settings
+        self.apps.append(app)
         runner = self._runner(app)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         host, port = settings.server.api_host, settings.server.ws_port
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=self._tls()).start()
         except OSError as error:
             raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         bound = runner.addresses[-1]
-        self.addresses["ws"] = f"ws://{bound[0]}:{bound[1]}"
+        scheme = "wss" if settings.tls.cert else "ws"
+        self.addresses["ws"] = f"{scheme}://{bound[0]}:{bound[1]}"
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and commits, then close the store."""
@@ -481,6 +529,9 @@ class Daemon:
                 pending.append(key)
         configure_logging(new.log.level, new.log.format)
         self.request_limits.max_body_bytes = new.limits.max_body_bytes
+        self.request_limits.max_json_depth = new.limits.max_json_depth
+        self.request_limits.max_json_keys = new.limits.max_json_keys
+        self.rate_limiter.configure(new.rate_limit)
         if self.configs is not None:
             self.configs.limits = config_limits(new)
         self.settings = new

@@ -67,6 +67,9 @@ class ServerSettings(Section, frozen=True, kw_only=True):
     default_environment: str = "development"
     #: How long shutdown waits for in-flight requests.
     shutdown_timeout: Duration = Duration(10.0)
+    #: Allow a non-loopback api_host without both TLS and token auth (e.g. behind a
+    #: proxy or service mesh that terminates TLS). Off: fpcd refuses to start that way.
+    allow_insecure: bool = False
 
 
 class LogSettings(Section, frozen=True, kw_only=True):
@@ -202,6 +205,42 @@ class SyncSettings(Section, frozen=True, kw_only=True):
     source_dir: str = ""
 
 
+class AuthSettings(Section, frozen=True, kw_only=True):
+    """JWT bearer tokens for TCP callers (the Unix sockets go by their file mode)."""
+
+    #: false: TCP callers are not asked for a token (only for a trusted network; see
+    #: server.allow_insecure). Secret values are then never served over TCP.
+    enabled: bool = True
+    #: HS256 shared secret. Empty, with no key file either: a secret is generated into
+    #: <data_dir>/auth.key and an admin token into <data_dir>/admin.token (both 0600).
+    jwt_secret: str = ""
+    #: RS256/ES256 public key (PEM) of the token issuer.
+    jwt_public_key_file: str = ""
+    #: A JWKS file of the issuer's keys (chosen by the token's `kid`).
+    jwks_file: str = ""
+    #: Required `iss` and `aud` claims (empty: not checked).
+    issuer: str = ""
+    audience: str = ""
+    #: Clock skew allowed for exp, nbf and iat.
+    leeway: Duration = Duration(30.0)
+
+
+class RateLimitSettings(Section, frozen=True, kw_only=True):
+    """Token buckets; 0 turns one off. The flag socket and /health are not limited."""
+
+    per_subject_rps: Annotated[float, msgspec.Meta(ge=0)] = 20000.0
+    per_subject_burst: Annotated[float, msgspec.Meta(ge=0)] = 40000.0
+    per_service_rps: Annotated[float, msgspec.Meta(ge=0)] = 40000.0
+    global_rps: Annotated[float, msgspec.Meta(ge=0)] = 100000.0
+
+
+class TlsSettings(Section, frozen=True, kw_only=True):
+    """Serve the API and WebSocket ports over TLS when both are set."""
+
+    cert: str = ""
+    key: str = ""
+
+
 class Settings(Section, frozen=True, kw_only=True):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -213,6 +252,9 @@ class Settings(Section, frozen=True, kw_only=True):
     websocket: WebSocketSettings = WebSocketSettings()
     registry: RegistrySettings = RegistrySettings()
     sync: SyncSettings = SyncSettings()
+    auth: AuthSettings = AuthSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    tls: TlsSettings = TlsSettings()
     files: list[FileSettings] = []
 
     @property
@@ -257,7 +299,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 #: Keys a SIGHUP can change in a running daemon; the rest need a restart.
-RELOADABLE = {("log", "level"), ("log", "format"), ("limits", "*")}
+RELOADABLE = {("log", "level"), ("log", "format"), ("limits", "*"), ("rate_limit", "*")}
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
@@ -378,6 +420,38 @@ def _check(settings: Settings, label: str) -> None:
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
     for i, entry in enumerate(settings.files):
         _check_file(entry, f"{label}: files[{i}]")
+    if bool(settings.tls.cert) != bool(settings.tls.key):
+        raise SettingsError(f"{label}: tls: give both cert and key, or neither")
+    for key, path in (
+        ("tls.cert", settings.tls.cert),
+        ("tls.key", settings.tls.key),
+        ("auth.jwt_public_key_file", settings.auth.jwt_public_key_file),
+        ("auth.jwks_file", settings.auth.jwks_file),
+    ):
+        if path and not os.path.isfile(path):
+            raise SettingsError(f"{label}: {key}: {path} is not a readable file")
+    given = [
+        k
+        for k, v in (
+            ("jwt_secret", settings.auth.jwt_secret),
+            ("jwt_public_key_file", settings.auth.jwt_public_key_file),
+            ("jwks_file", settings.auth.jwks_file),
+        )
+        if v
+    ]
+    if len(given) > 1:
+        raise SettingsError(f"{label}: auth: choose one of {', '.join(given)}")
+    if settings.auth.jwt_secret and len(settings.auth.jwt_secret) < 32:
+        raise SettingsError(f"{label}: auth.jwt_secret: use at least 32 characters")
+    host = settings.server.api_host
+    loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    secure = bool(settings.tls.cert) and settings.auth.enabled
+    if not loopback and not secure and not settings.server.allow_insecure:
+        raise SettingsError(
+            f"{label}: server.api_host: {host} is not loopback, and fpcd serves it only with"
+            " TLS (tls.cert, tls.key) and token auth; set server.allow_insecure = true if a"
+            " proxy terminates TLS in front of it"
+        )
 
 
 def _check_file(entry: FileSettings, where: str) -> None:

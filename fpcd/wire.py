@@ -16,8 +16,9 @@ from fpcd.domain.flags import EvaluationContext, EvaluationResult
 
 T = TypeVar("T")
 
-VersionNumber = Annotated[int, msgspec.Meta(ge=1)]
-ExpectedVersion = Annotated[int, msgspec.Meta(ge=0)]
+#: Version numbers: positive, and small enough for SQLite and JSON numbers everywhere.
+VersionNumber = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+ExpectedVersion = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_only=True):
@@ -70,7 +71,8 @@ class SecretPut(Body, kw_only=True):
 
     value: str
     expires_at: datetime | None = None
-    ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: At most ten years.
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=315_360_000)] | None = None
     description: str = ""
 
 
@@ -304,7 +306,7 @@ class ServiceRegister(Body, kw_only=True):
     environment: str | None = None
     required_configs: list[str] = []
     metadata: dict[str, Any] = {}
-    ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=315_360_000)] | None = None
 
 
 class ServiceView(View, kw_only=True, omit_defaults=True):

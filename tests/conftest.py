@@ -23,6 +23,18 @@ from fpcd.settings import Settings, load_settings
 
 FPCD = [sys.executable, "-m", "fpcd"]
 
+#: Daemon URL -> its admin token, for helpers that only have a URL.
+TOKENS: dict[str, str] = {}
+
+
+def auth_for(url: str) -> dict[str, str]:
+    """The Authorization header for a URL of a daemon process these tests started."""
+    for base, token in TOKENS.items():
+        if url.startswith(base):
+            return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
 #: Every secret value a test writes, and every log the suite produces: the last test
 #: (test_zz_no_secret_in_logs.py) checks that none of the values shows up in any log.
 SECRET_VALUES: set[str] = set()
@@ -86,9 +98,34 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         await d.stop()
 
 
+def admin_token(data_dir: Path) -> str:
+    """The token the daemon wrote for its administrator on first start."""
+    return (data_dir / "admin.token").read_text().strip()
+
+
+def auth(daemon: Daemon) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_token(daemon.settings.data_dir)}"}
+
+
+def issue_token(daemon: Daemon, role: str, **claims: Any) -> str:
+    """A token from the daemon's own signing secret (as `fpcd token create` makes)."""
+    assert daemon.verifier is not None
+    return daemon.verifier.issue(
+        subject=claims.pop("subject", f"test-{role}"), roles=[role], **claims
+    )
+
+
+def api_session(daemon: Daemon, token: str | None = None, **kwargs: Any) -> aiohttp.ClientSession:
+    """An HTTP client for a daemon's TCP API, carrying its admin token (or `token`)."""
+    bearer = token or admin_token(daemon.settings.data_dir)
+    return aiohttp.ClientSession(
+        base_url=daemon.addresses["api"], headers={"Authorization": f"Bearer {bearer}"}, **kwargs
+    )
+
+
 @pytest.fixture
 async def http(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as session:
+    async with api_session(daemon) as session:
         yield session
 
 
@@ -114,6 +151,14 @@ class DaemonProcess:
     @property
     def socket(self) -> Path:
         return self.data_dir / "fpcd.sock"
+
+    @property
+    def token(self) -> str:
+        return admin_token(self.data_dir)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def start(self, *, wait: bool = True) -> DaemonProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +195,7 @@ class DaemonProcess:
             try:
                 with urllib.request.urlopen(self.url + "/health/ready", timeout=1) as r:
                     if r.status == 200:
+                        TOKENS[self.url] = self.token
                         return
             except OSError:
                 pass

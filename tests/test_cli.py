@@ -112,7 +112,7 @@ def test_usage_errors(running: DaemonProcess, tmp_path: Path) -> None:
 
 
 def test_url_and_json_output(running: DaemonProcess) -> None:
-    r = run_cli(
+    args = [
         "config",
         "set",
         "web",
@@ -123,9 +123,22 @@ def test_url_and_json_output(running: DaemonProcess) -> None:
         "--json",
         "--url",
         running.url,
-    )
+    ]
+    r = run_cli(*args)
+    assert r.returncode == 1 and "Authentication required (401)" in r.stderr
+    r = run_cli(*args, "--token", running.token)
     result = json.loads(r.stdout)
     assert result["changed"] is True and result["version"] == 1
+    r = run_cli(*args, cwd=running.data_dir.parent)  # ./fpcd-data is not there: no token
+    assert r.returncode == 1
+    r = run_cli(*args, "--config", str(_settings_for(running)))  # finds admin.token itself
+    assert r.returncode == 0 and json.loads(r.stdout)["changed"] is False
+
+
+def _settings_for(proc: DaemonProcess) -> Path:
+    path = proc.data_dir.parent / "cli.toml"
+    path.write_text(f'[server]\ndata_dir = "{proc.data_dir}"\n')
+    return path
 
 
 def test_audit_tail_and_verify_detects_tampering(running: DaemonProcess) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from fpcd.app import Daemon
+from tests.conftest import api_session, issue_token
 
 
 async def put(
@@ -45,7 +46,7 @@ async def test_put_then_get_returns_the_seed_shape(http: aiohttp.ClientSession) 
     assert doc["version"] == 1
     assert doc["config"] == {"db": {"host": "db1", "port": 5432}, "features": ["a"]}
     assert doc["description"] == "first" and doc["tags"] == ["initial"]
-    assert doc["createdBy"] == "anonymous"
+    assert doc["createdBy"] == "admin"
     assert len(doc["checksum"]) == 64
     assert doc["secrets"] == {}
 
@@ -68,17 +69,19 @@ async def test_secrets_count_as_content(http: aiohttp.ClientSession, daemon: Dae
     assert second["changed"] is True and second["version"] == 2
     _, doc = await get(http, "/api/config/svc?environment=dev")
     assert doc["secrets"] == {"TOKEN": {"version": 2}}  # names and metadata only
-    # Over TCP without a token, includeSecrets still gives metadata only...
-    _, tcp = await get(http, "/api/config/svc?environment=dev&includeSecrets=true")
-    assert tcp["secrets"] == {"TOKEN": {"version": 2}}
-    # ...the Unix socket (guarded by its file mode) gets the value.
+    # A token without secrets:read gets metadata only, even with includeSecrets...
+    async with api_session(daemon, issue_token(daemon, "editor")) as editor:
+        _, no_values = await get(editor, "/api/config/svc?environment=dev&includeSecrets=true")
+    assert no_values["secrets"] == {"TOKEN": {"version": 2}}
+    # ...an admin token, or the Unix socket (guarded by its file mode), gets the value.
+    _, with_values = await get(http, "/api/config/svc?environment=dev&includeSecrets=true")
+    assert with_values["secrets"]["TOKEN"] == {"version": 2, "value": "two"}
     connector = aiohttp.UnixConnector(path=daemon.addresses["socket"])
     async with (
         aiohttp.ClientSession(connector=connector) as unix,
         unix.get("http://fpcd/api/config/svc?environment=dev&includeSecrets=true") as r,
     ):
-        with_values = await r.json()
-    assert with_values["secrets"]["TOKEN"] == {"version": 2, "value": "two"}
+        assert (await r.json())["secrets"]["TOKEN"] == {"version": 2, "value": "two"}
 
 
 async def test_default_is_the_base_layer(http: aiohttp.ClientSession) -> None:
@@ -381,7 +384,7 @@ async def test_audit_log_records_every_change(http: aiohttp.ClientSession) -> No
     assert page["total"] == 3  # the keyring's first data key, then ours
     newest, oldest = page["items"][:2]
     assert oldest["action"] == "config.update" and oldest["target"] == "config:svc/prod"
-    assert oldest["requestId"] == "req-123" and oldest["actor"] == "anonymous"
+    assert oldest["requestId"] == "req-123" and oldest["actor"] == "admin"
     assert page["items"][2]["prevHash"] == "0" * 64 and newest["prevHash"] == oldest["hash"]
     assert newest["action"] == "schema.put"
     _, verified = await get(http, "/api/audit/verify")

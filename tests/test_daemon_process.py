@@ -12,13 +12,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import FPCD, DaemonProcess, free_port, run_cli
+from tests.conftest import FPCD, DaemonProcess, auth_for, free_port, run_cli
 
 
 def request(method: str, url: str, body: Any = None, timeout: float = 5) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
+        url, data=data, method=method, headers={"Content-Type": "application/json", **auth_for(url)}
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:

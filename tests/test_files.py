@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 
 from fpcd.app import Daemon
 from fpcd.domain.errors import SettingsError
 from fpcd.domain.render import RenderError, flatten, render
-from tests.conftest import make_settings, run_cli, secret_value
+from fpcd.settings import load_settings
+from tests.conftest import api_session, make_settings, run_cli, secret_value
 
 CONFIG = {
     "db": {"host": "db1", "port": 5432, "opts": {"ssl": True}},
@@ -103,7 +103,7 @@ async def make_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 async def put(daemon: Daemon, config: dict[str, Any], env: str = "prod", **extra: Any) -> None:
     async with (
-        aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http,
+        api_session(daemon) as http,
         http.put("/api/config/web", json={"environment": env, "config": config, **extra}) as r,
     ):
         assert r.status == 200, await r.text()
@@ -270,7 +270,7 @@ async def test_drift_is_restored_or_reported(tmp_path: Path, make_daemon: Any) -
     await asyncio.sleep(0.5)
     assert reported.read_text() == "edited by hand"
     async with (
-        aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http,
+        api_session(daemon) as http,
         http.get("/api/audit?limit=100") as r,
     ):
         audit = await r.json()
@@ -313,7 +313,7 @@ async def test_reload_force_runs_the_command(tmp_path: Path, make_daemon: Any) -
     await put(daemon, {"a": 1})
     await until(lambda: len(lines(ran)) == 1)
     async with (
-        aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http,
+        api_session(daemon) as http,
         http.post("/api/config/web/reload", json={"environment": "prod", "force": True}) as r,
     ):
         assert r.status == 200
@@ -330,7 +330,7 @@ async def test_source_dir_imports_and_rejects(tmp_path: Path, make_daemon: Any) 
     (src / "services" / "web" / "prod.toml").write_text('port = 80\n[db]\nhost = "a"\n')
     (src / "flags" / "dark_mode.json").write_text('{"enabled": true, "tags": ["ui"]}')
     daemon = await make_daemon(sync={"source_dir": str(src)})
-    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+    async with api_session(daemon) as http:
 
         async def config() -> Any:
             async with http.get("/api/config/web?environment=prod") as r:
@@ -416,6 +416,7 @@ def test_render_command(spawn: Any) -> None:
         proc.url + "/api/config/web",
         method="PUT",
         data=json.dumps({"environment": "prod", "config": {"db": {"host": "h"}}}).encode(),
+        headers=proc.auth,
     )
     urllib.request.urlopen(req, timeout=10).close()
     r = run_cli(
@@ -458,6 +459,12 @@ def test_deployment_files() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     env = {e["name"]: e for e in container["env"]}
     assert env["CONFIG_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "fpcd"
+    # The pod's environment must pass the daemon's own start-up checks (0.0.0.0 needs
+    # an explicit allow, since TLS is terminated in front of it).
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    loaded = load_settings(None, environ=plain)
+    assert loaded.server.api_host == "0.0.0.0" and loaded.server.allow_insecure
+    assert "FPCD_SERVER__ALLOW_INSECURE=true" in (ROOT / "deploy" / "Dockerfile").read_text()
     secret = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "secret.yaml").read_text())
     assert secret["kind"] == "Secret" and "encryption-key" in secret["stringData"]
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()

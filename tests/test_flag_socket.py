@@ -9,14 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from fpcd.app import Daemon
-from tests.conftest import make_settings
+from tests.conftest import api_session, make_settings
 
 
 async def create(daemon: Daemon, *bodies: dict[str, Any]) -> None:
-    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+    async with api_session(daemon) as http:
         for body in bodies:
             async with http.post("/api/features", json=body) as r:
                 assert r.status == 201, await r.text()
@@ -125,7 +123,7 @@ async def test_client_leaving_mid_batch_harms_nothing(daemon: Daemon) -> None:
     out = await exchange(path, b'{"id":1,"flag":"a"}\n', 1)
     assert out[0]["result"]["enabled"] is True
     async with (
-        aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http,
+        api_session(daemon) as http,
         http.get("/health") as r,
     ):
         assert r.status == 200

@@ -12,7 +12,7 @@ import pytest
 
 from fpcd.app import Daemon
 from fpcd.services.events import FlagSwitched
-from tests.conftest import DaemonProcess, make_settings
+from tests.conftest import DaemonProcess, api_session, make_settings
 
 CHECKOUT = {
     "name": "New Checkout Flow",
@@ -339,7 +339,7 @@ async def test_scheduled_switch_emits_an_event(tmp_path: Path) -> None:
         daemon.bus.subscribe(listen)
         start = datetime.now(UTC) + timedelta(seconds=1)
         end = start + timedelta(seconds=1)
-        async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+        async with api_session(daemon) as http:
             await call(
                 http,
                 "POST",
@@ -368,7 +368,7 @@ async def test_schedule_is_rebuilt_at_start_and_on_change(tmp_path: Path) -> Non
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     daemon = Daemon(make_settings(tmp_path))
     await daemon.start()
-    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+    async with api_session(daemon) as http:
         await call(
             http,
             "POST",
@@ -384,7 +384,7 @@ async def test_schedule_is_rebuilt_at_start_and_on_change(tmp_path: Path) -> Non
     try:
         assert daemon.scheduler is not None
         assert daemon.scheduler.job_ids("flag:") == ["flag:later:*:start"]
-        async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+        async with api_session(daemon) as http:
             await call(http, "PATCH", "/api/features/later", {"rollout": {"startDate": None}})
         assert daemon.scheduler.job_ids("flag:") == []
     finally:
@@ -398,7 +398,9 @@ def test_same_answers_after_restart(spawn: Any) -> None:
     proc: DaemonProcess = spawn().start()
 
     def post(path: str, body: Any) -> Any:
-        req = urllib.request.Request(proc.url + path, data=json.dumps(body).encode(), method="POST")
+        req = urllib.request.Request(
+            proc.url + path, data=json.dumps(body).encode(), method="POST", headers=proc.auth
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
@@ -423,7 +425,7 @@ def test_same_answers_after_restart(spawn: Any) -> None:
 async def test_counts_are_written_at_shutdown(tmp_path: Path) -> None:
     daemon = Daemon(make_settings(tmp_path, flags={"analytics_flush_interval": "1h"}))
     await daemon.start()
-    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+    async with api_session(daemon) as http:
         await call(http, "POST", "/api/features", {"name": "counted", "enabled": True})
         for i in range(7):
             await call(
@@ -436,7 +438,7 @@ async def test_counts_are_written_at_shutdown(tmp_path: Path) -> None:
     daemon = Daemon(make_settings(tmp_path))
     await daemon.start()
     try:
-        async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+        async with api_session(daemon) as http:
             _, report = await call(http, "GET", "/api/features/counted/analytics")
         assert report["total"] == 7 and report["reasons"] == {"STATIC": 7}
     finally:

@@ -14,11 +14,12 @@ import aiohttp
 import pytest
 
 from fpcd.app import Daemon
-from tests.conftest import make_settings
+from tests.conftest import admin_token, auth, make_settings
 
 
 def ws_url(daemon: Daemon, path: str = "/") -> str:
-    return daemon.addresses["ws"] + path
+    """The WebSocket URL with the admin token in the query (as browsers must send it)."""
+    return daemon.addresses["ws"] + path + "?token=" + admin_token(daemon.settings.data_dir)
 
 
 class Client:
@@ -70,6 +71,7 @@ async def put(
 ) -> dict[str, Any]:
     async with session.put(
         daemon.addresses["api"] + f"/api/config/{service}",
+        headers=auth(daemon),
         json={"environment": env, "config": config},
     ) as r:
         assert r.status == 200, await r.text()
@@ -78,7 +80,9 @@ async def put(
 
 async def test_config_updates_on_both_ports(daemon: Daemon, session: aiohttp.ClientSession) -> None:
     on_ws_port = await connect(session, ws_url(daemon))
-    on_api_port = await connect(session, daemon.addresses["api"] + "/ws")
+    on_api_port = await connect(
+        session, daemon.addresses["api"] + "/ws", headers=auth(daemon)
+    )  # the token in a header this time
     for client in (on_ws_port, on_api_port):
         reply = await client.subscribe("checkout")
         assert reply == {
@@ -181,6 +185,7 @@ async def test_flag_changes_and_scheduled_switches(
     api = daemon.addresses["api"]
     async with session.post(
         api + "/api/features",
+        headers=auth(daemon),
         json={"name": "dark mode", "enabled": True, "environments": {"prod": {"enabled": False}}},
     ) as r:
         assert r.status == 201
@@ -191,6 +196,7 @@ async def test_flag_changes_and_scheduled_switches(
     start = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     async with session.post(
         api + "/api/features",
+        headers=auth(daemon),
         json={"name": "launch", "enabled": True, "rollout": {"startDate": start}},
     ) as r:
         assert r.status == 201
@@ -199,14 +205,16 @@ async def test_flag_changes_and_scheduled_switches(
     switched = await client.next(wait=10)
     assert switched["flagKey"] == "launch" and switched["reason"] == "schedule_start"
     assert switched["enabled"] is True
-    async with session.delete(api + "/api/features/launch") as r:
+    async with session.delete(api + "/api/features/launch", headers=auth(daemon)) as r:
         assert r.status == 200
     archived = await client.next()
     assert archived["reason"] == "archived" and archived["enabled"] is False
     # A config-only subscriber hears nothing of flags.
     configs_only = await connect(session, ws_url(daemon))
     await configs_only.subscribe("checkout", topics=["config-updates"])
-    async with session.patch(api + "/api/features/dark_mode", json={"enabled": False}) as r:
+    async with session.patch(
+        api + "/api/features/dark_mode", headers=auth(daemon), json={"enabled": False}
+    ) as r:
         assert r.status == 200
     assert (await client.next())["flagKey"] == "dark_mode"
     await configs_only.quiet()
@@ -217,7 +225,9 @@ async def test_reload_is_pushed(daemon: Daemon, session: aiohttp.ClientSession) 
     client = await connect(session, ws_url(daemon))
     await client.subscribe("svc")
     api = daemon.addresses["api"]
-    async with session.post(api + "/api/config/svc/reload", json={"environment": "prod"}) as r:
+    async with session.post(
+        api + "/api/config/svc/reload", headers=auth(daemon), json={"environment": "prod"}
+    ) as r:
         assert (await r.json())["reloaded"] is True
     assert await client.next() == {
         "type": "CONFIGURATION_RELOAD",
@@ -225,11 +235,15 @@ async def test_reload_is_pushed(daemon: Daemon, session: aiohttp.ClientSession) 
         "environment": "prod",
         "version": 1,
     }
-    async with session.post(api + "/api/config/svc/reload", json={"environment": "prod"}) as r:
+    async with session.post(
+        api + "/api/config/svc/reload", headers=auth(daemon), json={"environment": "prod"}
+    ) as r:
         assert (await r.json())["reloaded"] is False
     await client.quiet()
     async with session.post(
-        api + "/api/config/svc/reload", json={"environment": "prod", "force": True}
+        api + "/api/config/svc/reload",
+        headers=auth(daemon),
+        json={"environment": "prod", "force": True},
     ) as r:
         assert r.status == 200
     assert (await client.next())["force"] is True

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from fpcd.app import Daemon
 from fpcd.services.events import ServiceStatusChanged
-from tests.conftest import make_settings
+from tests.conftest import api_session, make_settings
 
 
 async def call(
@@ -65,7 +65,7 @@ async def fast(tmp_path: Path) -> AsyncIterator[Daemon]:
 
 @pytest.fixture
 async def fast_http(fast: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=fast.addresses["api"]) as http:
+    async with api_session(fast) as http:
         yield http
 
 
@@ -252,13 +252,13 @@ async def test_bad_queries(http: aiohttp.ClientSession) -> None:
 async def test_registrations_survive_restart(tmp_path: Path) -> None:
     daemon = Daemon(make_settings(tmp_path))
     await daemon.start()
-    async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+    async with api_session(daemon) as http:
         await call(http, "POST", "/api/services/register", {"name": "keep", "tags": ["x"]})
     await daemon.stop()
     daemon = Daemon(make_settings(tmp_path))
     await daemon.start()
     try:
-        async with aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http:
+        async with api_session(daemon) as http:
             status, doc = await call(http, "GET", "/api/services/keep")
         assert status == 200 and doc["tags"] == ["x"]
     finally:

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from fpcd.app import Daemon, StartupError
-from tests.conftest import DaemonProcess, make_settings, run_cli, secret_value
+from tests.conftest import DaemonProcess, api_session, auth, make_settings, run_cli, secret_value
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -70,7 +70,7 @@ async def cluster(
         )
         daemon = Daemon(settings)
         await daemon.start()
-        http = aiohttp.ClientSession(base_url=daemon.addresses["api"])
+        http = api_session(daemon)
         host = Host(daemon, http)
         hosts.append(host)
         return host
@@ -160,7 +160,7 @@ async def test_every_kind_of_change_reaches_the_other_hosts(cluster: Any) -> Non
 async def test_websocket_subscribers_on_other_hosts_get_the_change(cluster: Any) -> None:
     a, b = await cluster("a"), await cluster("b")
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(b.daemon.addresses["ws"] + "/")
+        ws = await session.ws_connect(b.daemon.addresses["ws"] + "/", headers=auth(b.daemon))
         await ws.send_str(
             json.dumps(
                 {
@@ -322,7 +322,7 @@ async def test_standalone_history_seeds_an_empty_upstream(
     alone = Daemon(make_settings(tmp_path / "alone", secrets={"encryption_key": KEY}))
     await alone.start()
     async with (
-        aiohttp.ClientSession(base_url=alone.addresses["api"]) as http,
+        api_session(alone) as http,
         http.put("/api/config/svc", json={"environment": "prod", "config": {"seed": 1}}) as r,
     ):
         assert r.status == 200
@@ -338,7 +338,7 @@ async def test_standalone_history_seeds_an_empty_upstream(
     await joiner.start()
     try:
         async with (
-            aiohttp.ClientSession(base_url=joiner.addresses["api"]) as http,
+            api_session(joiner) as http,
             http.get("/api/config/svc?environment=prod") as r,
         ):
             assert (await r.json())["config"] == {"seed": 1}
@@ -378,6 +378,7 @@ def test_killed_mid_batch_applies_nothing_twice(spawn: Any, pg_url: str, tmp_pat
             writer.url + "/api/config/svc",
             method="PUT",
             data=json.dumps({"environment": "prod", "config": {"n": n}}).encode(),
+            headers=writer.auth,
         )
         urllib.request.urlopen(req, timeout=10).close()
 

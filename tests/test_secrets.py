@@ -19,7 +19,7 @@ import pytest
 
 from fpcd.app import Daemon, StartupError
 from fpcd.domain.crypto import Secret, parse_master_key
-from tests.conftest import make_settings, run_cli, secret_value
+from tests.conftest import api_session, issue_token, make_settings, run_cli, secret_value
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -170,20 +170,26 @@ async def test_config_secrets_are_encrypted_and_layered(
         assert value.encode() not in db_bytes(daemon.settings.data_dir)
 
 
-async def test_tcp_callers_never_get_values(
-    http: aiohttp.ClientSession, unix: aiohttp.ClientSession
+async def test_only_secrets_read_gets_values(
+    http: aiohttp.ClientSession, daemon: Daemon, unix: aiohttp.ClientSession
 ) -> None:
     value = secret_value("tcp")
     assert (await call(http, "PUT", "/api/secrets/app/KEY", {"value": value}))[0] == 200
-    status, problem = await call(http, "GET", "/api/secrets/app/KEY")
-    assert status == 403 and "secrets:read" in problem["detail"]
     await call(http, "PUT", "/api/config/app", {"config": {}, "secrets": {"OTHER": value}})
-    _, doc = await call(http, "GET", "/api/config/app?includeSecrets=true")
-    assert doc["secrets"]["OTHER"] == {"version": 1}
-    status, listing = await call(http, "GET", "/api/secrets/app")
-    assert status == 200 and listing["items"][0]["name"] in ("KEY", "OTHER")
-    assert value not in json.dumps(listing)
+    async with api_session(daemon, issue_token(daemon, "editor")) as editor:
+        status, problem = await call(editor, "GET", "/api/secrets/app/KEY")
+        assert status == 403 and "secrets:read" in problem["detail"]
+        _, doc = await call(editor, "GET", "/api/config/app?includeSecrets=true")
+        assert doc["secrets"]["OTHER"] == {"version": 1}
+        status, listing = await call(editor, "GET", "/api/secrets/app")
+        assert status == 200 and {i["name"] for i in listing["items"]} == {"KEY", "OTHER"}
+        assert value not in json.dumps(listing)
+    scoped = issue_token(daemon, "service", services=["app"], scopes=["secrets:read"])
+    async with api_session(daemon, scoped) as service:
+        assert (await call(service, "GET", "/api/secrets/app/KEY"))[1]["value"] == value
+        assert (await call(service, "GET", "/api/secrets/other/KEY"))[0] == 403
     assert (await call(unix, "GET", "/api/secrets/app/KEY"))[1]["value"] == value
+    assert (await call(http, "GET", "/api/secrets/app/KEY"))[1]["value"] == value  # admin
 
 
 @pytest.mark.parametrize(
@@ -452,7 +458,7 @@ def test_cli_rotate_key_waits_and_reports(spawn: Any) -> None:
     r = run_cli("secret", "get", "app", "TOKEN", "--env", "prod", *sock)
     assert r.returncode == 1 and "Not found (404)" in r.stderr
     r = run_cli("secret", "get", "app", "TOKEN", "--env", "prod", "--url", proc.url)
-    assert r.returncode == 1 and ("403" in r.stderr or "404" in r.stderr)
+    assert r.returncode == 1 and "401" in r.stderr
 
 
 # -- expiry ------------------------------------------------------------------------------

@@ -10,11 +10,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import auth_for
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def http(url: str, method: str, body: Any) -> None:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method)
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method=method, headers=auth_for(url)
+    )
     with urllib.request.urlopen(req, timeout=10):
         pass
 
@@ -32,7 +36,10 @@ def test_seed_node_example(spawn: Any, tmp_path: Path) -> None:
     proc = spawn().start()
     example = (ROOT / "docs" / "examples" / "seed-ws-client.js").read_text()
     script = tmp_path / "client.js"
-    script.write_text(example.replace("ws://localhost:8080", f"ws://127.0.0.1:{proc.ws_port}"))
+    # Only the address changes (and the token rides in the query, as for any browser).
+    script.write_text(
+        example.replace("ws://localhost:8080", f"ws://127.0.0.1:{proc.ws_port}/?token={proc.token}")
+    )
     client = subprocess.Popen(
         [node, str(script)],
         cwd=tmp_path,

@@ -51,6 +51,7 @@ def test_seed_variables_and_fpcd_overrides(tmp_path: Path) -> None:
         "NODE_ENV": "production",
         "FPCD_DATA_DIR": str(tmp_path / "d"),
         "FPCD_API_HOST": "0.0.0.0",
+        "FPCD_SERVER__ALLOW_INSECURE": "true",
         "FPCD_LIMITS__MAX_BODY_BYTES": "2048",
         "FPCD_SERVER__SHUTDOWN_TIMEOUT": "250ms",
     }

@@ -12,11 +12,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.conftest import LOG_FILES, LOG_LINES, SECRET_VALUES, run_cli, secret_value
+from tests.conftest import LOG_FILES, LOG_LINES, SECRET_VALUES, auth_for, run_cli, secret_value
 
 
 def request(url: str, method: str, body: Any) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method)
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method=method, headers=auth_for(url)
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()

@@ -12,17 +12,23 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from fpcd.domain.configs import ANY_VERSION
+from fpcd.api.auth import Authenticator
+from fpcd.api.permissions import RateLimiter, Rule, rule_for
+from fpcd.domain.access import authorize, unrestricted
+from fpcd.domain.configs import ANY_VERSION, check_limits
 from fpcd.domain.errors import (
     BadRequest,
     FieldError,
+    Forbidden,
     FpcdError,
+    Invalid,
     PayloadTooLarge,
+    TooManyRequests,
     invalid_from,
 )
 from fpcd.domain.model import Caller
@@ -40,20 +46,20 @@ _ID_PREFIX = secrets.token_hex(4)
 _ID_COUNTER = itertools.count(1)
 
 
-class Authenticator(Protocol):
-    async def authenticate(self, request: web.Request) -> Caller:
-        """Who is calling; raises Unauthenticated when the request must be refused."""
-        ...
-
-
 @dataclass
 class RequestLimits:
-    """Per-request input limits; replaced as a whole on SIGHUP."""
+    """Per-request input limits; updated in place on SIGHUP."""
 
     max_body_bytes: int = 1024 * 1024
+    #: Every JSON body, not only stored documents, is held to these.
+    max_json_depth: int = 32
+    max_json_keys: int = 10_000
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+#: Who answers a public route (health probes): not a person, no rights.
+PUBLIC_CALLER = Caller(subject="public")
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_LIMITS = web.AppKey("request_limits", RequestLimits)
 
@@ -122,7 +128,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, caller, errors as problem+json: the same for every route and door."""
+    """Request id, caller, permission, rate limit, errors as problem+json: the same for
+    every route and door."""
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         request_id = given
@@ -130,7 +137,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         request_id = f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
     request[REQUEST_ID] = request_id
     try:
-        caller = await request.app[AUTHENTICATOR].authenticate(request)
+        if len(request.query_string) > MAX_QUERY:
+            raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
+        rule = rule_for(request)
+        caller = await _admit(request, rule)
         request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
         response = await handler(request)
     except FpcdError as error:
@@ -152,6 +162,38 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         )
     response.headers["X-Request-Id"] = request_id
     return response
+
+
+MAX_QUERY = 4096
+
+
+async def _admit(request: web.Request, rule: Rule | None) -> Caller:
+    """Who is calling, and may they: 401, 403 and 429 are decided here."""
+    if rule is None:
+        if request.match_info.http_exception is not None:
+            return PUBLIC_CALLER  # no such route: the handler raises 404/405
+        raise Forbidden("this route has no permission rule")  # a bug, refused safely
+    if rule.action is None and not rule.websocket:
+        return PUBLIC_CALLER
+    authenticator = request.app[AUTHENTICATOR]
+    found = await authenticator.authenticate(request, optional=rule.websocket)
+    caller = found if found is not None else PUBLIC_CALLER
+    service = request.match_info.get(rule.service) if rule.service else None
+    if rule.action is not None:
+        authorize(caller, rule.action, service=service)
+        if rule.unrestricted and not unrestricted(caller):
+            raise Forbidden("this view spans every service: it needs a token limited to none")
+    retry = request.app[RATE_LIMITER].check(caller.subject, service)
+    if retry is not None:
+        raise TooManyRequests("rate limit exceeded; slow down", headers={"Retry-After": str(retry)})
+    return caller
+
+
+def allow(
+    request: web.Request, action: str, *, service: str | None = None, environment: str | None = None
+) -> None:
+    """A handler's own check, once it knows the environment (or a service in the body)."""
+    authorize(request[CALLER], action, service=service, environment=environment)
 
 
 # -- reading input ---------------------------------------------------------------
@@ -190,22 +232,33 @@ async def read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-def decode_json(body: bytes, kind: type[T]) -> T:
+def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None) -> T:
     try:
-        return msgspec.json.decode(body, type=kind)
+        decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
         raise invalid_from(error) from None
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
+    if limits is not None:
+        # Depth and key count of the whole body, whatever the type lets through (Any fields).
+        errors = check_limits(
+            msgspec.json.decode(body),
+            max_depth=limits.max_json_depth + 2,  # the body and its wrapper objects
+            max_keys=limits.max_json_keys + 64,
+            path="$",
+        )
+        if errors:
+            raise Invalid("the request breaks a size rule", errors=errors)
+    return decoded
 
 
 async def body_as(request: web.Request, kind: type[T], *, empty_ok: bool = False) -> T:
     body = await read_body(request)
     if empty_ok and not body.strip():
         body = b"{}"
-    return decode_json(body, kind)
+    return decode_json(body, kind, request.app[REQUEST_LIMITS])
 
 
 def query_int(

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from fpcd.api.http import (
     JSON,
+    REQUEST_LIMITS,
+    allow,
     body_as,
     caller,
     decode_json,
@@ -20,6 +22,7 @@ from fpcd.api.http import (
     query_int,
     read_body,
 )
+from fpcd.domain.access import CONFIG_READ, CONFIG_RELOAD, CONFIG_WRITE, may
 from fpcd.services.configs import ConfigService
 from fpcd.wire import ConfigPut, ConfigReload, ConfigRollback
 
@@ -32,7 +35,21 @@ def _service(request: web.Request) -> str:
 
 
 async def list_configs(request: web.Request) -> web.Response:
-    return json_response(await request.app[CONFIGS].services())
+    """Only the services and environments the caller may read."""
+    who = caller(request)
+    page = await request.app[CONFIGS].services()
+    items = []
+    for item in page.items:
+        envs = [
+            e
+            for e in item.environments
+            if may(who, CONFIG_READ, service=item.service_name, environment=e.name)
+        ]
+        if envs:
+            items.append(msgspec.structs.replace(item, environments=envs))
+    return json_response(
+        msgspec.structs.replace(page, items=items, total=len(items), limit=len(items))
+    )
 
 
 class ReadParams(NamedTuple):
@@ -67,6 +84,7 @@ async def get_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     service = _service(request)
     params = _read_params(request)
+    allow(request, CONFIG_READ, service=service, environment=params.environment)
     if params.include_secrets:
         doc = await configs.document(
             service,
@@ -95,6 +113,7 @@ async def put_config(request: web.Request) -> web.Response:
     service = _service(request)
     body = await body_as(request, ConfigPut)
     environment = configs.environment(body.environment)
+    allow(request, CONFIG_WRITE, service=service, environment=environment)
     result = await configs.put(
         service,
         environment,
@@ -111,9 +130,11 @@ async def put_config(request: web.Request) -> web.Response:
 async def rollback_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     body = await body_as(request, ConfigRollback)
+    environment = configs.environment(body.environment)
+    allow(request, CONFIG_WRITE, service=_service(request), environment=environment)
     result = await configs.rollback(
         _service(request),
-        configs.environment(body.environment),
+        environment,
         body.version,
         caller=caller(request),
         description=body.description,
@@ -125,9 +146,11 @@ async def rollback_config(request: web.Request) -> web.Response:
 async def reload_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     body = await body_as(request, ConfigReload, empty_ok=True)
+    environment = configs.environment(body.environment)
+    allow(request, CONFIG_RELOAD, service=_service(request), environment=environment)
     result = await configs.reload(
         _service(request),
-        configs.environment(body.environment),
+        environment,
         force=body.force,
         caller=caller(request),
     )
@@ -138,6 +161,7 @@ async def config_history(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     limit, offset = page_params(request)
     environment = configs.environment(request.query.get("environment"))
+    allow(request, CONFIG_READ, service=_service(request), environment=environment)
     page = await configs.history(_service(request), environment, limit=limit, offset=offset)
     return json_response(page)
 
@@ -145,6 +169,7 @@ async def config_history(request: web.Request) -> web.Response:
 async def config_diff(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     environment = configs.environment(request.query.get("environment"))
+    allow(request, CONFIG_READ, service=_service(request), environment=environment)
     doc = await configs.diff(
         _service(request),
         environment,
@@ -160,7 +185,7 @@ async def get_schema(request: web.Request) -> web.Response:
 
 async def put_schema(request: web.Request) -> web.Response:
     """Takes `{"schema": {...}}` or the schema document itself."""
-    doc = decode_json(await read_body(request), dict[str, Any])
+    doc = decode_json(await read_body(request), dict[str, Any], request.app[REQUEST_LIMITS])
     schema = doc["schema"] if set(doc) == {"schema"} and isinstance(doc["schema"], dict) else doc
     result = await request.app[CONFIGS].put_schema(
         _service(request), schema, caller=caller(request)

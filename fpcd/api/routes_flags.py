@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from fpcd.api.http import (
+    REQUEST_LIMITS,
     body_as,
     caller,
     decode_json,
@@ -86,7 +87,7 @@ async def put_flag(request: web.Request) -> web.Response:
 
 async def patch_flag(request: web.Request) -> web.Response:
     key = _key(request)
-    patch = decode_json(await read_body(request), dict[str, Any])
+    patch = decode_json(await read_body(request), dict[str, Any], request.app[REQUEST_LIMITS])
     record, changed = await request.app[FLAGS].patch(
         key, patch, caller(request), expected_version=expected_version(request, None)
     )

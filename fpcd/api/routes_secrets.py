@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api.http import body_as, caller, json_response, query_int
+from fpcd.api.http import allow, body_as, caller, json_response, query_int
+from fpcd.domain.access import SECRETS_LIST, SECRETS_WRITE
+from fpcd.domain.configs import check_name
 from fpcd.domain.crypto import Secret
 from fpcd.services.secrets import SecretService
 from fpcd.wire import SecretPut
@@ -13,13 +15,16 @@ SECRETS = web.AppKey("secrets", SecretService)
 ENVIRONMENT = web.AppKey("default_environment", str)
 
 
-def _where(request: web.Request) -> tuple[str, str]:
+def _where(request: web.Request, action: str = SECRETS_LIST) -> tuple[str, str]:
     environment = request.query.get("environment") or request.app[ENVIRONMENT]
-    return request.match_info["service"], environment
+    check_name("environment", environment)
+    service = request.match_info["service"]
+    allow(request, action, service=service, environment=environment)
+    return service, environment
 
 
 async def put_secret(request: web.Request) -> web.Response:
-    service, environment = _where(request)
+    service, environment = _where(request, SECRETS_WRITE)
     body = await body_as(request, SecretPut)
     view, changed = await request.app[SECRETS].put(
         service,
@@ -47,7 +52,7 @@ async def get_secret(request: web.Request) -> web.Response:
 
 
 async def delete_secret(request: web.Request) -> web.Response:
-    service, environment = _where(request)
+    service, environment = _where(request, SECRETS_WRITE)
     await request.app[SECRETS].delete(
         service, environment, request.match_info["name"], caller(request)
     )

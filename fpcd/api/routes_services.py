@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api.http import body_as, caller, json_response
+from fpcd.api.http import allow, body_as, caller, json_response
+from fpcd.domain.access import REGISTRY_WRITE
 from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
 from fpcd.services.registry import HEALTHY, STALE, UNHEALTHY, UNKNOWN, RegistryService
@@ -20,6 +21,7 @@ def _name(request: web.Request) -> str:
 
 async def register(request: web.Request) -> web.Response:
     body = await body_as(request, ServiceRegister)
+    allow(request, REGISTRY_WRITE, service=check_name("service", body.name))
     result, created = await request.app[REGISTRY].register(body, caller(request))
     return json_response(result, status=201 if created else 200)
 

@@ -13,7 +13,17 @@ from fpcd.api import (
     routes_services,
     ws,
 )
-from fpcd.api.http import AUTHENTICATOR, REQUEST_LIMITS, Authenticator, RequestLimits, pipeline
+from fpcd.api.auth import Authenticator
+from fpcd.api.http import (
+    AUTHENTICATOR,
+    JSON,
+    RATE_LIMITER,
+    REQUEST_LIMITS,
+    RequestLimits,
+    pipeline,
+)
+from fpcd.api.openapi import encoded_document
+from fpcd.api.permissions import RateLimiter
 from fpcd.observe.health import Health
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
@@ -38,10 +48,12 @@ def build_api_app(
     ws_limits: ws.WebSocketLimits,
     authenticator: Authenticator,
     limits: RequestLimits,
+    rate_limiter: RateLimiter,
 ) -> web.Application:
     app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
     app[REQUEST_LIMITS] = limits
+    app[RATE_LIMITER] = rate_limiter
     app[routes_config.CONFIGS] = configs
     app[routes_flags.FLAGS] = flags
     app[routes_secrets.SECRETS] = secrets
@@ -56,7 +68,12 @@ def build_api_app(
     routes_services.add_routes(app)
     ws.add_routes(app, hub, ws_limits, configs.default_environment, paths=("/ws",))
     routes_audit.add_routes(app)
+    app.router.add_get("/openapi.json", openapi)
     return app
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=encoded_document(), content_type=JSON)
 
 
 def build_ws_app(
@@ -66,11 +83,13 @@ def build_ws_app(
     ws_limits: ws.WebSocketLimits,
     default_environment: str,
     authenticator: Authenticator,
+    rate_limiter: RateLimiter,
 ) -> web.Application:
     """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
     app = web.Application(middlewares=[pipeline])
     app[AUTHENTICATOR] = authenticator
     app[REQUEST_LIMITS] = RequestLimits()
+    app[RATE_LIMITER] = rate_limiter
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
     ws.add_routes(app, hub, ws_limits, default_environment, paths=("/", "/ws"))

@@ -22,8 +22,21 @@ from typing import Annotated
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
+from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import valid_name
-from fpcd.services.live import TOPICS, ErrorMessage, LiveHub, Pong, encode
+from fpcd.domain.errors import FpcdError
+from fpcd.domain.model import Caller
+from fpcd.services.live import (
+    CONFIG_UPDATES,
+    FEATURE_FLAGS,
+    TOPICS,
+    Authenticated,
+    ErrorMessage,
+    LiveHub,
+    Pong,
+    encode,
+)
 
 log = logging.getLogger("fpcd.ws")
 
@@ -50,7 +63,7 @@ class Subscribe(ClientMessage, tag="SUBSCRIBE", kw_only=True):
     service_name: str
     environment: str | None = None
     subscriptions: list[str] = msgspec.field(default_factory=lambda: list(TOPICS))
-    last_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    last_version: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
 
 
 class Unsubscribe(ClientMessage, tag="UNSUBSCRIBE", kw_only=True):
@@ -62,7 +75,13 @@ class Ping(ClientMessage, tag="PING", kw_only=True):
     pass
 
 
-_decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping).decode
+class Auth(ClientMessage, tag="AUTH", kw_only=True):
+    """For clients that cannot send a header: the token as the first message."""
+
+    token: str
+
+
+_decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping | Auth).decode
 HUB = web.AppKey("live_hub", LiveHub)
 WS_LIMITS = web.AppKey("ws_limits", WebSocketLimits)
 DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
@@ -71,8 +90,10 @@ DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
 class Connection:
     """One WebSocket client: what the hub delivers to, with its own write queue."""
 
-    def __init__(self, ws: web.WebSocketResponse, max_queue: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, max_queue: int, caller: Caller) -> None:
         self.ws = ws
+        #: Who this connection speaks for; PUBLIC_CALLER until it authenticates.
+        self.caller = caller
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(max_queue)
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
@@ -120,8 +141,9 @@ def _error(code: str, message: str) -> bytes:
     return encode(ErrorMessage(code=code, message=message))
 
 
-def _handle(conn: Connection, hub: LiveHub, default_environment: str, data: bytes) -> bool:
+def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
     """Act on one frame; True when it was a subscription (the connection is not idle)."""
+    hub, default_environment = app[HUB], app[DEFAULT_ENVIRONMENT]
     try:
         message = _decode(data)
     except msgspec.ValidationError as error:
@@ -132,6 +154,14 @@ def _handle(conn: Connection, hub: LiveHub, default_environment: str, data: byte
         conn.deliver(_error("BAD_JSON", "the frame is not valid JSON"))
         return False
     match message:
+        case Auth():
+            try:
+                conn.caller = app[AUTHENTICATOR].verify_token(message.token, peer=conn.caller.peer)
+            except FpcdError as error:
+                conn.deliver(_error("UNAUTHENTICATED", error.detail))
+                return False
+            conn.deliver(encode(Authenticated(subject=conn.caller.subject)))
+            return False
         case Ping():
             conn.deliver(encode(Pong(timestamp=int(time.time() * 1000))))
             return False
@@ -152,6 +182,28 @@ def _handle(conn: Connection, hub: LiveHub, default_environment: str, data: byte
             if unknown or not message.subscriptions:
                 conn.deliver(_error("BAD_MESSAGE", "subscriptions are any of " + ", ".join(TOPICS)))
                 return False
+            if conn.caller.subject == PUBLIC_CALLER.subject:
+                conn.deliver(
+                    _error(
+                        "UNAUTHENTICATED",
+                        "send a token first: an Authorization"
+                        ' header, ?token=, or {"type": "AUTH", "token": ...}',
+                    )
+                )
+                return False
+            needs = {CONFIG_UPDATES: CONFIG_READ, FEATURE_FLAGS: FLAGS_READ}
+            for topic in message.subscriptions:
+                if not may(
+                    conn.caller, needs[topic], service=message.service_name, environment=environment
+                ):
+                    conn.deliver(
+                        _error(
+                            "FORBIDDEN",
+                            f"this token does not allow {topic} for"
+                            f" {message.service_name}/{environment}",
+                        )
+                    )
+                    return False
             hub.subscribe(
                 conn, message.service_name, environment, message.subscriptions, message.last_version
             )
@@ -171,7 +223,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         decode_text=False,
     )
     await ws.prepare(request)
-    conn = Connection(ws, limits.max_queue)
+    conn = Connection(ws, limits.max_queue, request[CALLER])
     connections.add(conn)
     hub.connect(conn)
     conn.start()
@@ -187,7 +239,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 if msg.type == WSMsgType.BINARY:
                     conn.deliver(_error("BAD_MESSAGE", "send JSON in text frames"))
                     continue
-                if _handle(conn, hub, app[DEFAULT_ENVIRONMENT], msg.data):
+                if _handle(conn, app, msg.data):
                     idle.cancel()
             elif msg.type in (
                 WSMsgType.CLOSE,

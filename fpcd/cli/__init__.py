@@ -14,6 +14,7 @@ from fpcd.cli import (
     secret_cmds,
     serve,
     status_cmd,
+    token_cmd,
 )
 from fpcd.cli.common import CliError
 from fpcd.client.transport import TransportError
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_cmds.register(sub)
     render_cmd.register(sub)
     status_cmd.register(sub)
+    token_cmd.register(sub)
     audit_cmds.register(sub)
     return parser
 

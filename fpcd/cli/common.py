@@ -44,9 +44,18 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true", help="print the daemon's JSON as-is")
 
 
+def _admin_token(config: str | None) -> str | None:
+    """The daemon's admin token file, when this user may read it (the embedded default)."""
+    try:
+        settings = load_settings(config)
+        return (settings.data_dir / "admin.token").read_text().strip() or None
+    except (SettingsError, OSError):
+        return None
+
+
 def transport(args: argparse.Namespace) -> Transport:
     if args.url:
-        return Transport(url=args.url, token=args.token)
+        return Transport(url=args.url, token=args.token or _admin_token(args.config))
     if args.socket:
         return Transport(socket_path=args.socket, token=args.token)
     try:

@@ -108,6 +108,8 @@ def describe(change: Change) -> tuple[str, str, dict[str, Any]]:
 
 def next_entry(prev_id: int, prev_hash: str, change: Change) -> AuditEntry:
     action, target, details = describe(change)
+    if change.peer:
+        details = {**details, "peer": change.peer}
     fields: dict[str, Any] = {
         "id": prev_id + 1,
         "at": change.at,

@@ -203,6 +203,8 @@ class Change(Record, frozen=True, kw_only=True):
     #: Node id of the daemon where the change was made.
     origin: str
     request_id: str = ""
+    #: Where the request came from: remote address, or a Unix socket peer's uid and pid.
+    peer: str = ""
 
     @property
     def entity(self) -> str:
@@ -232,8 +234,11 @@ class Caller(Record, frozen=True, kw_only=True):
     request_id: str = ""
     #: Remote address, or for a Unix socket the peer's uid/pid.
     peer: str = ""
-    #: What the caller may do beyond plain reads and writes ("*": everything).
+    #: Extra permissions (e.g. "secrets:read"); "*" means everything.
     scopes: frozenset[str] = frozenset()
-
-    def allows(self, scope: str) -> bool:
-        return "*" in self.scopes or scope in self.scopes
+    #: admin, editor, viewer, service (see fpcd.domain.access).
+    roles: tuple[str, ...] = ()
+    #: Service names or globs the caller may touch; None: all.
+    services: tuple[str, ...] | None = None
+    #: Environments the caller may touch; None: all.
+    environments: tuple[str, ...] | None = None

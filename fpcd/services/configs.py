@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from fpcd.domain.access import may
 from fpcd.domain.configs import (
     ANY_VERSION,
     BASE_ENVIRONMENT,
@@ -155,6 +156,7 @@ class ConfigService:
             at=self._clock(),
             origin=self._node_id,
             request_id=caller.request_id,
+            peer=caller.peer,
         )
 
     # -- reads -------------------------------------------------------------------
@@ -197,7 +199,12 @@ class ConfigService:
             layers = [BASE_ENVIRONMENT, environment] if merged else [environment]
             rows = await self._secrets.layered(service, layers)
             values: dict[str, Secret] = {}
-            if include_secrets and caller is not None and caller.allows(READ_SECRETS) and rows:
+            if (
+                include_secrets
+                and caller is not None
+                and rows
+                and may(caller, READ_SECRETS, service=service, environment=environment)
+            ):
                 values = await self._secrets.reveal(service, environment, rows, caller)
             secrets = {
                 name: SecretMeta(

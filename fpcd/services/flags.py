@@ -275,6 +275,7 @@ class FlagService:
             at=self._clock(),
             origin=self._node_id,
             request_id=caller.request_id,
+            peer=caller.peer,
         )
 
     @staticmethod

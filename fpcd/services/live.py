@@ -77,6 +77,10 @@ class Pong(ServerMessage, tag="PONG", kw_only=True):
     timestamp: int = 0
 
 
+class Authenticated(ServerMessage, tag="AUTHENTICATED", kw_only=True):
+    subject: str
+
+
 class ErrorMessage(ServerMessage, tag="ERROR", kw_only=True):
     code: str
     message: str

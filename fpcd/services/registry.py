@@ -231,6 +231,7 @@ class RegistryService:
             at=self._clock(),
             origin=self._node_id,
             request_id=caller.request_id,
+            peer=caller.peer,
         )
 
     async def register(self, body: ServiceRegister, caller: Caller) -> tuple[RegisterResult, bool]:

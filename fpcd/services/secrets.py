@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fpcd.domain.access import SECRETS_READ, may
 from fpcd.domain.configs import check_name
 from fpcd.domain.crypto import Keyring, Secret, TamperedError, secret_aad, unwrap_data_key
 from fpcd.domain.errors import (
@@ -45,7 +46,7 @@ from fpcd.wire import KeyringStatus, KeyStatus, Page, RotationStatus, SecretView
 
 log = logging.getLogger("fpcd.secrets")
 
-READ_SECRETS = "secrets:read"
+READ_SECRETS = SECRETS_READ
 
 
 class IntegrityError(FpcdError):
@@ -162,6 +163,7 @@ class SecretService:
             at=self._clock(),
             origin=self._node_id,
             request_id=caller.request_id,
+            peer=caller.peer,
         )
 
     # -- encryption helpers ------------------------------------------------------------
@@ -286,11 +288,11 @@ class SecretService:
         assert row is not None
         return secret_view(row), bool(applied)
 
-    def require_read(self, caller: Caller) -> None:
-        if not caller.allows(READ_SECRETS):
+    def require_read(self, caller: Caller, service: str, environment: str) -> None:
+        if not may(caller, READ_SECRETS, service=service, environment=environment):
             raise Forbidden(
-                "reading secret values needs the secrets:read permission (the Unix socket"
-                " has it; over TCP, use a token that carries it)"
+                "reading secret values needs the secrets:read permission for this service"
+                " (the Unix socket has it; over TCP, a token that carries it)"
             )
 
     async def get(
@@ -305,7 +307,7 @@ class SecretService:
         """A decrypting read: permission checked, expiry enforced, audited and counted."""
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
-        self.require_read(caller)
+        self.require_read(caller, service, environment)
         row = await self._store.secret_version(service, environment, name, version)
         if row is None:
             raise NotFound(f"no secret {name} in {service}/{environment}")

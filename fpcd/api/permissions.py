@@ -1,0 +1,151 @@
+"""What each route needs: one table, checked by the request pipeline before the handler.
+
+A route that is not in the table is refused (a test checks every registered route has a
+row). Service-scoped rows name the path parameter that holds the service, so the check
+happens before anything is looked up: a 403 never says whether the thing exists.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from fpcd.domain import access as a
+from fpcd.settings import RateLimitSettings
+
+
+@dataclass(frozen=True)
+class Rule:
+    #: None: public (health probes, the OpenAPI document).
+    action: str | None
+    #: The path parameter holding the service the action is scoped to.
+    service: str | None = None
+    #: WebSocket upgrade: the token may also come in the first message.
+    websocket: bool = False
+    #: Cross-service views (the audit log) need a token limited to no service.
+    unrestricted: bool = False
+
+
+PUBLIC = Rule(None)
+S = "service"
+
+RULES: dict[tuple[str, str], Rule] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/health/live"): PUBLIC,
+    ("GET", "/health/ready"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/"): Rule(None, websocket=True),
+    ("GET", "/ws"): Rule(None, websocket=True),
+    ("GET", "/api/config"): Rule(a.CONFIG_READ),
+    ("GET", "/api/config/{service}"): Rule(a.CONFIG_READ, S),
+    ("PUT", "/api/config/{service}"): Rule(a.CONFIG_WRITE, S),
+    ("POST", "/api/config/{service}/rollback"): Rule(a.CONFIG_WRITE, S),
+    ("POST", "/api/config/{service}/reload"): Rule(a.CONFIG_RELOAD, S),
+    ("GET", "/api/config/{service}/history"): Rule(a.CONFIG_READ, S),
+    ("GET", "/api/config/{service}/diff"): Rule(a.CONFIG_READ, S),
+    ("GET", "/api/config/{service}/schema"): Rule(a.CONFIG_READ, S),
+    ("PUT", "/api/config/{service}/schema"): Rule(a.SCHEMA_WRITE, S),
+    ("DELETE", "/api/config/{service}/schema"): Rule(a.SCHEMA_WRITE, S),
+    ("GET", "/api/features"): Rule(a.FLAGS_READ),
+    ("POST", "/api/features"): Rule(a.FLAGS_WRITE),
+    ("POST", "/api/features/evaluate"): Rule(a.FLAGS_EVALUATE),
+    ("GET", "/api/features/{key}"): Rule(a.FLAGS_READ),
+    ("PUT", "/api/features/{key}"): Rule(a.FLAGS_WRITE),
+    ("PATCH", "/api/features/{key}"): Rule(a.FLAGS_WRITE),
+    ("DELETE", "/api/features/{key}"): Rule(a.FLAGS_WRITE),
+    ("GET", "/api/features/{key}/history"): Rule(a.FLAGS_READ),
+    ("GET", "/api/features/{key}/analytics"): Rule(a.FLAGS_READ),
+    ("POST", "/api/secrets/rotate-key"): Rule(a.KEYRING_ADMIN),
+    ("GET", "/api/keyring"): Rule(a.KEYRING_ADMIN),
+    ("POST", "/api/keyring/rotate"): Rule(a.KEYRING_ADMIN),
+    ("POST", "/api/keyring/{key_id}/retire"): Rule(a.KEYRING_ADMIN),
+    ("GET", "/api/secrets/{service}"): Rule(a.SECRETS_LIST, S),
+    ("PUT", "/api/secrets/{service}/{name}"): Rule(a.SECRETS_WRITE, S),
+    # Metadata is enough to reach the handler; the value needs secrets:read there.
+    ("GET", "/api/secrets/{service}/{name}"): Rule(a.SECRETS_LIST, S),
+    ("DELETE", "/api/secrets/{service}/{name}"): Rule(a.SECRETS_WRITE, S),
+    ("GET", "/api/secrets/{service}/{name}/versions"): Rule(a.SECRETS_LIST, S),
+    ("GET", "/api/audit"): Rule(a.AUDIT_READ, unrestricted=True),
+    ("GET", "/api/audit/verify"): Rule(a.AUDIT_READ, unrestricted=True),
+    # The registering service is named in the body: the handler checks it.
+    ("POST", "/api/services/register"): Rule(a.REGISTRY_WRITE),
+    ("GET", "/api/services"): Rule(a.REGISTRY_READ),
+    ("GET", "/api/services/{name}"): Rule(a.REGISTRY_READ),
+    ("DELETE", "/api/services/{name}"): Rule(a.REGISTRY_WRITE, "name"),
+    ("POST", "/api/services/{name}/heartbeat"): Rule(a.REGISTRY_WRITE, "name"),
+}
+
+
+def rule_for(request: web.Request) -> Rule | None:
+    """The row for this request's route; None for no route (404/405 follow) or no row."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    return RULES.get((method, resource.canonical))
+
+
+class Bucket:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, max(burst, rate, 1.0)
+        self.tokens, self.last = self.burst, time.monotonic()
+
+    def take(self, now: float) -> float:
+        """0 when a request may go; else the seconds until one may."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """Token buckets per subject, per service and for everyone; 0 turns one off."""
+
+    def __init__(self, settings: RateLimitSettings) -> None:
+        self.configure(settings)
+
+    def configure(self, settings: RateLimitSettings) -> None:
+        self.settings = settings
+        self._subjects: dict[str, Bucket] = {}
+        self._services: dict[str, Bucket] = {}
+        self._global = (
+            Bucket(settings.global_rps, settings.global_rps) if settings.global_rps else None
+        )
+
+    @staticmethod
+    def _bucket(table: dict[str, Bucket], key: str, rate: float, burst: float) -> Bucket:
+        bucket = table.get(key)
+        if bucket is None:
+            if len(table) >= 10_000:  # forget idle subjects rather than grow without bound
+                table.clear()
+            bucket = table[key] = Bucket(rate, burst)
+        return bucket
+
+    def check(self, subject: str, service: str | None) -> int | None:
+        """None when allowed; else a Retry-After in whole seconds."""
+        now = time.monotonic()
+        s = self.settings
+        waits = []
+        if s.per_subject_rps:
+            waits.append(
+                self._bucket(self._subjects, subject, s.per_subject_rps, s.per_subject_burst).take(
+                    now
+                )
+            )
+        if service is not None and s.per_service_rps:
+            waits.append(
+                self._bucket(self._services, service, s.per_service_rps, s.per_service_rps).take(
+                    now
+                )
+            )
+        if self._global is not None:
+            waits.append(self._global.take(now))
+        wait = max(waits, default=0.0)
+        return None if wait <= 0 else max(1, math.ceil(wait))
