@@ -80,6 +80,7 @@ def fpcd_daemon(
             "socket": data / "fpcd.sock",
             "flags_socket": data / "flags.sock",
             "pid": proc.pid,
+            "token": (data / "admin.token").read_text().strip(),
         }
     finally:
         proc.terminate()
@@ -87,12 +88,12 @@ def fpcd_daemon(
         shutil.rmtree(data, ignore_errors=True)
 
 
-def put_json(url: str, body: Any, method: str = "PUT") -> Any:
+def put_json(url: str, body: Any, method: str = "PUT", *, token: str = "") -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json"},
+        url, data=json.dumps(body).encode(), method=method, headers=headers
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
@@ -115,6 +116,7 @@ def wrk(
     threads: int = 1,
     script: str | None = None,
     cpu: int | None = None,
+    token: str = "",
 ) -> dict[str, float]:
     """Requests/s and p50/p90/p99 latency (ms) from `wrk --latency`."""
     if shutil.which("wrk") is None:
@@ -122,6 +124,8 @@ def wrk(
     args = [*pinned(cpu), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         args += ["-s", script]
+    if token:  # the same header for fpcd and for the minimal app, so requests are alike
+        args += ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))

@@ -42,15 +42,21 @@ def sample_config() -> dict[str, object]:
 
 def main() -> None:
     urls: dict[str, str] = {}
+    tokens: dict[str, str] = {}
     with ExitStack() as stack:
         for label, access in (("fpcd", "false"), ("fpcd, access log on", "true")):
             d = stack.enter_context(fpcd_daemon(env={"FPCD_LOG__ACCESS": access}))
             put_json(
                 d["url"] + "/api/config/checkout",
                 {"environment": "production", "config": sample_config()},
+                token=d["token"],
             )
             urls[label] = d["url"] + "/api/config/checkout?environment=production"
-        with urllib.request.urlopen(urls["fpcd"]) as r:
+            tokens[label] = d["token"]
+        request = urllib.request.Request(
+            urls["fpcd"], headers={"Authorization": f"Bearer {tokens['fpcd']}"}
+        )
+        with urllib.request.urlopen(request) as r:
             body = r.read()
         body_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "body.json"
         body_file.write_bytes(body)
@@ -64,13 +70,16 @@ def main() -> None:
         urls["minimal aiohttp app"] = (
             f"http://127.0.0.1:{port}/api/config/checkout?environment=production"
         )
+        tokens["minimal aiohttp app"] = tokens["fpcd"]  # sent, not checked: the same bytes
 
         rounds: dict[str, list[dict[str, float]]] = {label: [] for label in urls}
-        for url in urls.values():
-            wrk(url, connections=CONNECTIONS, seconds=2)  # warm-up
+        for label, url in urls.items():
+            wrk(url, connections=CONNECTIONS, seconds=2, token=tokens[label])  # warm-up
         for _ in range(ROUNDS):
             for label, url in urls.items():
-                rounds[label].append(wrk(url, connections=CONNECTIONS, seconds=SECONDS))
+                rounds[label].append(
+                    wrk(url, connections=CONNECTIONS, seconds=SECONDS, token=tokens[label])
+                )
 
     results = {}
     for label, runs in rounds.items():

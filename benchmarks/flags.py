@@ -98,7 +98,7 @@ def main() -> None:
             echo.terminate()
             echo.wait(10)
     with fpcd_daemon(env={"FPCD_LOG__ACCESS": "false"}, cpu=SERVER_CPU) as d:
-        put_json(d["url"] + "/api/features", CHECKOUT, method="POST")
+        put_json(d["url"] + "/api/features", CHECKOUT, method="POST", token=d["token"])
         results["socket"] = socket_runs(d["flags_socket"])
         body = json.dumps(
             {
@@ -117,10 +117,18 @@ def main() -> None:
                 'wrk.headers["Content-Type"] = "application/json"\n'
             )
         url = d["url"] + "/api/features/evaluate"
-        wrk(url, seconds=2, script=script.name, cpu=CLIENT_CPU)
-        results["http_evaluate"] = wrk(url, seconds=10, script=script.name, cpu=CLIENT_CPU)
+        token = d["token"]
+        wrk(url, seconds=2, script=script.name, cpu=CLIENT_CPU, token=token)
+        results["http_evaluate"] = wrk(
+            url, seconds=10, script=script.name, cpu=CLIENT_CPU, token=token
+        )
         with urllib.request.urlopen(
-            urllib.request.Request(url, data=body.encode(), method="POST")
+            urllib.request.Request(
+                url,
+                data=body.encode(),
+                method="POST",
+                headers={"Authorization": f"Bearer {token}"},
+            )
         ) as r:
             answer = r.read()
     # The ceiling: a minimal aiohttp app answering the same POST with the same bytes.
@@ -140,8 +148,10 @@ def main() -> None:
         try:
             wait_http(f"http://127.0.0.1:{port}/health")
             minimal = f"http://127.0.0.1:{port}/api/features/evaluate"
-            wrk(minimal, seconds=2, script=script.name, cpu=CLIENT_CPU)
-            results["http_minimal"] = wrk(minimal, seconds=10, script=script.name, cpu=CLIENT_CPU)
+            wrk(minimal, seconds=2, script=script.name, cpu=CLIENT_CPU, token=token)
+            results["http_minimal"] = wrk(
+                minimal, seconds=10, script=script.name, cpu=CLIENT_CPU, token=token
+            )
         finally:
             app.terminate()
             app.wait(10)

@@ -57,7 +57,12 @@ def daemon(env: dict[str, str]) -> Iterator[dict[str, str]]:
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health/ready", 60)
-        yield {"url": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{ws}/"}
+        token = (data / "admin.token").read_text().strip()
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "ws": f"ws://127.0.0.1:{ws}/?token={token}",
+            "auth": f"Bearer {token}",
+        }
     finally:
         proc.terminate()
         proc.wait(30)
@@ -107,6 +112,7 @@ async def lag(
             sent[n] = time.perf_counter()
             async with session.put(
                 writer["url"] + f"/api/config/{service}",
+                headers={"Authorization": writer["auth"]},
                 json={"environment": "prod", "config": {"n": n}},
             ) as r:
                 assert r.status == 200, await r.text()
@@ -149,6 +155,7 @@ async def throughput(
             while time.monotonic() < deadline:
                 async with session.put(
                     target["url"] + f"/api/config/{service}-{i % 4}",
+                    headers={"Authorization": target["auth"]},
                     json={"environment": "prod", "config": {"w": i, "n": n}},
                 ) as r:
                     assert r.status == 200

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,9 +32,10 @@ async def _arrival(ws: aiohttp.ClientWebSocketResponse, arrived: list[float]) ->
     arrived.append(time.perf_counter())
 
 
-async def measure(ws_url: str, api_url: str, subscribers: int) -> dict[str, Any]:
+async def measure(ws_url: str, api_url: str, subscribers: int, token: str) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         clients = await asyncio.gather(
             *(session.ws_connect(ws_url, autoping=True) for _ in range(subscribers))
         )
@@ -78,7 +80,8 @@ async def measure(ws_url: str, api_url: str, subscribers: int) -> dict[str, Any]
 
 def client_main() -> None:
     ws_url, api_url, subscribers = sys.argv[2], sys.argv[3], int(sys.argv[4])
-    print(json.dumps(uvloop.run(measure(ws_url, api_url, subscribers))))
+    token = os.environ["FPCD_TOKEN"]
+    print(json.dumps(uvloop.run(measure(ws_url, api_url, subscribers, token))))
 
 
 def main() -> None:
@@ -99,6 +102,7 @@ def main() -> None:
                 capture_output=True,
                 text=True,
                 check=True,
+                env={**os.environ, "FPCD_TOKEN": d["token"]},
             ).stdout
             results.append(json.loads(out))
     targets = {1: "", 100: "p99 < 20 ms", 1000: "p99 < 100 ms"}
