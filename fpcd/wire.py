@@ -8,7 +8,7 @@ names and omit nothing a client may rely on.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -284,6 +284,37 @@ class EvaluateRequest(Body, kw_only=True):
 
 class EvaluateResponse(View, kw_only=True):
     results: dict[str, EvaluationResult]
+
+
+#: Flag keys as stored (the same rule as the `/api/features/{key}` path).
+FlagKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")]
+Reason = Literal["STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT"]
+
+
+class EvaluationCount(Body, kw_only=True):
+    """Evaluations a client made locally: one (flag, hour, variant, enabled, reason) cell."""
+
+    flag: FlagKey
+    #: The variant served; None (or absent) when none was.
+    variant: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    enabled: bool
+    reason: Reason
+    #: Hours since the Unix epoch (UTC) in which the evaluations happened.
+    hour: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=2**31)]
+
+
+class EvaluationCounts(Body, kw_only=True):
+    """`POST /api/features/evaluations`: counts from clients that evaluate locally."""
+
+    counts: Annotated[list[EvaluationCount], msgspec.Meta(max_length=10_000)]
+
+
+class EvaluationCountsResult(View, kw_only=True):
+    #: Evaluations added to the flags' analytics.
+    accepted: int
+    #: Evaluations dropped: unknown flags, or hours more than 30 days old or in the future.
+    ignored: int
 
 
 # -- service registry ---------------------------------------------------------------

@@ -443,3 +443,29 @@ async def test_counts_are_written_at_shutdown(tmp_path: Path) -> None:
         assert report["total"] == 7 and report["reasons"] == {"STATIC": 7}
     finally:
         await daemon.stop()
+
+
+async def test_counts_from_clients_that_evaluate_locally(http: aiohttp.ClientSession) -> None:
+    await call(http, "POST", "/api/features", {"name": "local", "enabled": True})
+    hour = int(datetime.now(UTC).timestamp() // 3600)
+    counts = [
+        {"flag": "local", "enabled": True, "reason": "STATIC", "hour": hour, "count": 40},
+        {
+            "flag": "local",
+            "variant": "b",
+            "enabled": True,
+            "reason": "SPLIT",
+            "hour": hour,
+            "count": 2,
+        },
+        {"flag": "unknown", "enabled": False, "reason": "DEFAULT", "hour": hour, "count": 5},
+        {"flag": "local", "enabled": True, "reason": "STATIC", "hour": hour - 24 * 90, "count": 7},
+    ]
+    status, result = await call(http, "POST", "/api/features/evaluations", {"counts": counts})
+    assert status == 200 and result == {"accepted": 42, "ignored": 12}
+    _, report = await call(http, "GET", "/api/features/local/analytics")
+    assert report["total"] == 42 and report["variants"] == {"b": 2}
+    assert report["reasons"] == {"STATIC": 40, "SPLIT": 2}
+    bad = [{"flag": "local", "enabled": True, "reason": "MAYBE", "hour": hour, "count": 1}]
+    status, problem = await call(http, "POST", "/api/features/evaluations", {"counts": bad})
+    assert status == 422 and problem["errors"][0]["path"].startswith("$.counts[0].reason")

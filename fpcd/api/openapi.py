@@ -25,6 +25,8 @@ from fpcd.wire import (
     DiffDocument,
     EvaluateRequest,
     EvaluateResponse,
+    EvaluationCounts,
+    EvaluationCountsResult,
     FlagAnalyticsDocument,
     HealthDocument,
     KeyringStatus,
@@ -41,7 +43,8 @@ from fpcd.wire import (
 
 _TYPES: list[Any] = [
     AuditVerifyResult, AuditView, ConfigDocument, ConfigPut, ConfigReload, ConfigRollback,
-    DiffDocument, EvaluateRequest, EvaluateResponse, FlagAnalyticsDocument, FlagDefinition,
+    DiffDocument, EvaluateRequest, EvaluateResponse, EvaluationCounts, EvaluationCountsResult,
+    FlagAnalyticsDocument, FlagDefinition,
     HealthDocument, KeyringStatus, RegisterResult, ReloadResult, SchemaDocument, SecretPut,
     SecretView, ServiceRegister, ServiceView, VersionView, WriteResult, Problem,
 ]  # fmt: skip
@@ -112,6 +115,48 @@ def _op(
     if public:
         op["security"] = []
     return op
+
+
+def _ofrep_paths() -> dict[str, dict[str, Any]]:
+    """OFREP (open-feature/protocol service/openapi.yaml), as fpcd serves it."""
+    request = {"type": "object", "properties": {"context": {"type": "object"}}}
+    evaluation = {
+        "type": "object",
+        "required": ["key", "reason", "variant", "value"],
+        "properties": {
+            "key": {"type": "string"},
+            "reason": {"type": "string"},
+            "variant": {"type": "string"},
+            "value": {},
+            "metadata": {"type": "object"},
+        },
+    }
+    bulk = {
+        "type": "object",
+        "required": ["flags"],
+        "properties": {"flags": {"type": "array", "items": evaluation}},
+    }
+    return {
+        "/ofrep/v1/configuration": {
+            "get": _op("OFREP: what this flag system supports", {"type": "object"})
+        },
+        "/ofrep/v1/evaluate/flags": {
+            "post": _op(
+                "OFREP: evaluate every active flag (ETag; If-None-Match gives 304)",
+                bulk,
+                params=[{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
+                body=request,
+            )
+        },
+        "/ofrep/v1/evaluate/flags/{key}": {
+            "post": _op(
+                "OFREP: evaluate one flag",
+                evaluation,
+                params=[_path("key", {"type": "string"})],
+                body=request,
+            )
+        },
+    }
 
 
 def build_document() -> dict[str, Any]:
@@ -206,6 +251,13 @@ def build_document() -> dict[str, Any]:
                 _ref(EvaluateResponse),
                 params=[ENV],
                 body=_ref(EvaluateRequest),
+            )
+        },
+        "/api/features/evaluations": {
+            "post": _op(
+                "Add evaluation counts from a client that evaluates locally",
+                _ref(EvaluationCountsResult),
+                body=_ref(EvaluationCounts),
             )
         },
         "/api/features/{key}": {
@@ -326,6 +378,7 @@ def build_document() -> dict[str, Any]:
         "/api/services/{name}/heartbeat": {
             "post": _op("A heartbeat", _ref(ServiceView), params=[_path("name", NAME)])
         },
+        **_ofrep_paths(),
     }
     return {
         "openapi": "3.1.0",

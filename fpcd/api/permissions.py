@@ -52,6 +52,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/features"): Rule(a.FLAGS_READ),
     ("POST", "/api/features"): Rule(a.FLAGS_WRITE),
     ("POST", "/api/features/evaluate"): Rule(a.FLAGS_EVALUATE),
+    ("POST", "/api/features/evaluations"): Rule(a.FLAGS_EVALUATE),
     ("GET", "/api/features/{key}"): Rule(a.FLAGS_READ),
     ("PUT", "/api/features/{key}"): Rule(a.FLAGS_WRITE),
     ("PATCH", "/api/features/{key}"): Rule(a.FLAGS_WRITE),
@@ -76,6 +77,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/services/{name}"): Rule(a.REGISTRY_READ),
     ("DELETE", "/api/services/{name}"): Rule(a.REGISTRY_WRITE, "name"),
     ("POST", "/api/services/{name}/heartbeat"): Rule(a.REGISTRY_WRITE, "name"),
+    # The OpenFeature Remote Evaluation Protocol (routes_ofrep).
+    ("GET", "/ofrep/v1/configuration"): Rule(a.FLAGS_EVALUATE),
+    ("POST", "/ofrep/v1/evaluate/flags"): Rule(a.FLAGS_EVALUATE),
+    ("POST", "/ofrep/v1/evaluate/flags/{key}"): Rule(a.FLAGS_EVALUATE),
 }
 
 

@@ -24,7 +24,7 @@ from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
 from fpcd.domain.flags import FlagDefinition, parse_instant
 from fpcd.services.flags import FlagService, flag_document
-from fpcd.wire import EvaluateRequest, EvaluateResponse
+from fpcd.wire import EvaluateRequest, EvaluateResponse, EvaluationCounts
 
 FLAGS = web.AppKey("flags", FlagService)
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
@@ -141,10 +141,17 @@ async def evaluate_flags(request: web.Request) -> web.Response:
     return json_response(EvaluateResponse(results=flags.evaluate(body.flags, context)))
 
 
+async def record_evaluations(request: web.Request) -> web.Response:
+    """Counts of evaluations a client made locally, so analytics stay complete."""
+    body = await body_as(request, EvaluationCounts)
+    return json_response(request.app[FLAGS].record_counts(body.counts))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/features", list_flags)
     app.router.add_post("/api/features", create_flag)
     app.router.add_post("/api/features/evaluate", evaluate_flags)
+    app.router.add_post("/api/features/evaluations", record_evaluations)
     app.router.add_get("/api/features/{key}", get_flag)
     app.router.add_put("/api/features/{key}", put_flag)
     app.router.add_patch("/api/features/{key}", patch_flag)

@@ -9,6 +9,7 @@ from fpcd.api import (
     routes_config,
     routes_flags,
     routes_health,
+    routes_ofrep,
     routes_secrets,
     routes_services,
     ws,
@@ -64,6 +65,7 @@ def build_api_app(
     routes_health.add_routes(app)
     routes_config.add_routes(app)
     routes_flags.add_routes(app)
+    routes_ofrep.add_routes(app)
     routes_secrets.add_routes(app)
     routes_services.add_routes(app)
     ws.add_routes(app, hub, ws_limits, configs.default_environment, paths=("/ws",))

@@ -41,6 +41,12 @@ class FlagAnalytics:
         """One evaluation; about 0.3 µs, no I/O."""
         self._pending[(flag, int(now // 3600), variant or "", int(enabled), reason)] += 1
 
+    def add(
+        self, flag: str, hour: int, variant: str | None, enabled: bool, reason: str, n: int
+    ) -> None:
+        """`n` evaluations made elsewhere (a client evaluating locally) in `hour`."""
+        self._pending[(flag, hour, variant or "", int(enabled), reason)] += n
+
     async def flush(self) -> int:
         """Move pending counts to SQLite; on failure they are kept for the next flush."""
         pending, self._pending = self._pending, Counter()

@@ -42,7 +42,12 @@ from fpcd.services.changes import Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import Store
-from fpcd.wire import FlagAnalyticsDocument, Page
+from fpcd.wire import (
+    EvaluationCount,
+    EvaluationCountsResult,
+    FlagAnalyticsDocument,
+    Page,
+)
 
 log = logging.getLogger("fpcd.flags")
 
@@ -206,6 +211,18 @@ class FlagService:
                 count(key, result.variant, result.enabled, result.reason, now)
             results[key] = result
         return results
+
+    def record_counts(self, counts: list[EvaluationCount]) -> EvaluationCountsResult:
+        """Add clients' local evaluation counts; unknown flags and odd hours are dropped."""
+        hour_now = int(self._time() // 3600)
+        accepted = ignored = 0
+        for c in counts:
+            if c.flag in self._records and hour_now - 24 * 30 <= c.hour <= hour_now + 1:
+                self.analytics.add(c.flag, c.hour, c.variant, c.enabled, c.reason, c.count)
+                accepted += c.count
+            else:
+                ignored += c.count
+        return EvaluationCountsResult(accepted=accepted, ignored=ignored)
 
     def get(self, key: str, *, include_archived: bool = False) -> FlagRecord:
         record = self._records.get(key)
