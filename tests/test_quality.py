@@ -51,3 +51,28 @@ def test_domain_core_does_no_io() -> None:
             if words[:1] in (["import"], ["from"]) and len(words) > 1:
                 module = words[1].split(".")[0]
                 assert module not in forbidden, f"{path.name}: {line.strip()}"
+
+
+def test_client_types_reach_users(tmp_path: Path) -> None:
+    """`fpcd.client` is typed for its users (py.typed, no Any leaking from the lazy
+    exports): a strict mypy run over code that uses it, and over fpcd/client itself."""
+    assert (ROOT / "fpcd" / "py.typed").exists()
+    user = tmp_path / "user_code.py"
+    user.write_text(
+        "from fpcd.client import ConfigurationClient, EvaluationResult, SyncConfigurationClient\n"
+        "from fpcd.client.openfeature import FpcdProvider\n"
+        "\n"
+        "async def flags(client: ConfigurationClient) -> dict[str, EvaluationResult]:\n"
+        "    config: dict[str, object] = await client.get_configuration()\n"
+        "    assert config is not None\n"
+        "    return await client.evaluate_flags({'userId': 'u'})\n"
+        "\n"
+        "def enabled(client: SyncConfigurationClient) -> bool:\n"
+        "    FpcdProvider(client)\n"
+        "    return client.evaluate('k').enabled\n"
+        "\n"
+        "reveal_type(ConfigurationClient)\n"
+    )
+    r = run(str(BIN / "mypy"), "--strict", "fpcd/client", str(user))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'Revealed type is "def (*' in r.stdout, r.stdout
