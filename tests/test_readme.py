@@ -52,3 +52,28 @@ def test_readme_curl_examples_work(spawn: Any) -> None:
         status = int(out.stdout)
         expected_failure = '"retries": -1' in command
         assert (status == 422) if expected_failure else (status < 400), (command, status)
+
+
+def test_readme_python_client_example_runs(spawn: Any, tmp_path: Path) -> None:
+    """The README's client example, as written, against a daemon (URLs and paths moved)."""
+    import sys
+    import urllib.request
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python client") : text.index("## CLI")]
+    (example,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    proc = spawn().start()
+    flag = b'{"name": "New Checkout Flow", "enabled": true}'
+    create = urllib.request.Request(f"{proc.url}/api/features", flag, headers=proc.auth)
+    urllib.request.urlopen(create, timeout=10).close()
+    example = (
+        example.replace("localhost:3001", f"127.0.0.1:{proc.port}")
+        .replace("localhost:8080", f"127.0.0.1:{proc.ws_port}")
+        .replace("fpcd-data/", f"{proc.data_dir}/")
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:2] == ["{}", "True None None STATIC"], out.stdout
+    assert (tmp_path / "checkout-cache.json").exists()
