@@ -138,6 +138,26 @@ async def test_get_configuration_and_live_updates(daemon: Daemon) -> None:
         assert "beta" not in client.flag_keys and "dark_mode" in client.flag_keys
 
 
+async def test_a_scheduled_start_reaches_the_client(daemon: Daemon) -> None:
+    start = datetime.now(UTC) + timedelta(seconds=3)
+    await put_flag(
+        daemon,
+        {
+            "key": "launch",
+            "name": "Launch",
+            "enabled": True,
+            "rollout": {"startDate": start.isoformat()},
+        },
+    )
+    async with client_for(daemon) as client:
+        updates = recorder(client, "featureFlagUpdate")
+        assert client.evaluate("launch").detail == "scheduled"
+        await eventually(lambda: any(u.reason == "schedule_start" for u in updates))
+        update = next(u for u in updates if u.reason == "schedule_start")
+        assert (update.flag_key, update.enabled, update.version) == ("launch", True, 1)
+        assert client.is_enabled("launch")
+
+
 async def test_reload_requests_reach_the_client(daemon: Daemon) -> None:
     await put_config(daemon, "web", "prod", {"a": 1})
     async with client_for(daemon) as client:
@@ -437,6 +457,13 @@ async def test_offline_start_from_the_cache_file(tmp_path: Path) -> None:
         await ConfigurationClient(
             api_url=api, token=token, service_name="web", environment="prod"
         ).start()
+    # Nor does one whose cache file is damaged.
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(text[: len(text) // 2])
+    with pytest.raises(FpcdUnavailable):
+        await ConfigurationClient(
+            api_url=api, token=token, service_name="web", environment="prod", cache_file=damaged
+        ).start()
     # A cache for another service is not used.
     with pytest.raises(FpcdUnavailable):
         await ConfigurationClient(
@@ -516,7 +543,11 @@ def test_sync_client(spawn: Any) -> None:
     call("POST", "/api/features", {"name": "sync flag", "enabled": True})
     updated = threading.Event()
     with SyncConfigurationClient(
-        api_url=proc.url, token=proc.token, service_name="web", environment="prod"
+        api_url=proc.url,
+        token=proc.token,
+        service_name="web",
+        environment="prod",
+        analytics_interval=3600,  # counts are sent by the flush below, not before
     ) as client:
         assert client.get_configuration() == {"a": 1}
         assert client.is_enabled("sync_flag", {"userId": "u"})

@@ -542,7 +542,10 @@ class ConfigurationClient:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self._analytics_interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug must not end the counting for good
+                log.exception("sending evaluation counts failed")
 
     async def flush(self) -> int:
         """Send the evaluation counts gathered so far; on failure they are kept for the
