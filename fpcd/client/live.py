@@ -41,7 +41,6 @@ from fpcd.client.model import (
     ContextLike,
     FlagTable,
     FlagUpdate,
-    definition_of,
     to_context,
 )
 from fpcd.domain.flags import EvaluationResult, active, evaluate
@@ -380,18 +379,22 @@ class ConfigurationClient:
             now = self._clock()
             for key in changed:
                 doc = table.documents.get(key)
-                self._emit(
-                    "featureFlagUpdate",
-                    FlagUpdate(
-                        flag_key=key,
-                        enabled=active(
-                            table.compiled.get(key), self.environment, now, table.compiled.get
-                        ),
-                        reason="archived" if doc is None or doc.get("archived") else "changed",
-                        version=table.version(key),
-                        definition=definition_of(doc) if doc is not None else None,
-                    ),
-                )
+                enabled = active(table.compiled.get(key), self.environment, now, table.compiled.get)
+                archived = doc is None or bool(doc.get("archived"))
+                self._announce(key, enabled, "archived" if archived else "changed")
+
+    def _announce(self, key: str, enabled: bool, reason: str) -> None:
+        flag = self._flags.compiled.get(key)
+        self._emit(
+            "featureFlagUpdate",
+            FlagUpdate(
+                flag_key=key,
+                enabled=enabled,
+                reason=reason,
+                version=self._flags.version(key),
+                definition=flag.definition if flag is not None else None,
+            ),
+        )
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self._connected:
@@ -524,18 +527,8 @@ class ConfigurationClient:
             if changed:
                 self._flags = table
                 self._save_soon()
-        # Emitted for every message, also for a date reached (the definition is the same).
-        doc = self._flags.documents.get(key)
-        self._emit(
-            "featureFlagUpdate",
-            FlagUpdate(
-                flag_key=key,
-                enabled=bool(message.get("enabled")),
-                reason=str(message.get("reason", "changed")),
-                version=self._flags.version(key),
-                definition=definition_of(doc) if doc is not None else None,
-            ),
-        )
+        # Announced for every message, also for a date reached (the definition is the same).
+        self._announce(key, bool(message.get("enabled")), str(message.get("reason", "changed")))
 
     # -- evaluation counts ------------------------------------------------------------------
 
