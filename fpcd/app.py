@@ -33,8 +33,12 @@ from fpcd.api.permissions import RateLimiter
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import FpcdError, SettingsError
+from fpcd.observe.alerts import Alerts, Check, HistogramWindow, RatioWindow
+from fpcd.observe.changelog import log_change
 from fpcd.observe.health import Health
 from fpcd.observe.logging import AccessLogger, configure_logging
+from fpcd.observe.metrics import Metrics, Sources
+from fpcd.observe.stats import HttpStats
 from fpcd.observe.systemd import Watchdog, notify
 from fpcd.services.analytics import FlagAnalytics
 from fpcd.services.audit import AuditService
@@ -47,7 +51,7 @@ from fpcd.services.live import LiveHub
 from fpcd.services.registry import RegistryService
 from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
-from fpcd.settings import RELOADABLE, Settings, changed_keys, load_settings
+from fpcd.settings import RELOADABLE, AlertSettings, Settings, changed_keys, load_settings
 from fpcd.store.sqlite import Store
 from fpcd.sync.files import FileSync
 from fpcd.sync.source import SourceImporter
@@ -142,6 +146,7 @@ class Daemon:
         #: The aiohttp applications serving the API and the WebSocket port.
         self.apps: list[web.Application] = []
         self.verifier: TokenVerifier | None = None
+        self.metrics: Metrics | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -280,43 +285,29 @@ class Daemon:
             self._stack.push_async_callback(source.stop)
         audit = AuditService(store)
         health = self.health = Health(node_id)
-
-        async def sqlite_health() -> ComponentHealth:
-            await store.ping()
-            return ComponentHealth(status="ok")
-
-        health.add("sqlite", sqlite_health)
-
-        async def websocket_health() -> ComponentHealth:
-            return ComponentHealth(status="ok", counts=hub.counts)
-
-        health.add("websocket", websocket_health, critical=False)
-
-        if source is not None:
-            importer = source
-
-            async def source_health() -> ComponentHealth:
-                if importer.rejected:
-                    problems = "; ".join(sorted(importer.rejected.values()))
-                    return ComponentHealth(status="degraded", detail=problems)
-                return ComponentHealth(status="ok")
-
-            health.add("source_dir", source_health, critical=False)
-
-        if self.replicator is not None:
-            replicator = self.replicator
-            health.add("upstream", lambda: _ready(replicator.health()), critical=False)
-            if replicator.doorbell is not None:
-                doorbell = replicator.doorbell
-                health.add(
-                    "redis",
-                    lambda: _ready(
-                        ComponentHealth(status="ok")
-                        if doorbell.connected
-                        else ComponentHealth(status="down", detail=doorbell.last_error)
-                    ),
-                    critical=False,
-                )
+        alerts = Alerts(lambda: self.settings.alerts)
+        health.alerts = alerts
+        http_stats = HttpStats()
+        flag_socket = FlagSocketServer(self.flags, max_line=settings.flags.max_line_bytes)
+        self.metrics = Metrics(
+            Sources(
+                store=store,
+                http=http_stats,
+                configs=self.configs,
+                flags=self.flags,
+                secrets=self.secrets,
+                hub=hub,
+                files=self.files,
+                scheduler=scheduler,
+                alerts=alerts,
+                replicator=self.replicator,
+                flag_socket=flag_socket.stats,
+            )
+        )
+        self._add_health_checks(health, source)
+        self._add_alert_checks(alerts, http_stats)
+        scheduler.every("alerts:check", settings.alerts.interval, alerts.run)
+        bus.subscribe(log_change)
 
         authenticator = Authenticator(self._token_verifier())
         api_app = build_api_app(
@@ -331,6 +322,7 @@ class Daemon:
             authenticator=authenticator,
             limits=self.request_limits,
             rate_limiter=self.rate_limiter,
+            metrics=self.metrics,
         )
         await self._serve_api(api_app)
         await self._serve_ws(
@@ -341,9 +333,10 @@ class Daemon:
                 default_environment=settings.server.default_environment,
                 authenticator=authenticator,
                 rate_limiter=self.rate_limiter,
+                http_stats=http_stats,
             )
         )
-        await self._serve_flag_socket(self.flags)
+        await self._serve_flag_socket(flag_socket)
         health.ready = True
         watchdog = Watchdog()
         watchdog.start()
@@ -357,6 +350,168 @@ class Daemon:
             "fpcd ready",
             extra={"version": __version__, "node_id": node_id, **self.addresses},
         )
+
+    def _add_health_checks(self, health: Health, source: SourceImporter | None) -> None:
+        """Every component in /health; only SQLite being down makes the daemon down."""
+        assert self.store and self.configs and self.flags and self.secrets
+        assert self.hub and self.files and self.scheduler
+        store, configs, flags, secrets_ = self.store, self.configs, self.flags, self.secrets
+        hub, files, scheduler = self.hub, self.files, self.scheduler
+
+        async def sqlite_health() -> ComponentHealth:
+            await store.ping()
+            return ComponentHealth(status="ok")
+
+        async def config_health() -> ComponentHealth:
+            return ComponentHealth(
+                status="ok",
+                counts={"cacheHits": configs.cache_hits, "cacheMisses": configs.cache_misses},
+            )
+
+        async def flags_health() -> ComponentHealth:
+            return ComponentHealth(status="ok", counts=flags.counts())
+
+        async def websocket_health() -> ComponentHealth:
+            return ComponentHealth(status="ok", counts=hub.counts)
+
+        async def scheduler_health() -> ComponentHealth:
+            if not scheduler.running:
+                return ComponentHealth(status="down", detail="the scheduler is not running")
+            failed = sum(n for (_, result), n in scheduler.runs.items() if result == "failed")
+            return ComponentHealth(status="ok", counts={"jobs": scheduler.count, "failed": failed})
+
+        async def files_health() -> ComponentHealth:
+            status, detail = files.health()
+            return ComponentHealth(
+                status=status,
+                detail=detail if files.targets else "no files configured",
+                counts={"files": len(files.targets), "commandFailures": files.command_failures},
+            )
+
+        async def keyring_health() -> ComponentHealth:
+            state = await secrets_.status()
+            counts = {
+                "keys": sum(1 for k in state.keys if k.state != "retired"),
+                "rotationRemaining": state.rotation.remaining,
+            }
+            if secrets_.keyring.primary is None:
+                return ComponentHealth(status="down", detail="no primary key", counts=counts)
+            if state.rotation.failed or secrets_.tampered:
+                problem = "ciphertexts failed their integrity check"
+                return ComponentHealth(status="degraded", detail=problem, counts=counts)
+            running = "rotation running" if state.rotation.running else None
+            return ComponentHealth(status="ok", detail=running, counts=counts)
+
+        health.add("sqlite", sqlite_health)
+        health.add("config", config_health, critical=False)
+        health.add("flags", flags_health, critical=False)
+        health.add("websocket", websocket_health, critical=False)
+        health.add("scheduler", scheduler_health, critical=False)
+        health.add("files", files_health, critical=False)
+        health.add("keyring", keyring_health, critical=False)
+
+        if source is not None:
+            importer = source
+
+            async def source_health() -> ComponentHealth:
+                if importer.rejected:
+                    problems = "; ".join(sorted(importer.rejected.values()))
+                    return ComponentHealth(status="degraded", detail=problems)
+                return ComponentHealth(status="ok")
+
+            health.add("source_dir", source_health, critical=False)
+
+        standalone = ComponentHealth(status="ok", detail="not configured (standalone)")
+        if self.replicator is None:
+            health.add("upstream", lambda: _ready(standalone), critical=False)
+            health.add("redis", lambda: _ready(standalone), critical=False)
+            return
+        replicator = self.replicator
+        health.add("upstream", lambda: _ready(replicator.health()), critical=False)
+        health.gates.append(
+            lambda: None if replicator.caught_up.is_set() else "catch-up with the upstream"
+        )
+        doorbell = replicator.doorbell
+        if doorbell is None:
+            health.add(
+                "redis",
+                lambda: _ready(ComponentHealth(status="ok", detail="not configured (polling)")),
+                critical=False,
+            )
+            return
+        bell = doorbell
+        health.add(
+            "redis",
+            lambda: _ready(
+                ComponentHealth(status="ok")
+                if bell.connected
+                else ComponentHealth(status="down", detail=bell.last_error)
+            ),
+            critical=False,
+        )
+
+    def _add_alert_checks(self, alerts: Alerts, http_stats: HttpStats) -> None:
+        assert self.configs and self.flags and self.hub
+        configs, flags, hub = self.configs, self.flags, self.hub
+
+        def limits() -> AlertSettings:
+            return self.settings.alerts
+
+        alerts.add(
+            Check(
+                "config_read_p99",
+                "config",
+                HistogramWindow(lambda: http_stats.latency.get(("/api/config/{service}", "GET"))),
+                lambda: limits().config_read_p99_ms,
+                unit="ms",
+            )
+        )
+        alerts.add(
+            Check(
+                "cache_hit_ratio",
+                "config",
+                RatioWindow(
+                    lambda: (configs.cache_hits, configs.cache_misses),
+                    lambda: limits().cache_min_reads,
+                ),
+                lambda: limits().cache_hit_ratio_min,
+                above=False,
+            )
+        )
+        alerts.add(
+            Check(
+                "flag_eval_p99",
+                "flags",
+                HistogramWindow(lambda: flags.latency),
+                lambda: limits().flag_eval_p99_ms,
+                unit="ms",
+            )
+        )
+        alerts.add(
+            Check(
+                "ws_delivery_p99",
+                "websocket",
+                HistogramWindow(lambda: hub.stats.delivery),
+                lambda: limits().ws_delivery_p99_ms,
+                unit="ms",
+            )
+        )
+        if self.replicator is not None:
+            replicator = self.replicator
+
+            def staleness() -> float | None:
+                last = replicator.last_sync
+                return None if last is None else self._clock().timestamp() - last
+
+            alerts.add(
+                Check(
+                    "replication_lag",
+                    "upstream",
+                    staleness,
+                    lambda: limits().replication_lag_seconds,
+                    unit="s",
+                )
+            )
 
     async def _open_upstream(self, store: Store, bus: EventBus) -> tuple[UpstreamLog, Replicator]:
         """Connect the upstream, catch up (or start from the local copy), ring the doorbell."""
@@ -387,6 +542,7 @@ class Daemon:
         except FpcdError as error:
             raise StartupError(str(error)) from None
         except _UNREACHABLE as error:
+            replicator.errors += 1
             if not store.upstream_cursor:
                 raise StartupError(
                     "the upstream (Postgres) is unreachable and this host has no copy to"
@@ -469,11 +625,10 @@ class Daemon:
         _set_socket_access(path, settings.socket_mode, settings.server.socket_group)
         self.addresses["socket"] = str(path)
 
-    async def _serve_flag_socket(self, flags: FlagService) -> None:
+    async def _serve_flag_socket(self, server: FlagSocketServer) -> None:
         settings = self.settings
         path = settings.flags_socket
         _claim_socket(path)
-        server = FlagSocketServer(flags, max_line=settings.flags.max_line_bytes)
         try:
             await server.start(str(path))
         except OSError as error:

@@ -73,8 +73,9 @@ class ServerSettings(Section, frozen=True, kw_only=True):
 
 
 class LogSettings(Section, frozen=True, kw_only=True):
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    #: "json" (one object per line) or "text" for a terminal.
+    #: "warn" is the same as "warning".
+    level: Literal["debug", "info", "warn", "warning", "error", "critical"] = "info"
+    #: "json" (one object per line) or "text" (plain lines, for a terminal or journald).
     format: Literal["json", "text"] = "json"
     #: One JSON line per HTTP request.
     access: bool = True
@@ -241,6 +242,29 @@ class TlsSettings(Section, frozen=True, kw_only=True):
     key: str = ""
 
 
+Threshold = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class AlertSettings(Section, frozen=True, kw_only=True):
+    """Performance checks run every `interval` over the window since the last run; a
+    breach logs a warning, degrades the component in /health and counts in
+    fpcd_alerts_total. 0 turns a check off."""
+
+    interval: Duration = Duration(30.0)
+    #: p99 of config GETs (request received to response ready).
+    config_read_p99_ms: Threshold = 50.0
+    #: p99 of one flag evaluation call (a socket lookup or an evaluate request's batch).
+    flag_eval_p99_ms: Threshold = 5.0
+    #: Lowest acceptable share of config reads served from the encoded cache, checked
+    #: once the window holds at least `cache_min_reads` reads.
+    cache_hit_ratio_min: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    cache_min_reads: Annotated[int, msgspec.Meta(ge=1)] = 100
+    #: Seconds since this host last confirmed it holds every upstream change.
+    replication_lag_seconds: Threshold = 60.0
+    #: p99 from a message queued for a WebSocket client to its frame written.
+    ws_delivery_p99_ms: Threshold = 1000.0
+
+
 class Settings(Section, frozen=True, kw_only=True):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -255,6 +279,7 @@ class Settings(Section, frozen=True, kw_only=True):
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     tls: TlsSettings = TlsSettings()
+    alerts: AlertSettings = AlertSettings()
     files: list[FileSettings] = []
 
     @property
@@ -299,7 +324,13 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 #: Keys a SIGHUP can change in a running daemon; the rest need a restart.
-RELOADABLE = {("log", "level"), ("log", "format"), ("limits", "*"), ("rate_limit", "*")}
+RELOADABLE = {
+    ("log", "level"),
+    ("log", "format"),
+    ("limits", "*"),
+    ("rate_limit", "*"),
+    ("alerts", "*"),
+}
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
@@ -416,6 +447,8 @@ def _check(settings: Settings, label: str) -> None:
             raise SettingsError(f"{label}: {key}: only permission bits (0-0777)")
     if settings.websocket.heartbeat < 1:
         raise SettingsError(f"{label}: websocket.heartbeat: at least 1s")
+    if settings.alerts.interval < 0.1:
+        raise SettingsError(f"{label}: alerts.interval: at least 100ms")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
     for i, entry in enumerate(settings.files):

@@ -254,6 +254,27 @@ class HealthDocument(View, kw_only=True):
     components: dict[str, ComponentHealth]
 
 
+class FlagUsage(View, kw_only=True):
+    key: str
+    evaluations: int
+    enabled: int
+
+
+class StatusDocument(View, kw_only=True):
+    """`GET /api/status`, what `fpcd status` prints: health plus what this host holds."""
+
+    health: HealthDocument
+    services: int
+    environments: int
+    #: Config layers and the highest version number among them.
+    config_layers: int
+    flags: int
+    #: The most evaluated flags since the daemon started, most first.
+    top_flags: list[FlagUsage]
+    #: Performance checks breached now: name -> what is wrong.
+    alerts: dict[str, str]
+
+
 # -- flags --------------------------------------------------------------------------
 
 

@@ -94,6 +94,9 @@ class PostgresServer:
         )
 
     def start(self) -> None:
+        """Start the server; a no-op when it is already up."""
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+            return
         self._ctl("start")
         _wait_port(self.port)
 

@@ -446,7 +446,10 @@ async def test_counts_are_written_at_shutdown(tmp_path: Path) -> None:
 
 
 async def test_counts_from_clients_that_evaluate_locally(http: aiohttp.ClientSession) -> None:
-    await call(http, "POST", "/api/features", {"name": "local", "enabled": True})
+    variants = [{"id": "a", "weight": 1}, {"id": "b", "weight": 1}]
+    await call(
+        http, "POST", "/api/features", {"name": "local", "enabled": True, "variants": variants}
+    )
     hour = int(datetime.now(UTC).timestamp() // 3600)
     counts = [
         {"flag": "local", "enabled": True, "reason": "STATIC", "hour": hour, "count": 40},
@@ -460,12 +463,24 @@ async def test_counts_from_clients_that_evaluate_locally(http: aiohttp.ClientSes
         },
         {"flag": "unknown", "enabled": False, "reason": "DEFAULT", "hour": hour, "count": 5},
         {"flag": "local", "enabled": True, "reason": "STATIC", "hour": hour - 24 * 90, "count": 7},
+        # A variant the flag does not have: dropped, so no client can invent metric series.
+        {
+            "flag": "local",
+            "variant": "zz",
+            "enabled": True,
+            "reason": "SPLIT",
+            "hour": hour,
+            "count": 3,
+        },
     ]
     status, result = await call(http, "POST", "/api/features/evaluations", {"counts": counts})
-    assert status == 200 and result == {"accepted": 42, "ignored": 12}
+    assert status == 200 and result == {"accepted": 42, "ignored": 15}
     _, report = await call(http, "GET", "/api/features/local/analytics")
     assert report["total"] == 42 and report["variants"] == {"b": 2}
     assert report["reasons"] == {"STATIC": 40, "SPLIT": 2}
+    metrics = await (await http.get("/metrics")).text()
+    assert 'fpcd_flag_evaluations_total{flag="local",reason="SPLIT",variant="b"} 2.0' in metrics
+    assert 'variant="zz"' not in metrics
     bad = [{"flag": "local", "enabled": True, "reason": "MAYBE", "hour": hour, "count": 1}]
     status, problem = await call(http, "POST", "/api/features/evaluations", {"counts": bad})
     assert status == 422 and problem["errors"][0]["path"].startswith("$.counts[0].reason")

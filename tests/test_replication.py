@@ -418,3 +418,45 @@ def test_migrate_upstream_command(pg_url: str, tmp_path: Path) -> None:
     assert r.returncode == 0 and "upstream: schema upgraded from version 0 to 1" in r.stdout
     r = run_cli("migrate", "--upstream", "--data-dir", str(tmp_path), env={"DATABASE_URL": pg_url})
     assert "upstream: schema is current" in r.stdout
+
+
+async def test_ready_waits_for_catch_up_after_an_offline_start(
+    tmp_path: Path, pg_url: str, postgres: Any
+) -> None:
+    settings = make_settings(
+        tmp_path / "a",
+        upstream=upstream_settings(pg_url, None, "fpcd:test:ready"),
+        secrets={"encryption_key": KEY},
+    )
+    first = Daemon(settings)
+    await first.start()
+    async with api_session(first) as http:
+        r = await http.put("/api/config/svc", json={"environment": "prod", "config": {"n": 1}})
+        assert r.status == 200
+    await first.stop()
+
+    postgres.stop()
+    again = Daemon(settings)
+    try:
+        await again.start()  # serves its local copy after startup_timeout
+        async with api_session(again) as http:
+            r = await http.get("/health/ready")
+            assert r.status == 503
+            assert (await r.json())["waitingFor"] == ["catch-up with the upstream"]
+            r = await http.get("/api/config/svc?environment=prod")
+            assert r.status == 200 and (await r.json())["config"] == {"n": 1}
+            metrics = await (await http.get("/metrics")).text()
+            assert "fpcd_replication_up 0.0" in metrics
+            assert "fpcd_replication_errors_total 0.0" not in metrics
+            postgres.start()
+
+            async def ready() -> bool:
+                return (await http.get("/health/ready")).status == 200
+
+            await eventually(ready, 20)
+            metrics = await (await http.get("/metrics")).text()
+            assert "fpcd_replication_up 1.0" in metrics
+            assert "fpcd_replication_lag_changes 0.0" in metrics
+    finally:
+        postgres.start()
+        await again.stop()

@@ -219,6 +219,7 @@ ACTION_REQUESTS: list[tuple[str, str, str, Any]] = [
     (access.AUDIT_READ, "GET", "/api/audit", None),
     (access.REGISTRY_READ, "GET", "/api/services", None),
     (access.REGISTRY_WRITE, "POST", "/api/services/web/heartbeat", None),
+    (access.METRICS_READ, "GET", "/api/status", None),
 ]
 
 

@@ -73,9 +73,23 @@ def _id_of(line: bytes) -> Any:
     return None
 
 
+class SocketStats:
+    """What /metrics reports for the flag socket."""
+
+    __slots__ = ("connections", "connections_total", "lookups", "rejected")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.connections_total = 0
+        #: Queries answered with a result, and lines answered with an error object.
+        self.lookups = 0
+        self.rejected = 0
+
+
 class FlagProtocol(asyncio.Protocol):
-    def __init__(self, flags: FlagService, max_line: int) -> None:
+    def __init__(self, flags: FlagService, max_line: int, stats: SocketStats | None = None) -> None:
         self._flags = flags
+        self._stats = stats if stats is not None else SocketStats()
         self._max_line = max_line
         self._buffer = bytearray()
         self._discarding = False
@@ -112,6 +126,7 @@ class FlagProtocol(asyncio.Protocol):
                 self._discarding = False
                 continue
             if len(line) > self._max_line:
+                self._stats.rejected += 1
                 out.append(self._too_long)
             elif line.strip():
                 out.append(self._answer(line, now))
@@ -119,6 +134,7 @@ class FlagProtocol(asyncio.Protocol):
         if len(buffer) > self._max_line:
             buffer.clear()
             if not self._discarding:
+                self._stats.rejected += 1
                 out.append(self._too_long)
             self._discarding = True
         transport = self._transport
@@ -129,19 +145,25 @@ class FlagProtocol(asyncio.Protocol):
         try:
             query = _decode(line)
         except msgspec.ValidationError as error:
+            self._stats.rejected += 1
             return _error(_id_of(line), "INVALID_REQUEST", str(error))
         except (msgspec.DecodeError, RecursionError):
+            self._stats.rejected += 1
             return _error(None, "PARSE_ERROR", "not valid JSON")
         flags = self._flags
         try:
             if query.flag is not None:
                 result = flags.evaluate_one(query.flag, query.context, now)
-                return _encode(ResultReply(query.id, result)) + b"\n"
-            results = flags.evaluate(query.flags, query.context, now)
-            return _encode(ResultsReply(query.id, results)) + b"\n"
+                reply = _encode(ResultReply(query.id, result)) + b"\n"
+            else:
+                results = flags.evaluate(query.flags, query.context, now)
+                reply = _encode(ResultsReply(query.id, results)) + b"\n"
         except Exception:  # never let one line end the connection
             log.exception("flag socket query failed")
+            self._stats.rejected += 1
             return _error(query.id, "INTERNAL", "evaluation failed")
+        self._stats.lookups += 1
+        return reply
 
 
 class FlagSocketServer:
@@ -152,9 +174,10 @@ class FlagSocketServer:
         self._max_line = max_line
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_TrackedProtocol] = set()
+        self.stats = SocketStats()
 
     def _protocol(self) -> FlagProtocol:
-        return _TrackedProtocol(self._flags, self._max_line, self._connections)
+        return _TrackedProtocol(self._flags, self._max_line, self._connections, self.stats)
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -171,17 +194,26 @@ class FlagSocketServer:
 
 
 class _TrackedProtocol(FlagProtocol):
-    def __init__(self, flags: FlagService, max_line: int, registry: set[_TrackedProtocol]) -> None:
-        super().__init__(flags, max_line)
+    def __init__(
+        self,
+        flags: FlagService,
+        max_line: int,
+        registry: set[_TrackedProtocol],
+        stats: SocketStats,
+    ) -> None:
+        super().__init__(flags, max_line, stats)
         self._registry = registry
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._registry.add(self)
+        self._stats.connections_total += 1
+        self._stats.connections = len(self._registry)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._registry.discard(self)
+        self._stats.connections = len(self._registry)
 
     def close(self) -> None:
         if self._transport is not None:

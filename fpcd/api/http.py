@@ -12,6 +12,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, TypeVar
 
 import msgspec
@@ -32,7 +33,8 @@ from fpcd.domain.errors import (
     invalid_from,
 )
 from fpcd.domain.model import Caller
-from fpcd.observe.logging import REQUEST_ID
+from fpcd.observe.logging import CURRENT_REQUEST_ID, REQUEST_ID
+from fpcd.observe.stats import HttpStats
 
 log = logging.getLogger("fpcd.api")
 T = TypeVar("T")
@@ -62,6 +64,7 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PUBLIC_CALLER = Caller(subject="public")
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_LIMITS = web.AppKey("request_limits", RequestLimits)
+HTTP_STATS = web.AppKey("http_stats", HttpStats)
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -126,16 +129,31 @@ def _from_http_exception(error: web.HTTPException, request_id: str) -> web.Respo
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _record(request: web.Request, status: int, started: float, websocket: bool) -> None:
+    stats = request.app.get(HTTP_STATS)
+    if stats is None:
+        return
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
+    stats.record(route, method, status, None if websocket else perf_counter() - started)
+
+
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, caller, permission, rate limit, errors as problem+json: the same for
-    every route and door."""
+    """Request id, caller, permission, rate limit, errors as problem+json, metrics: the
+    same for every route and door."""
+    started = perf_counter()
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         request_id = given
     else:
         request_id = f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
     request[REQUEST_ID] = request_id
+    CURRENT_REQUEST_ID.set(request_id)  # every log line of this request carries it
     try:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
@@ -148,6 +166,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as error:
         if error.status < 400:
             error.headers["X-Request-Id"] = request_id
+            _record(request, error.status, started, False)
             raise
         response = _from_http_exception(error, request_id)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -160,7 +179,9 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             "the request failed; the request id locates it in the daemon's log",
             request_id=request_id,
         )
-    response.headers["X-Request-Id"] = request_id
+    if not isinstance(response, web.WebSocketResponse):
+        response.headers["X-Request-Id"] = request_id
+    _record(request, response.status, started, isinstance(response, web.WebSocketResponse))
     return response
 
 

@@ -37,6 +37,7 @@ from fpcd.wire import (
     SecretView,
     ServiceRegister,
     ServiceView,
+    StatusDocument,
     VersionView,
     WriteResult,
 )
@@ -46,7 +47,8 @@ _TYPES: list[Any] = [
     DiffDocument, EvaluateRequest, EvaluateResponse, EvaluationCounts, EvaluationCountsResult,
     FlagAnalyticsDocument, FlagDefinition,
     HealthDocument, KeyringStatus, RegisterResult, ReloadResult, SchemaDocument, SecretPut,
-    SecretView, ServiceRegister, ServiceView, VersionView, WriteResult, Problem,
+    SecretView, ServiceRegister, ServiceView, StatusDocument, VersionView, WriteResult,
+    Problem,
 ]  # fmt: skip
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
@@ -170,6 +172,23 @@ def build_document() -> dict[str, Any]:
         "/health/live": {"get": _op("Liveness probe", {"type": "object"}, public=True)},
         "/health/ready": {"get": _op("Readiness probe", {"type": "object"}, public=True)},
         "/openapi.json": {"get": _op("This document", {"type": "object"}, public=True)},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format, or OpenMetrics by Accept)",
+                "parameters": [],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "default": {
+                        "description": "A problem",
+                        "content": {"application/problem+json": {"schema": _ref(Problem)}},
+                    },
+                },
+            }
+        },
+        "/api/status": {"get": _op("Health, contents and top flags", _ref(StatusDocument))},
         "/api/config": {"get": _op("Services and environments known", _page({}))},
         "/api/config/{service}": {
             "get": _op(

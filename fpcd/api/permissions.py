@@ -37,6 +37,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health/live"): PUBLIC,
     ("GET", "/health/ready"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/metrics"): Rule(a.METRICS_READ),
+    ("GET", "/api/status"): Rule(a.METRICS_READ),
     ("GET", "/"): Rule(None, websocket=True),
     ("GET", "/ws"): Rule(None, websocket=True),
     ("GET", "/api/config"): Rule(a.CONFIG_READ),

@@ -20,8 +20,11 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    is_ready = request.app[HEALTH].ready
-    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+    """Ready once started, caught up with the upstream and every file written once."""
+    waiting = request.app[HEALTH].waiting_for()
+    if waiting:
+        return json_response({"ready": False, "waitingFor": waiting}, status=503)
+    return json_response({"ready": True})
 
 
 def add_routes(app: web.Application) -> None:

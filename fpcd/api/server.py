@@ -9,6 +9,7 @@ from fpcd.api import (
     routes_config,
     routes_flags,
     routes_health,
+    routes_metrics,
     routes_ofrep,
     routes_secrets,
     routes_services,
@@ -17,6 +18,7 @@ from fpcd.api import (
 from fpcd.api.auth import Authenticator
 from fpcd.api.http import (
     AUTHENTICATOR,
+    HTTP_STATS,
     JSON,
     RATE_LIMITER,
     REQUEST_LIMITS,
@@ -26,6 +28,8 @@ from fpcd.api.http import (
 from fpcd.api.openapi import encoded_document
 from fpcd.api.permissions import RateLimiter
 from fpcd.observe.health import Health
+from fpcd.observe.metrics import Metrics
+from fpcd.observe.stats import HttpStats
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
@@ -50,9 +54,12 @@ def build_api_app(
     authenticator: Authenticator,
     limits: RequestLimits,
     rate_limiter: RateLimiter,
+    metrics: Metrics,
 ) -> web.Application:
     app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
+    app[HTTP_STATS] = metrics.sources.http
+    app[routes_metrics.METRICS] = metrics
     app[REQUEST_LIMITS] = limits
     app[RATE_LIMITER] = rate_limiter
     app[routes_config.CONFIGS] = configs
@@ -70,6 +77,7 @@ def build_api_app(
     routes_services.add_routes(app)
     ws.add_routes(app, hub, ws_limits, configs.default_environment, paths=("/ws",))
     routes_audit.add_routes(app)
+    routes_metrics.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
     return app
 
@@ -86,10 +94,13 @@ def build_ws_app(
     default_environment: str,
     authenticator: Authenticator,
     rate_limiter: RateLimiter,
+    http_stats: HttpStats | None = None,
 ) -> web.Application:
     """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
     app = web.Application(middlewares=[pipeline])
     app[AUTHENTICATOR] = authenticator
+    if http_stats is not None:
+        app[HTTP_STATS] = http_stats
     app[REQUEST_LIMITS] = RequestLimits()
     app[RATE_LIMITER] = rate_limiter
     app[routes_health.HEALTH] = health

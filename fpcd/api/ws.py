@@ -17,6 +17,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Annotated
 
 import msgspec
@@ -34,6 +35,7 @@ from fpcd.services.live import (
     Authenticated,
     ErrorMessage,
     LiveHub,
+    LiveStats,
     Pong,
     encode,
 )
@@ -90,11 +92,15 @@ DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
 class Connection:
     """One WebSocket client: what the hub delivers to, with its own write queue."""
 
-    def __init__(self, ws: web.WebSocketResponse, max_queue: int, caller: Caller) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, max_queue: int, caller: Caller, stats: LiveStats
+    ) -> None:
         self.ws = ws
         #: Who this connection speaks for; PUBLIC_CALLER until it authenticates.
         self.caller = caller
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(max_queue)
+        self._stats = stats
+        #: (frame, when it was queued)
+        self._queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(max_queue)
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[bool] | None = None
@@ -106,9 +112,10 @@ class Connection:
         if self._closing:
             return
         try:
-            self._queue.put_nowait(data)
+            self._queue.put_nowait((data, perf_counter()))
         except asyncio.QueueFull:
             log.warning("websocket dropped: slow consumer", extra={"queued": self._queue.qsize()})
+            self._stats.slow_consumer_drops += 1
             self.close_soon(CLOSE_SLOW_CONSUMER, b"slow consumer")
 
     def close_soon(self, code: int, reason: bytes) -> None:
@@ -121,9 +128,12 @@ class Connection:
         )
 
     async def _write_loop(self) -> None:
+        stats = self._stats
         while True:
-            data = await self._queue.get()
+            data, queued = await self._queue.get()
             await self.ws.send_frame(data, WSMsgType.TEXT)
+            stats.messages_sent += 1
+            stats.delivery.observe(perf_counter() - queued)
 
     async def stop(self) -> None:
         self._closing = True
@@ -223,7 +233,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         decode_text=False,
     )
     await ws.prepare(request)
-    conn = Connection(ws, limits.max_queue, request[CALLER])
+    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats)
     connections.add(conn)
     hub.connect(conn)
     conn.start()

@@ -26,11 +26,13 @@ KEYRING_ADMIN = "keyring:admin"
 AUDIT_READ = "audit:read"
 REGISTRY_READ = "registry:read"
 REGISTRY_WRITE = "registry:write"
+#: Operational views: /metrics and /api/status.
+METRICS_READ = "metrics:read"
 
 ACTIONS = (
     CONFIG_READ, CONFIG_WRITE, SCHEMA_WRITE, CONFIG_RELOAD, FLAGS_READ, FLAGS_WRITE,
     FLAGS_EVALUATE, SECRETS_LIST, SECRETS_WRITE, SECRETS_READ, KEYRING_ADMIN, AUDIT_READ,
-    REGISTRY_READ, REGISTRY_WRITE,
+    REGISTRY_READ, REGISTRY_WRITE, METRICS_READ,
 )  # fmt: skip
 
 #: Actions scoped to one service: a token's `services` claim limits them.
@@ -50,16 +52,16 @@ ROLES: dict[str, frozenset[str]] = {
     "editor": frozenset({
         CONFIG_READ, CONFIG_WRITE, SCHEMA_WRITE, CONFIG_RELOAD, FLAGS_READ, FLAGS_WRITE,
         FLAGS_EVALUATE, SECRETS_LIST, SECRETS_WRITE, AUDIT_READ, REGISTRY_READ,
-        REGISTRY_WRITE,
+        REGISTRY_WRITE, METRICS_READ,
     }),
     "viewer": frozenset({CONFIG_READ, FLAGS_READ, FLAGS_EVALUATE, SECRETS_LIST, AUDIT_READ,
-                         REGISTRY_READ}),
+                         REGISTRY_READ, METRICS_READ}),
     "service": frozenset({CONFIG_READ, FLAGS_READ, FLAGS_EVALUATE, SECRETS_LIST,
                           REGISTRY_READ, REGISTRY_WRITE}),
 }  # fmt: skip
 
 #: Scopes a token may add to its role(s); anything else in `scopes` is ignored.
-GRANTABLE_SCOPES = {SECRETS_READ}
+GRANTABLE_SCOPES = {SECRETS_READ, METRICS_READ}
 
 
 def granted(caller: Caller) -> frozenset[str]:

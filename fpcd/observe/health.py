@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from fpcd import __version__
+from fpcd.observe.alerts import Alerts
 from fpcd.wire import ComponentHealth, HealthDocument
 
 Check = Callable[[], Awaitable[ComponentHealth]]
@@ -21,8 +22,12 @@ class Health:
         self._timeout = timeout
         self._started = time.monotonic()
         self._checks: dict[str, tuple[Check, bool]] = {}
-        #: Set once start-up (and later, catch-up) is complete: /health/ready says so.
+        #: Set once start-up is complete; /health/ready also waits for every gate.
         self.ready = False
+        #: Conditions for readiness beyond start-up: each returns what it waits for, or None.
+        self.gates: list[Callable[[], str | None]] = []
+        #: Performance checks that degrade a component while breached.
+        self.alerts: Alerts | None = None
 
     def add(self, name: str, check: Check, *, critical: bool = True) -> None:
         """A critical component that is down makes the daemon down; others only degrade it."""
@@ -41,10 +46,18 @@ class Health:
             result = msgspec.structs.replace(result, latency_ms=elapsed)
         return result
 
+    def waiting_for(self) -> list[str]:
+        """What readiness still waits for; empty when ready."""
+        if not self.ready:
+            return ["start-up"]
+        return [reason for gate in self.gates if (reason := gate()) is not None]
+
     async def report(self) -> HealthDocument:
         names = list(self._checks)
         results = await asyncio.gather(*(self._run(self._checks[n][0]) for n in names))
         components = dict(zip(names, results, strict=True))
+        if self.alerts is not None:
+            components = {n: self.alerts.overlay(n, r) for n, r in components.items()}
         status = "ok"
         for name, result in components.items():
             effective = result.status

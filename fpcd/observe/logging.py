@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,9 @@ from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 #: Where the request pipeline keeps the request id; the access log reads it.
 REQUEST_ID = RequestKey("request_id", str)
+#: The request id of the request this task serves: every log line made while serving
+#: it carries the id (aiohttp runs each request in its own task, so it cannot leak).
+CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("fpcd_request_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _encoder = msgspec.json.Encoder(enc_hook=str)
@@ -36,6 +40,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 doc[key] = value
+        if "request_id" not in doc and (request_id := CURRENT_REQUEST_ID.get()) is not None:
+            doc["request_id"] = request_id
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return _encoder.encode(doc).decode()
@@ -50,6 +56,8 @@ class TextFormatter(logging.Formatter):
         extras = {
             k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
         }
+        if "request_id" not in extras and (request_id := CURRENT_REQUEST_ID.get()) is not None:
+            extras["request_id"] = request_id
         return line + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
 
 
@@ -63,7 +71,7 @@ def configure_logging(level: str, fmt: str) -> None:
         handler._fpcd = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root.setLevel(level.upper())
+    root.setLevel("WARNING" if level.lower() == "warn" else level.upper())
     # aiohttp's own access logger is replaced by ours; its other loggers stay.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # APScheduler logs every job it adds and runs at INFO; fpcd logs what matters itself.

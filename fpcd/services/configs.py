@@ -124,6 +124,9 @@ class ConfigService:
         self._last_reload: dict[tuple[str, str], str] = {}
         #: (service, environment) -> dotted paths a registered service requires there.
         self.required_configs: Callable[[str, str], list[str]] = lambda service, env: []
+        #: Encoded reads served from the cache and built afresh (the /metrics hit ratio).
+        self.cache_hits = 0
+        self.cache_misses = 0
         bus.subscribe(self._on_event)
 
     # -- events ------------------------------------------------------------------
@@ -239,7 +242,9 @@ class ConfigService:
         key = (environment, raw, version)
         bucket = self._cache.get(service)
         if bucket is not None and (hit := bucket.get(key)) is not None:
+            self.cache_hits += 1
             return hit
+        self.cache_misses += 1
         generation = self._generation.get(service, 0)
         doc = await self.document(service, environment, version=version, raw=raw)
         encoded = EncodedDocument(_etag(doc.version, doc.base_version), _encoder.encode(doc))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 import msgspec
@@ -37,6 +39,7 @@ from fpcd.domain.flags import (
     validate_definition,
 )
 from fpcd.domain.model import Caller, Change, FlagRecord
+from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.analytics import FlagAnalytics
 from fpcd.services.changes import Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
@@ -108,6 +111,9 @@ class FlagService:
         self._scheduler = scheduler
         self._records: dict[str, FlagRecord] = {}
         self._compiled: dict[str, CompiledFlag] = {}
+        #: Time per evaluate call (one flag or a batch) and lookups that failed, by code.
+        self.latency = LatencyHistogram()
+        self.errors: Counter[str] = Counter()
         bus.subscribe(self._on_event)
 
     async def load(self) -> None:
@@ -172,6 +178,9 @@ class FlagService:
     def lookup(self, key: str) -> CompiledFlag | None:
         return self._compiled.get(key)
 
+    def counts(self) -> dict[str, int]:
+        return {"flags": len(self._compiled), "archived": len(self._records) - len(self._compiled)}
+
     def get_record(self, key: str) -> FlagRecord | None:
         """The latest version, archived or not."""
         return self._records.get(key)
@@ -187,10 +196,14 @@ class FlagService:
             context = msgspec.structs.replace(context, environment=self.default_environment)
         if now is None:
             now = self._time()
+        started = perf_counter()
         compiled = self._compiled
         result = evaluate(compiled.get(key, key), context, now, compiled.get)
         if result.error_code is None:
             self.analytics.count(key, result.variant, result.enabled, result.reason, now)
+        else:
+            self.errors[result.error_code] += 1
+        self.latency.observe(perf_counter() - started)
         return result
 
     def evaluate(
@@ -203,21 +216,30 @@ class FlagService:
         lookup = compiled.get
         if now is None:
             now = self._time()
+        started = perf_counter()
         count = self.analytics.count
         results: dict[str, EvaluationResult] = {}
         for key in compiled if keys is None else keys:
             result = evaluate(compiled.get(key, key), context, now, lookup)
             if result.error_code is None:
                 count(key, result.variant, result.enabled, result.reason, now)
+            else:
+                self.errors[result.error_code] += 1
             results[key] = result
+        self.latency.observe(perf_counter() - started)
         return results
 
     def record_counts(self, counts: list[EvaluationCount]) -> EvaluationCountsResult:
-        """Add clients' local evaluation counts; unknown flags and odd hours are dropped."""
+        """Add clients' local evaluation counts; unknown flags or variants and odd hours are
+        dropped (so a client cannot invent metric series either)."""
         hour_now = int(self._time() // 3600)
         accepted = ignored = 0
         for c in counts:
-            if c.flag in self._records and hour_now - 24 * 30 <= c.hour <= hour_now + 1:
+            record = self._records.get(c.flag)
+            known_variant = record is not None and (
+                c.variant is None or any(v.id == c.variant for v in record.definition.variants)
+            )
+            if known_variant and hour_now - 24 * 30 <= c.hour <= hour_now + 1:
                 self.analytics.add(c.flag, c.hour, c.variant, c.enabled, c.reason, c.count)
                 accepted += c.count
             else:

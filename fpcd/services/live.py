@@ -20,6 +20,7 @@ import msgspec
 from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.errors import FpcdError, NotFound
 from fpcd.domain.model import ConfigVersion, FlagRecord, ReloadRequest
+from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.flags import FlagService, flag_document
@@ -93,6 +94,19 @@ def encode(message: ServerMessage) -> bytes:
     return _encode(message)
 
 
+class LiveStats:
+    """What /metrics reports for WebSocket delivery; the connections count into it."""
+
+    __slots__ = ("connections_total", "delivery", "messages_sent", "slow_consumer_drops")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.messages_sent = 0
+        self.slow_consumer_drops = 0
+        #: Seconds from a message handed to a connection to its frame written.
+        self.delivery = LatencyHistogram()
+
+
 class Subscriber(Protocol):
     """A connection, as the hub sees it: `deliver` must not block (queue or drop)."""
 
@@ -133,6 +147,7 @@ class LiveHub:
         self._by_subscriber: dict[Subscriber, dict[Key, Stream]] = {}
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.stats = LiveStats()
         bus.subscribe(self._on_event)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -167,6 +182,7 @@ class LiveHub:
 
     def connect(self, subscriber: Subscriber) -> None:
         self._by_subscriber.setdefault(subscriber, {})
+        self.stats.connections_total += 1
 
     def disconnect(self, subscriber: Subscriber) -> None:
         for key in self._by_subscriber.pop(subscriber, {}):

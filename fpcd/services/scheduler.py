@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,9 +25,21 @@ class Scheduler:
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: set[asyncio.Task[Any]] = set()
+        #: (job kind, "ok" | "failed") -> runs, for /metrics. The kind is the job id up
+        #: to its first ':' for one-off jobs (one per secret or flag date), else the id.
+        self.runs: Counter[tuple[str, str]] = Counter()
 
     def start(self) -> None:
         self._scheduler.start()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    @property
+    def count(self) -> int:
+        """Jobs scheduled now."""
+        return len(self._scheduler.get_jobs())
 
     async def stop(self) -> None:
         if self._scheduler.running:
@@ -36,7 +49,7 @@ class Scheduler:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _tracked(self, job: Job, *args: Any) -> None:
+    async def _tracked(self, kind: str, job: Job, *args: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
@@ -45,7 +58,10 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("scheduled job failed", extra={"job": getattr(job, "__name__", "")})
+            self.runs[(kind, "failed")] += 1
+            log.exception("scheduled job failed", extra={"job": kind})
+        else:
+            self.runs[(kind, "ok")] += 1
         finally:
             self._running.discard(task)
 
@@ -55,18 +71,20 @@ class Scheduler:
             self._tracked,
             "date",
             run_date=when,
-            args=(job, *args),
+            args=(job_id.partition(":")[0], job, *args),
             id=job_id,
             replace_existing=True,
             misfire_grace_time=None,
         )
 
     def every(self, job_id: str, seconds: float, job: Job, *args: Any) -> None:
+        for result in ("ok", "failed"):  # the series exist before the first run
+            self.runs[(job_id, result)] += 0
         self._scheduler.add_job(
             self._tracked,
             "interval",
             seconds=seconds,
-            args=(job, *args),
+            args=(job_id, job, *args),
             id=job_id,
             replace_existing=True,
             coalesce=True,

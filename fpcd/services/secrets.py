@@ -108,6 +108,12 @@ class SecretService:
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
         self._rewrap_failed: set[tuple[str, str, str, int]] = set()
+        #: For /metrics: values decrypted for a caller, values destroyed at expiry,
+        #: ciphertexts rewrapped under a new key, integrity failures.
+        self.reads = 0
+        self.expired = 0
+        self.rewrapped = 0
+        self.tampered = 0
         bus.subscribe(self._on_event)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -174,6 +180,7 @@ class SecretService:
         try:
             return self.keyring.decrypt(row.key_id, row.nonce, row.ciphertext, aad)
         except TamperedError:
+            self.tampered += 1
             log.error(
                 "secret failed its integrity check",
                 extra={
@@ -325,6 +332,7 @@ class SecretService:
         self, service: str, environment: str, names: list[str], caller: Caller
     ) -> None:
         read = SecretRead(service=service, environment=environment, names=names, peer=caller.peer)
+        self.reads += len(names)
 
         async def plan() -> list[Change]:
             return [self._change(f"{service}/{environment}", "read", read, caller)]
@@ -434,10 +442,7 @@ class SecretService:
             return [self._change(f"{service}/{environment}/{name}", "expire", destroyed, system)]
 
         if await self._committer.commit(plan):
-            log.info(
-                "secret expired",
-                extra={"secret": f"{service}/{environment}/{name}", "version": version},
-            )
+            self.expired += 1  # fpcd.changes logs it, as every stored change
 
     async def expire_due(self) -> int:
         """Destroy everything past its expiry (start-up and the periodic cleanup job)."""
@@ -524,6 +529,7 @@ class SecretService:
             await self._committer.commit(plan)
             if not batch_sizes[-1]:
                 break
+            self.rewrapped += batch_sizes[-1]
             await asyncio.sleep(0)  # let requests in between batches
         log.info("secret rewrap finished", extra={"failed": len(self._rewrap_failed)})
 

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Literal
 
 import aiosqlite
@@ -34,6 +35,7 @@ from fpcd.domain.model import (
     ServiceRegistration,
     rfc3339,
 )
+from fpcd.observe.stats import LatencyHistogram
 from fpcd.store.migrations import LATEST, MIGRATIONS
 
 log = logging.getLogger("fpcd.store")
@@ -146,6 +148,9 @@ class Store:
         self._audit_head: tuple[int, str] = (0, GENESIS_HASH)
         self._cursor = 0
         self._closed = False
+        #: Seconds per read query and per write transaction (apply), for /metrics.
+        self.read_latency = LatencyHistogram()
+        self.write_latency = LatencyHistogram()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -227,18 +232,24 @@ class Store:
         return self._reader
 
     async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        started = perf_counter()
         try:
             async with self._read().execute(sql, args) as cur:
                 return await cur.fetchone()
         except sqlite3.Error as error:
             raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+        finally:
+            self.read_latency.observe(perf_counter() - started)
 
     async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        started = perf_counter()
         try:
             async with self._read().execute(sql, args) as cur:
                 return list(await cur.fetchall())
         except sqlite3.Error as error:
             raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+        finally:
+            self.read_latency.observe(perf_counter() - started)
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1")
@@ -278,6 +289,7 @@ class Store:
             audit_id, audit_hash = self._audit_head
             cursor = self._cursor
             stored: list[Change] = []
+            started = perf_counter()
             await db.execute("BEGIN IMMEDIATE")
             try:
                 for change in changes:
@@ -342,6 +354,8 @@ class Store:
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
+            finally:
+                self.write_latency.observe(perf_counter() - started)
             self._audit_head = (audit_id, audit_hash)
             self._cursor = cursor
             return stored

@@ -115,6 +115,8 @@ class Target:
     timer: asyncio.TimerHandle | None = None
     force: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Why the last attempt to write this file failed; None once one succeeds.
+    error: str | None = None
 
 
 #: Requests for one command this close together share one run (files of one burst).
@@ -177,7 +179,13 @@ class FileSync:
         self._commands: dict[tuple[tuple[str, ...], bool], CommandState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._observer: BaseObserver | None = None
+        #: For /metrics and health.
         self.command_runs = 0
+        self.command_failures = 0
+        self.writes = 0
+        self.write_failures = 0
+        self.drift_detected = 0
+        self.drift_repairs = 0
         bus.subscribe(self._on_event)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -195,6 +203,13 @@ class FileSync:
             observer.schedule(handler, directory, recursive=False)
         observer.start()
         self._observer = observer
+
+    def health(self) -> tuple[str, str | None]:
+        """ok, or degraded with why: a file that cannot be written, a command that fails."""
+        problems = [f"{t.path}: {t.error}" for t in self.targets if t.error]
+        failing = [" ".join(argv) for (argv, _), st in self._commands.items() if st.failures]
+        problems += [f"command failing: {c}" for c in failing]
+        return ("degraded", "; ".join(problems)) if problems else ("ok", None)
 
     async def stop(self) -> None:
         if self._observer is not None:
@@ -274,6 +289,7 @@ class FileSync:
                     caller=SYSTEM,
                 )
             except NotFound:
+                target.error = "no configuration to write yet"
                 log.warning(
                     "no configuration to write yet",
                     extra={
@@ -293,6 +309,8 @@ class FileSync:
                     allow_empty=spec.allow_empty,
                 )
             except RenderError as error:
+                self.write_failures += 1
+                target.error = f"cannot render: {error}"
                 log.error(
                     "cannot render file; the old one stays",
                     extra={"file": spec.path, "error": str(error)},
@@ -303,10 +321,14 @@ class FileSync:
                     atomic_write, target.path, data, target.mode, target.uid, target.gid
                 )
             except OSError as error:
+                self.write_failures += 1
+                target.error = f"cannot write: {error.strerror}"
                 log.error("cannot write file", extra={"file": spec.path, "error": error.strerror})
                 return
             target.written = data
+            target.error = None
             if changed:
+                self.writes += 1
                 log.info(
                     "file written",
                     extra={"file": spec.path, "version": doc.version, "bytes": len(data)},
@@ -341,6 +363,7 @@ class FileSync:
             if ok:
                 state.failures, state.not_before = 0, 0.0
             else:
+                self.command_failures += 1
                 state.failures += 1
                 state.not_before = time.monotonic() + min(2.0**state.failures, 300.0)
             if not state.again:
@@ -415,6 +438,7 @@ class FileSync:
                 return  # our own write, or a touch
             restore = target.spec.on_drift == "restore"
             what = "deleted" if current is None else "edited"
+            self.drift_detected += 1
             log.warning(
                 f"file {what} outside fpcd; " + ("restoring it" if restore else "reporting only"),
                 extra={"file": str(target.path)},
@@ -423,6 +447,7 @@ class FileSync:
                 await asyncio.to_thread(
                     atomic_write, target.path, expected, target.mode, target.uid, target.gid
                 )
+                self.drift_repairs += 1
         await self._audit_drift(target, what, "restored" if restore else "reported")
 
     async def _audit_drift(self, target: Target, what: str, action: str) -> None:

@@ -59,6 +59,8 @@ class Replicator:
         self.last_error: str | None = None
         self.last_sync: float | None = None
         self.head = 0
+        #: Failed exchanges with the upstream (pulls and commits), for /metrics.
+        self.errors = 0
 
     # -- the Committer protocol --------------------------------------------------------
 
@@ -141,6 +143,7 @@ class Replicator:
         self.available, self.last_error = True, None
 
     def _down(self, error: BaseException) -> None:
+        self.errors += 1
         if self.available or self.last_error is None:
             log.warning(
                 "upstream unreachable; serving reads from the local copy",

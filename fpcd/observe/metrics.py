@@ -1,0 +1,309 @@
+"""`/metrics`: every component's counters as Prometheus metric families, built at scrape.
+
+Components count in plain attributes (see `fpcd.observe.stats`); this collector reads
+them when Prometheus scrapes, so nothing on a request path touches prometheus-client.
+Each daemon has its own CollectorRegistry (several daemons can share a process in
+tests), with the library's process, platform and GC collectors beside ours.
+
+Label sets are bounded: routes are the router's templates, flags are the flags that
+exist (an evaluation of an unknown key counts only as an error by code), job kinds
+are the id's first part.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from fpcd import __version__
+from fpcd.api.flag_socket import SocketStats
+from fpcd.observe.alerts import Alerts
+from fpcd.observe.stats import HttpStats, LatencyHistogram
+from fpcd.services.configs import ConfigService
+from fpcd.services.flags import FlagService
+from fpcd.services.live import LiveHub
+from fpcd.services.scheduler import Scheduler
+from fpcd.services.secrets import SecretService
+from fpcd.store.sqlite import Store
+from fpcd.sync.files import FileSync
+from fpcd.upstream.replicator import Replicator
+
+
+@dataclass
+class Sources:
+    """What the collector reads; filled in by the daemon as it starts."""
+
+    store: Store
+    http: HttpStats
+    configs: ConfigService
+    flags: FlagService
+    secrets: SecretService
+    hub: LiveHub
+    files: FileSync
+    scheduler: Scheduler
+    alerts: Alerts
+    replicator: Replicator | None = None
+    flag_socket: SocketStats | None = None
+    #: Ciphertexts still under an old key (refreshed before each scrape: it needs a query).
+    rotation_remaining: int = 0
+    rotation_running: bool = False
+
+
+def _histogram(
+    name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], LatencyHistogram]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, histogram in series:
+        family.add_metric(values, histogram.cumulative(), histogram.total)
+    return family
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class DaemonCollector(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sources
+        info = GaugeMetricFamily("fpcd_build_info", "fpcd version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+        # HTTP
+        requests = CounterMetricFamily(
+            "fpcd_http_requests",
+            "HTTP requests by route template, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), n in sorted(s.http.requests.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        yield _histogram(
+            "fpcd_http_request_duration_seconds",
+            "Time from request received to response ready (WebSocket sessions excluded)",
+            ["route", "method"],
+            ((list(k), h) for k, h in sorted(s.http.latency.items(), key=lambda kv: kv[0])),
+        )
+
+        # Config reads
+        reads = CounterMetricFamily(
+            "fpcd_config_reads",
+            "Encoded config reads, served from the cache (hit) or built (miss)",
+            labels=["result"],
+        )
+        reads.add_metric(["hit"], s.configs.cache_hits)
+        reads.add_metric(["miss"], s.configs.cache_misses)
+        yield reads
+
+        # Flags
+        evaluations = CounterMetricFamily(
+            "fpcd_flag_evaluations",
+            "Flag evaluations by flag, variant and reason (every door)",
+            labels=["flag", "variant", "reason"],
+        )
+        by_label: Counter[tuple[str, str, str]] = Counter()
+        for (flag, variant, reason, _enabled), n in s.flags.analytics.totals().items():
+            by_label[(flag, variant, reason)] += n
+        for labels, n in sorted(by_label.items()):
+            evaluations.add_metric(list(labels), n)
+        yield evaluations
+        errors = CounterMetricFamily(
+            "fpcd_flag_evaluation_errors",
+            "Flag lookups answered with an error, by code (unknown flags land here)",
+            labels=["code"],
+        )
+        for code, n in sorted(s.flags.errors.items()):
+            errors.add_metric([code], n)
+        yield errors
+        yield _histogram(
+            "fpcd_flag_evaluation_duration_seconds",
+            "Time per evaluation call (one flag, or one request's batch)",
+            [],
+            [([], s.flags.latency)],
+        )
+        yield _gauge("fpcd_flags", "Flags defined and not archived", s.flags.counts()["flags"])
+
+        # WebSocket
+        counts = s.hub.counts
+        live = s.hub.stats
+        yield _gauge(
+            "fpcd_websocket_connections", "Open WebSocket connections", counts["connections"]
+        )
+        yield _counter(
+            "fpcd_websocket_connections_opened",
+            "WebSocket connections accepted",
+            live.connections_total,
+        )
+        yield _gauge(
+            "fpcd_websocket_subscriptions",
+            "Active WebSocket subscriptions",
+            counts["subscriptions"],
+        )
+        yield _counter(
+            "fpcd_websocket_messages_sent", "WebSocket messages written", live.messages_sent
+        )
+        yield _counter(
+            "fpcd_websocket_slow_consumer_drops",
+            "WebSocket clients disconnected because their queue overflowed",
+            live.slow_consumer_drops,
+        )
+        yield _histogram(
+            "fpcd_websocket_delivery_seconds",
+            "Time from a message queued for a client to its frame written",
+            [],
+            [([], live.delivery)],
+        )
+
+        # Flag socket
+        if s.flag_socket is not None:
+            sock = s.flag_socket
+            yield _gauge(
+                "fpcd_flag_socket_connections", "Open flag-socket connections", sock.connections
+            )
+            yield _counter(
+                "fpcd_flag_socket_connections_opened",
+                "Flag-socket connections accepted",
+                sock.connections_total,
+            )
+            yield _counter("fpcd_flag_socket_lookups", "Flag-socket queries answered", sock.lookups)
+            yield _counter(
+                "fpcd_flag_socket_rejected",
+                "Flag-socket lines answered with an error object",
+                sock.rejected,
+            )
+
+        # SQLite
+        yield _histogram(
+            "fpcd_sqlite_query_duration_seconds",
+            "SQLite read queries and write transactions",
+            ["op"],
+            [(["read"], s.store.read_latency), (["write"], s.store.write_latency)],
+        )
+
+        # Replication
+        if s.replicator is not None:
+            r = s.replicator
+            cursor = s.store.upstream_cursor
+            yield _gauge("fpcd_replication_up", "1 while the upstream answers", int(r.available))
+            yield _gauge("fpcd_replication_cursor", "Last upstream change applied here", cursor)
+            yield _gauge(
+                "fpcd_replication_head", "Newest upstream change seen", max(r.head, cursor)
+            )
+            yield _gauge(
+                "fpcd_replication_lag_changes",
+                "Upstream changes seen but not applied here",
+                max(r.head - cursor, 0),
+            )
+            if r.last_sync is not None:
+                yield _gauge(
+                    "fpcd_replication_last_sync_timestamp_seconds",
+                    "When this host last confirmed it holds every upstream change",
+                    r.last_sync,
+                )
+            yield _counter(
+                "fpcd_replication_errors", "Failed exchanges with the upstream", r.errors
+            )
+
+        # Secrets
+        sec = s.secrets
+        yield _counter("fpcd_secret_reads", "Secret values decrypted for a caller", sec.reads)
+        yield _counter("fpcd_secret_expiries", "Secret versions destroyed at expiry", sec.expired)
+        yield _counter(
+            "fpcd_secret_integrity_failures",
+            "Ciphertexts that failed authentication (tampered or moved)",
+            sec.tampered,
+        )
+        yield _counter(
+            "fpcd_secret_rewrapped", "Ciphertexts rewrapped under a new primary key", sec.rewrapped
+        )
+        yield _gauge(
+            "fpcd_secret_rotation_remaining",
+            "Ciphertexts still under an older key",
+            s.rotation_remaining,
+        )
+        yield _gauge(
+            "fpcd_secret_rotation_running", "1 while a rewrap runs", int(s.rotation_running)
+        )
+
+        # Files
+        f = s.files
+        yield _gauge("fpcd_files", "Files materialized from configurations", len(f.targets))
+        yield _counter("fpcd_file_writes", "Files written with new content", f.writes)
+        yield _counter(
+            "fpcd_file_write_failures",
+            "Files that could not be rendered or written",
+            f.write_failures,
+        )
+        yield _counter(
+            "fpcd_file_drift_detected", "Files found changed outside fpcd", f.drift_detected
+        )
+        yield _counter("fpcd_file_drift_repairs", "Drifted files restored", f.drift_repairs)
+        yield _counter("fpcd_file_command_runs", "Reload commands run", f.command_runs)
+        yield _counter(
+            "fpcd_file_command_failures", "Reload commands that failed", f.command_failures
+        )
+
+        # Scheduler
+        jobs = CounterMetricFamily(
+            "fpcd_scheduler_jobs", "Scheduled job runs by kind and result", labels=["job", "result"]
+        )
+        for (kind, result), n in sorted(s.scheduler.runs.items()):
+            jobs.add_metric([kind, result], n)
+        yield jobs
+
+        # Alerts
+        fired = CounterMetricFamily(
+            "fpcd_alerts", "Performance threshold breaches started", labels=["check"]
+        )
+        active = GaugeMetricFamily(
+            "fpcd_alert_active", "1 while a performance check is breached", labels=["check"]
+        )
+        for check in s.alerts.checks:
+            fired.add_metric([check.name], s.alerts.fired[check.name])
+            active.add_metric([check.name], int(check.name in s.alerts.active))
+        yield fired
+        yield active
+
+
+class Metrics:
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+        self.registry = CollectorRegistry(auto_describe=False)
+        # The library's process/platform/GC collectors, on our registry instead of its global one.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+        self.registry.register(DaemonCollector(sources))
+
+    async def refresh(self) -> None:
+        """What needs a query before a scrape."""
+        status = await self.sources.secrets.status()
+        self.sources.rotation_remaining = status.rotation.remaining
+        self.sources.rotation_running = status.rotation.running
+
+    async def render(self, accept: str | None) -> tuple[bytes, str]:
+        await self.refresh()
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
