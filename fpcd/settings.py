@@ -318,6 +318,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "CONFIG_WS_PORT": ("server", "ws_port"),
     "NODE_ENV": ("server", "default_environment"),
     "LOG_LEVEL": ("log", "level"),
+    "LOG_FORMAT": ("log", "format"),
     "DATABASE_URL": ("upstream", "postgres_url"),
     "REDIS_URL": ("upstream", "redis_url"),
     "CONFIG_ENCRYPTION_KEY": ("secrets", "encryption_key"),

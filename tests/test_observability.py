@@ -321,7 +321,7 @@ def test_json_logs_carry_the_request_id_and_change_events(spawn: Any) -> None:
 
 
 def test_text_logs_and_warn_level(spawn: Any) -> None:
-    proc = spawn(env={"LOG_LEVEL": "warn", "FPCD_LOG__FORMAT": "text"}).start()
+    proc = spawn(env={"LOG_LEVEL": "warn", "LOG_FORMAT": "text"}).start()
     proc.stop()
     log = proc.log()
     assert "created an admin token" in log  # a warning

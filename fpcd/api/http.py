@@ -132,21 +132,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _record(request: web.Request, status: int, started: float, websocket: bool) -> None:
-    stats = request.app.get(HTTP_STATS)
-    if stats is None:
-        return
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    method = request.method if request.method in _METHODS else "OTHER"
-    stats.record(route, method, status, None if websocket else perf_counter() - started)
-
-
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, caller, permission, rate limit, errors as problem+json, metrics: the
     same for every route and door."""
     started = perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         request_id = given
@@ -157,7 +150,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
-        rule = rule_for(request)
+        rule = rule_for(method, route)
         caller = await _admit(request, rule)
         request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
         response = await handler(request)
@@ -166,7 +159,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as error:
         if error.status < 400:
             error.headers["X-Request-Id"] = request_id
-            _record(request, error.status, started, False)
+            request.app[HTTP_STATS].record(route, method, error.status, perf_counter() - started)
             raise
         response = _from_http_exception(error, request_id)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -179,9 +172,11 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             "the request failed; the request id locates it in the daemon's log",
             request_id=request_id,
         )
-    if not isinstance(response, web.WebSocketResponse):
+    if isinstance(response, web.WebSocketResponse):  # a whole session: no latency
+        request.app[HTTP_STATS].record(route, method, response.status, None)
+    else:
         response.headers["X-Request-Id"] = request_id
-    _record(request, response.status, started, isinstance(response, web.WebSocketResponse))
+        request.app[HTTP_STATS].record(route, method, response.status, perf_counter() - started)
     return response
 
 

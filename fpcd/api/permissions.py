@@ -11,8 +11,6 @@ import math
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from fpcd.domain import access as a
 from fpcd.settings import RateLimitSettings
 
@@ -86,13 +84,10 @@ RULES: dict[tuple[str, str], Rule] = {
 }
 
 
-def rule_for(request: web.Request) -> Rule | None:
-    """The row for this request's route; None for no route (404/405 follow) or no row."""
-    resource = request.match_info.route.resource
-    if resource is None:
-        return None
-    method = "GET" if request.method == "HEAD" else request.method
-    return RULES.get((method, resource.canonical))
+def rule_for(method: str, route: str) -> Rule | None:
+    """The row for a route template (the resource's canonical path); None for no route
+    (404/405 follow) or no row."""
+    return RULES.get(("GET" if method == "HEAD" else method, route))
 
 
 class Bucket:

@@ -99,8 +99,7 @@ def build_ws_app(
     """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
     app = web.Application(middlewares=[pipeline])
     app[AUTHENTICATOR] = authenticator
-    if http_stats is not None:
-        app[HTTP_STATS] = http_stats
+    app[HTTP_STATS] = http_stats if http_stats is not None else HttpStats()
     app[REQUEST_LIMITS] = RequestLimits()
     app[RATE_LIMITER] = rate_limiter
     app[routes_health.HEALTH] = health
