@@ -5,14 +5,13 @@ Blocking functions: the async client runs them with `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 
 import msgspec
 
 from fpcd.client.model import CacheFile
+from fpcd.fileio import atomic_write
 
 log = logging.getLogger("fpcd.client")
 
@@ -46,23 +45,4 @@ def read_cache(path: Path, service_name: str, environment: str) -> CacheFile | N
 
 def write_cache(path: Path, cache: CacheFile) -> None:
     """Replace the file atomically: readers see the old or the new content, never a part."""
-    data = _encode(cache)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # also when a stale temp file had other bits
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, _encode(cache), 0o600)

@@ -405,7 +405,8 @@ def _member(value: Any, members: Any) -> bool:
         return False
 
 
-_CONTEXT_FIELDS = {
+#: Context fields a rule may name, by wire name -> EvaluationContext attribute.
+CONTEXT_FIELDS = {
     "userId": "user_id",
     "agentId": "agent_id",
     "sessionId": "session_id",
@@ -589,7 +590,7 @@ def evaluate(
             return _result(flag, False, DEFAULT, "not_targeted")
         for attribute, in_context, matcher in rules.rules:
             if in_context:
-                value = getattr(context, _CONTEXT_FIELDS[attribute])
+                value = getattr(context, CONTEXT_FIELDS[attribute])
             else:
                 value = context.custom_attributes.get(attribute, _MISSING)
             if value is None or value is _MISSING or not matcher(value):

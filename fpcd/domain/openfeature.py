@@ -11,17 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fpcd.domain.configs import valid_name
-from fpcd.domain.flags import EvaluationContext, EvaluationResult
-
-#: OpenFeature attributes that are fpcd context fields; any other is a custom attribute.
-CONTEXT_FIELDS = {
-    "userId": "user_id",
-    "agentId": "agent_id",
-    "sessionId": "session_id",
-    "userGroup": "user_group",
-    "region": "region",
-    "environment": "environment",
-}
+from fpcd.domain.flags import CONTEXT_FIELDS, EvaluationContext, EvaluationResult
 
 
 class InvalidContext(ValueError):

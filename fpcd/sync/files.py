@@ -16,7 +16,6 @@ import logging
 import os
 import pwd
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from fpcd.domain.model import (
     SecretVersion,
 )
 from fpcd.domain.render import RenderError, render
+from fpcd.fileio import atomic_write
 from fpcd.services.changes import Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus
@@ -49,40 +49,6 @@ log = logging.getLogger("fpcd.files")
 
 OUTPUT_LIMIT = 4096
 SYSTEM = Caller(subject="fpcd:files", scopes=frozenset({"*"}))
-
-
-def atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> bool:
-    """Write `data` so a reader sees the old file or the new one, never a part; False when
-    the file already holds exactly these bytes (and mode)."""
-    with contextlib.suppress(FileNotFoundError):
-        st = path.stat()
-        if (
-            (st.st_mode & 0o777) == mode
-            and path.read_bytes() == data
-            and (uid in (-1, st.st_uid) and gid in (-1, st.st_gid))
-        ):
-            return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".fpcd-tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            if uid != -1 or gid != -1:
-                os.fchown(handle.fileno(), uid, gid)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
-    return True
 
 
 def remove_stale_temps(path: Path) -> None:
