@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
 import time
@@ -385,18 +386,25 @@ def test_killed_mid_batch_applies_nothing_twice(spawn: Any, pg_url: str, tmp_pat
     for n in range(300):
         put(n)
     reader: DaemonProcess = spawn("reader", env=env)
+    db = reader.data_dir / "fpcd.db"
+
+    def cursor() -> int:
+        if not db.exists():
+            return 0
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(db, timeout=1) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'upstream_cursor'").fetchone()
+            return int(row[0]) if row else 0
+        return 0
+
     cursors = []
-    for delay in (0.6, 0.9, 1.2, 1.6):
+    for target in (30, 120, 220):
+        # SIGKILL as soon as the catch-up passes `target`: midway, however fast the machine.
         reader.start(wait=False)
-        time.sleep(delay)
-        reader.kill()  # SIGKILL, somewhere in the catch-up
-        db = reader.data_dir / "fpcd.db"
-        if db.exists():
-            with sqlite3.connect(db) as conn:
-                row = conn.execute(
-                    "SELECT value FROM meta WHERE key = 'upstream_cursor'"
-                ).fetchone()
-                cursors.append(int(row[0]) if row else 0)
+        deadline = time.monotonic() + 30
+        while cursor() < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        reader.kill()
+        cursors.append(cursor())
     reader.start()
     with sqlite3.connect(reader.data_dir / "fpcd.db") as conn:
         seqs = [
