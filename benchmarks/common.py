@@ -47,7 +47,10 @@ def pinned(cpu: int | None) -> list[str]:
 
 @contextmanager
 def fpcd_daemon(
-    *extra: str, env: dict[str, str] | None = None, cpu: int | None = None
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cpu: int | None = None,
+    ready_timeout: float = 20,
 ) -> Iterator[dict[str, Any]]:
     """`fpcd serve` in a temp data dir; yields its URL, socket paths and data dir."""
     data = Path(tempfile.mkdtemp(prefix="fpcd-bench-"))
@@ -72,7 +75,7 @@ def fpcd_daemon(
         env={**os.environ, **(env or {})},
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/ready")
+        wait_http(f"http://127.0.0.1:{port}/health/ready", ready_timeout)
         yield {
             "url": f"http://127.0.0.1:{port}",
             "ws_url": f"ws://127.0.0.1:{ws}",

@@ -14,21 +14,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import uvloop
 
-from benchmarks.common import free_port, wait_http, write_results
+from benchmarks.common import fpcd_daemon, write_results
 from tests.servers import PostgresServer, RedisServer
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -36,36 +31,15 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 
 @contextmanager
 def daemon(env: dict[str, str]) -> Iterator[dict[str, str]]:
-    data = Path(tempfile.mkdtemp(prefix="fpcd-repl-"))
-    port, ws = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fpcd",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--api-port",
-            str(port),
-            "--ws-port",
-            str(ws),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CONFIG_ENCRYPTION_KEY": KEY, "FPCD_LOG__ACCESS": "false", **env},
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health/ready", 60)
-        token = (data / "admin.token").read_text().strip()
+    """One host: benchmarks.common's daemon with the shared key, URLs for this benchmark."""
+    with fpcd_daemon(
+        env={"CONFIG_ENCRYPTION_KEY": KEY, "FPCD_LOG__ACCESS": "false", **env}, ready_timeout=60
+    ) as host:
         yield {
-            "url": f"http://127.0.0.1:{port}",
-            "ws": f"ws://127.0.0.1:{ws}/?token={token}",
-            "auth": f"Bearer {token}",
+            "url": host["url"],
+            "ws": f"{host['ws_url']}/?token={host['token']}",
+            "auth": f"Bearer {host['token']}",
         }
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 async def lag(
