@@ -96,13 +96,14 @@ def _op(
     body: dict[str, Any] | None = None,
     status: str = "200",
     public: bool = False,
+    content_type: str = "application/json",
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "parameters": list(params),
         "responses": {
             status: (
-                {"description": "OK", "content": {"application/json": {"schema": response}}}
+                {"description": "OK", "content": {content_type: {"schema": response}}}
                 if response is not None
                 else {"description": "No content"}
             ),
@@ -173,20 +174,11 @@ def build_document() -> dict[str, Any]:
         "/health/ready": {"get": _op("Readiness probe", {"type": "object"}, public=True)},
         "/openapi.json": {"get": _op("This document", {"type": "object"}, public=True)},
         "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (text format, or OpenMetrics by Accept)",
-                "parameters": [],
-                "responses": {
-                    "200": {
-                        "description": "OK",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    "default": {
-                        "description": "A problem",
-                        "content": {"application/problem+json": {"schema": _ref(Problem)}},
-                    },
-                },
-            }
+            "get": _op(
+                "Prometheus metrics (text format, or OpenMetrics by Accept)",
+                {"type": "string"},
+                content_type="text/plain",
+            )
         },
         "/api/status": {"get": _op("Health, contents and top flags", _ref(StatusDocument))},
         "/api/config": {"get": _op("Services and environments known", _page({}))},

@@ -206,6 +206,22 @@ class Change(Record, frozen=True, kw_only=True):
     #: Where the request came from: remote address, or a Unix socket peer's uid and pid.
     peer: str = ""
 
+    @classmethod
+    def by(
+        cls, caller: Caller, *, key: str, op: str, payload: Payload, at: datetime, origin: str
+    ) -> Change:
+        """A change made by `caller`: actor, request id and peer all come from it."""
+        return cls(
+            key=key,
+            op=op,
+            payload=payload,
+            actor=caller.subject,
+            at=at,
+            origin=origin,
+            request_id=caller.request_id,
+            peer=caller.peer,
+        )
+
     @property
     def entity(self) -> str:
         tag = self.payload.__struct_config__.tag

@@ -151,15 +151,8 @@ class ConfigService:
         return check_name("environment", environment or self.default_environment)
 
     def _change(self, key: str, op: str, payload: Any, caller: Caller) -> Change:
-        return Change(
-            key=key,
-            op=op,
-            payload=payload,
-            actor=caller.subject,
-            at=self._clock(),
-            origin=self._node_id,
-            request_id=caller.request_id,
-            peer=caller.peer,
+        return Change.by(
+            caller, key=key, op=op, payload=payload, at=self._clock(), origin=self._node_id
         )
 
     # -- reads -------------------------------------------------------------------

@@ -306,15 +306,8 @@ class FlagService:
         return record.definition if record is not None and not record.archived else None
 
     def _change(self, key: str, op: str, record: FlagRecord, caller: Caller) -> Change:
-        return Change(
-            key=key,
-            op=op,
-            payload=record,
-            actor=caller.subject,
-            at=self._clock(),
-            origin=self._node_id,
-            request_id=caller.request_id,
-            peer=caller.peer,
+        return Change.by(
+            caller, key=key, op=op, payload=record, at=self._clock(), origin=self._node_id
         )
 
     @staticmethod

@@ -223,15 +223,8 @@ class RegistryService:
     # -- writes ---------------------------------------------------------------------------
 
     def _change(self, name: str, op: str, reg: ServiceRegistration, caller: Caller) -> Change:
-        return Change(
-            key=name,
-            op=op,
-            payload=reg,
-            actor=caller.subject,
-            at=self._clock(),
-            origin=self._node_id,
-            request_id=caller.request_id,
-            peer=caller.peer,
+        return Change.by(
+            caller, key=name, op=op, payload=reg, at=self._clock(), origin=self._node_id
         )
 
     async def register(self, body: ServiceRegister, caller: Caller) -> tuple[RegisterResult, bool]:

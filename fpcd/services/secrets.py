@@ -31,6 +31,7 @@ from fpcd.domain.model import (
     Caller,
     Change,
     DataKey,
+    Payload,
     RewrapItem,
     SecretDestroyed,
     SecretRead,
@@ -160,16 +161,9 @@ class SecretService:
                         f"secret:{d.service}/{d.environment}/{d.name}/{version}"
                     )
 
-    def _change(self, key: str, op: str, payload: object, caller: Caller) -> Change:
-        return Change(
-            key=key,
-            op=op,
-            payload=payload,  # type: ignore[arg-type]
-            actor=caller.subject,
-            at=self._clock(),
-            origin=self._node_id,
-            request_id=caller.request_id,
-            peer=caller.peer,
+    def _change(self, key: str, op: str, payload: Payload, caller: Caller) -> Change:
+        return Change.by(
+            caller, key=key, op=op, payload=payload, at=self._clock(), origin=self._node_id
         )
 
     # -- encryption helpers ------------------------------------------------------------

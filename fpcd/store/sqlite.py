@@ -112,6 +112,14 @@ class ServiceSummary(msgspec.Struct, frozen=True):
     change_seq: int
 
 
+async def _set_meta(db: aiosqlite.Connection, key: str, value: str) -> None:
+    await db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
 async def migrate(path: Path) -> tuple[int, int]:
     """Bring the database at `path` to the latest schema; returns (before, after)."""
     db = await aiosqlite.connect(path, isolation_level=None)
@@ -194,11 +202,7 @@ class Store:
             try:
                 await db.executemany("UPDATE changes SET upstream_seq = ? WHERE seq = ?", pairs)
                 cursor = max(upstream for upstream, _ in pairs)
-                await db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('upstream_cursor', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(cursor),),
-                )
+                await _set_meta(db, "upstream_cursor", str(cursor))
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
@@ -264,11 +268,7 @@ class Store:
         async with self._write_lock:
             if self._writer is None:
                 raise StoreClosed("the store is closed")
-            await self._writer.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            await _set_meta(self._writer, key, value)
 
     # -- the one write path ----------------------------------------------------
 
@@ -339,17 +339,9 @@ class Store:
                 if not stored:
                     await db.execute("ROLLBACK")
                     return []
-                await db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('audit_head', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (f"{audit_id}:{audit_hash}",),
-                )
+                await _set_meta(db, "audit_head", f"{audit_id}:{audit_hash}")
                 if upstream:
-                    await db.execute(
-                        "INSERT INTO meta (key, value) VALUES ('upstream_cursor', ?)"
-                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (str(cursor),),
-                    )
+                    await _set_meta(db, "upstream_cursor", str(cursor))
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
