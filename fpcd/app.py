@@ -135,6 +135,7 @@ class Daemon:
         self.replicator: Replicator | None = None
         self.source: SourceImporter | None = None
         self.bus: EventBus | None = None
+        self.committer: Committer | None = None
         self.scheduler: Scheduler | None = None
         self.health: Health | None = None
         self.request_limits = RequestLimits(
@@ -187,6 +188,7 @@ class Daemon:
             if settings.upstream.redis_url:
                 log.warning("upstream.redis_url without upstream.postgres_url does nothing")
             committer = LocalCommitter(store, bus)
+        self.committer = committer  # group commit counts (tests, benchmarks)
         self._stack.push_async_callback(committer.drain)
         scheduler = self.scheduler = Scheduler()
         scheduler.start()

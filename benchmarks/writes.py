@@ -1,0 +1,142 @@
+"""Acknowledged writes per second on one host: many concurrent writers over HTTP.
+
+Run: python -m benchmarks.writes [--rounds N]  (needs wrk: apt-get install wrk)
+
+wrk sends `PUT /api/config/w-<n % 64>` with `{"environment": "prod", "config": {...}}`,
+each body different, so every request is a new version (journal row, version row, audit
+entry, fsync'd with the daemon's defaults: auth on, metrics on, synchronous=FULL). A 200
+is an acknowledged, durable write. The minimal app (aiohttp + uvloop, the same PUT
+decoded with msgspec and answered with fixed bytes, nothing stored) runs in the same
+rounds as the ceiling of HTTP in Python here; rounds alternate and the median is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from benchmarks.common import fpcd_daemon, free_port, wait_http, write_results, wrk
+
+CONNECTIONS = (1, 16, 64)
+SECONDS = 8
+SERVICES = 64
+
+#: wrk script: a different body (and one of 64 services) on every request.
+SCRIPT = """
+local n = 0
+request = function()
+  n = n + 1
+  local body = string.format(
+    '{"environment":"prod","config":{"n":%d,"pool":{"size":20,"timeout":5},"name":"w"}}', n)
+  local headers = {["Content-Type"] = "application/json"}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  return wrk.format("PUT", string.format("/api/config/w-%d", n % SERVICES), headers, body)
+end
+""".replace("SERVICES", str(SERVICES))
+
+MINIMAL = """
+import sys, msgspec, uvloop
+from aiohttp import web
+decode = msgspec.json.decode
+async def put(request):
+    body = decode(await request.read())
+    assert isinstance(body["config"], dict)
+    return web.Response(body=b'{"changed":true}', content_type="application/json")
+app = web.Application()
+app.router.add_put("/api/config/{service}", put)
+app.router.add_get("/health", lambda r: web.Response(text="ok"))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
+            loop=uvloop.new_event_loop())
+"""
+
+
+def run(rounds: int) -> None:
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        script = tmp / "put.lua"
+        script.write_text(SCRIPT)
+        (tmp / "minimal.py").write_text(MINIMAL)
+        port = free_port()
+        minimal = subprocess.Popen([sys.executable, str(tmp / "minimal.py"), str(port)])
+        stack.callback(minimal.wait, 10)
+        stack.callback(minimal.terminate)
+        wait_http(f"http://127.0.0.1:{port}/health")
+        daemon = stack.enter_context(fpcd_daemon(env={"FPCD_LOG__ACCESS": "false"}))
+        targets = {
+            "fpcd": (daemon["url"] + "/", daemon["token"]),
+            "minimal app": (f"http://127.0.0.1:{port}/", daemon["token"]),
+        }
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for connections in CONNECTIONS:
+            samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            for _ in range(rounds):
+                for name, (url, token) in targets.items():
+                    samples[name].append(
+                        wrk(
+                            url,
+                            connections=connections,
+                            seconds=SECONDS,
+                            script=str(script),
+                            token=token,
+                        )
+                    )
+            for name, runs in samples.items():
+                median = sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2]
+                results.setdefault(name, {})[str(connections)] = {
+                    **median,
+                    "rounds": [r["requests_per_s"] for r in runs],
+                }
+        request = urllib.request.Request(
+            daemon["url"] + "/api/config/w-1/history?environment=prod&limit=1",
+            headers={"Authorization": f"Bearer {daemon['token']}"},
+        )
+        with urllib.request.urlopen(request) as r:
+            history = r.read()
+    rows = []
+    for connections in CONNECTIONS:
+        f, m = results["fpcd"][str(connections)], results["minimal app"][str(connections)]
+        rows.append(
+            [
+                connections,
+                f"{f['requests_per_s']:,.0f}",
+                f"{f['p50_ms']} / {f['p99_ms']}",
+                f["non_2xx"],
+                f"{m['requests_per_s']:,.0f}",
+                f"{f['requests_per_s'] / m['requests_per_s']:.2f}",
+            ]
+        )
+    write_results(
+        "writes",
+        "Acknowledged writes per second, one host (group commit)",
+        {"results": results, "connections": list(CONNECTIONS), "seconds": SECONDS},
+        rows,
+        [
+            "writers (connections)",
+            "fpcd writes/s",
+            "fpcd p50 / p99 ms",
+            "fpcd non-2xx",
+            "minimal app PUT/s",
+            "ratio",
+        ],
+        [
+            f"Medians of {rounds} alternating rounds of {SECONDS} s. Every fpcd write is a"
+            " new config version with its journal row and audit entry, durable"
+            " (synchronous=FULL) before its 200. A history read at the end checks the"
+            f" versions exist ({len(history)} bytes).",
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    run(parser.parse_args().rounds)
+
+
+if __name__ == "__main__":
+    main()
