@@ -147,6 +147,13 @@ class UpstreamLog:
         """Inside `locked()`: give the changes the next sequence numbers and insert them."""
         first = await UpstreamLog.head(conn) + 1
         numbered = [msgspec.structs.replace(c, seq=first + i) for i, c in enumerate(changes)]
+        await UpstreamLog.insert(conn, numbered)
+        return numbered
+
+    @staticmethod
+    async def insert(conn: asyncpg.Connection, numbered: Sequence[Change]) -> None:
+        """Inside `locked()`: insert changes already numbered after the head (a caller that
+        caught up under the lock knows the head); a wrong number fails on the key."""
         await conn.executemany(
             "INSERT INTO fpcd_changes (seq, entity, key, op, actor, at, origin, request_id,"
             " payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -165,7 +172,6 @@ class UpstreamLog:
                 for c in numbered
             ],
         )
-        return numbered
 
     async def push_analytics(self, node: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Add this node's evaluation counts (flag, hour, variant, enabled, reason, count)."""

@@ -16,19 +16,39 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
+import msgspec
 
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
-from fpcd.services.changes import Plan
+from fpcd.services.changes import MAX_GROUP, Plan, groupable
 from fpcd.services.events import ChangeApplied, EventBus
-from fpcd.store.sqlite import Store
+from fpcd.store.sqlite import Store, Transaction
 from fpcd.upstream.doorbell import Doorbell
 from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.replication")
+
+
+class _Group:
+    """Writers committed together: one upstream transaction holding the write lock, one
+    local transaction, one future that settles when both are done."""
+
+    def __init__(
+        self,
+        stack: contextlib.AsyncExitStack,
+        conn: asyncpg.Connection,
+        txn: Transaction,
+        durable: asyncio.Future[None],
+    ) -> None:
+        self.stack, self.conn, self.txn, self.durable = stack, conn, txn, durable
+        #: The staged changes, numbered, as they go upstream.
+        self.upstream: list[Change] = []
+        #: Set when the group cannot commit (an upstream or local failure while staging).
+        self.failed: BaseException | None = None
 
 
 class Replicator:
@@ -40,6 +60,7 @@ class Replicator:
         *,
         poll_interval: float,
         batch_size: int = 500,
+        max_group: int = MAX_GROUP,
         time_source: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -50,7 +71,14 @@ class Replicator:
         self._batch = batch_size
         self._time = time_source
         self._lock = asyncio.Lock()
-        self._inflight: set[asyncio.Task[list[Change]]] = set()
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._max_group = max_group
+        #: Writers waiting for the lock: while there are any, the open group waits for them.
+        self._waiting = 0
+        self._group: _Group | None = None
+        #: Groups committed upstream and changes in them.
+        self.groups = 0
+        self.grouped_changes = 0
         self._ring = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         #: Set after the first complete catch-up (the daemon is ready then).
@@ -75,27 +103,135 @@ class Replicator:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
     async def _commit(self, plan: Plan) -> list[Change]:
-        async with self._lock:
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._waiting -= 1
+            self._flush_if_abandoned()
+            raise
+        self._waiting -= 1
+        staged: list[Change] = []
+        refused: BaseException | None = None
+        try:
+            if self._group is None:
+                self._group = await self._open_group()
+            group = self._group
             try:
-                async with self.upstream.locked() as conn:
-                    await self._pull(conn)
+                with group.txn.reading():
                     drafts = await plan()
-                    if not drafts:
-                        return []
-                    appended = await self.upstream.append(conn, drafts)
-            except UPSTREAM_ERRORS as error:
-                self._down(error)
-                raise Unavailable(
-                    "the upstream (Postgres) is unreachable: writes are refused until it is"
-                    " back; reads keep working from this host's copy",
-                    headers={"Retry-After": "5"},
-                ) from None
-            self._up()
-            self.head = max(self.head, appended[-1].seq)
-            applied = await self._apply(appended)
-        if self.doorbell is not None:
-            self.doorbell.ring(appended[-1].seq)
-        return applied
+            except BaseException as error:
+                refused = error
+            else:
+                try:
+                    staged = await self._stage(group, drafts)
+                except BaseException as error:
+                    group.failed = refused = self._unavailable(error)
+            # Leave the group open only for a writer already waiting for the lock.
+            if (
+                not self._waiting
+                or group.failed is not None
+                or group.txn.broken
+                or len(group.txn.staged) >= self._max_group
+                or not groupable(staged)
+            ):
+                await self._flush()
+        finally:
+            self._lock.release()
+        if refused is not None:
+            await asyncio.gather(asyncio.shield(group.durable), return_exceptions=True)
+            raise refused
+        await asyncio.shield(group.durable)
+        return staged
+
+    def _unavailable(self, error: BaseException) -> BaseException:
+        if isinstance(error, UPSTREAM_ERRORS):
+            self._down(error)
+            return Unavailable(
+                "the upstream (Postgres) is unreachable: writes are refused until it is"
+                " back; reads keep working from this host's copy",
+                headers={"Retry-After": "5"},
+            )
+        return error
+
+    async def _open_group(self) -> _Group:
+        """Take the upstream write lock, catch up, and open the local transaction."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            conn = await stack.enter_async_context(self.upstream.locked())
+            await self._pull(conn)
+            txn = await self._store.begin()
+        except BaseException as error:
+            await stack.aclose()
+            raise self._unavailable(error) from None
+        return _Group(stack, conn, txn, asyncio.get_running_loop().create_future())
+
+    async def _stage(self, group: _Group, drafts: list[Change]) -> list[Change]:
+        """Number the plan's changes after everything before them and stage them locally;
+        they go upstream with the rest of the group."""
+        if not drafts:
+            return []
+        first = group.txn.cursor + 1
+        numbered = [msgspec.structs.replace(c, seq=first + i) for i, c in enumerate(drafts)]
+        with group.txn.reading():
+            staged = await group.txn.stage(numbered, upstream=True)
+        group.upstream.extend(numbered)
+        return staged
+
+    async def _flush(self) -> None:
+        """Append the group upstream and commit there (the acknowledgement point), then
+        commit locally, announce and ring the doorbell."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        txn, durable = group.txn, group.durable
+        try:
+            if group.failed is not None:
+                raise group.failed
+            if txn.broken:
+                raise txn.error or RuntimeError("the group's local transaction failed")
+            if group.upstream:
+                await self.upstream.insert(group.conn, group.upstream)
+            await group.stack.aclose()  # COMMIT upstream, release the lock
+        except BaseException as error:
+            with contextlib.suppress(BaseException):
+                await group.stack.__aexit__(type(error), error, error.__traceback__)
+            await txn.rollback()
+            durable.set_exception(self._unavailable(error))
+            durable.exception()  # retrieved: a group of one may have no one else
+            return
+        self._up()
+        try:
+            if txn.staged:
+                await txn.commit()
+            else:
+                await txn.rollback()
+        except BaseException as error:
+            # Durable upstream already: the next pull applies what this could not.
+            await txn.rollback()
+            durable.set_exception(error)
+            durable.exception()
+            return
+        if txn.staged:
+            self.groups += 1
+            self.grouped_changes += len(txn.staged)
+            self.head = max(self.head, group.upstream[-1].seq)
+        for change in txn.staged:
+            self._bus.publish(ChangeApplied(change))
+        durable.set_result(None)
+        if self.doorbell is not None and group.upstream:
+            self.doorbell.ring(group.upstream[-1].seq)
+
+    def _flush_if_abandoned(self) -> None:
+        """A waiter went away (shutdown): close a group nobody else is coming to close."""
+        if not self._waiting and self._group is not None and not self._lock.locked():
+            task = asyncio.ensure_future(self._flush_locked())
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _flush_locked(self) -> None:
+        async with self._lock:
+            await self._flush()
 
     # -- pulling ---------------------------------------------------------------------------
 
@@ -121,6 +257,7 @@ class Replicator:
 
     async def sync_once(self) -> int:
         async with self._lock:
+            await self._flush()  # a group left open for writers behind us: commit it first
             try:
                 async with self.upstream.reader() as conn:
                     pulled = await self._pull(conn)
