@@ -157,14 +157,37 @@ class Replicator:
     async def _open_group(self) -> _Group:
         """Take the upstream write lock, catch up, and open the local transaction."""
         stack = contextlib.AsyncExitStack()
+        txn: Transaction | None = None
         try:
             conn = await stack.enter_async_context(self.upstream.locked())
-            await self._pull(conn)
             txn = await self._store.begin()
+            txn = await self._pull_into(conn, txn)
         except BaseException as error:
+            if txn is not None:
+                await txn.rollback()
             await stack.aclose()
             raise self._unavailable(error) from None
         return _Group(stack, conn, txn, asyncio.get_running_loop().create_future())
+
+    async def _pull_into(self, conn: asyncpg.Connection, txn: Transaction) -> Transaction:
+        """Catch up inside the group's local transaction (one commit for the pulled changes
+        and the group's own); a pulled change that services keep in memory (a flag, a key)
+        is committed and announced at once, so the group's plans see it."""
+        while True:
+            batch = await self.upstream.fetch_after(conn, txn.cursor, self._batch)
+            if not batch:
+                break
+            self.head = max(self.head, batch[-1].seq)
+            staged = await txn.stage(batch, upstream=True)
+            if not groupable(staged):
+                await txn.commit()
+                for change in txn.staged:
+                    self._bus.publish(ChangeApplied(change))
+                txn = await self._store.begin()
+            if len(batch) < self._batch:
+                break
+        self.last_sync = self._time()
+        return txn
 
     async def _stage(self, group: _Group, drafts: list[Change]) -> list[Change]:
         """Number the plan's changes after everything before them and stage them locally;
@@ -212,9 +235,9 @@ class Replicator:
             durable.set_exception(error)
             durable.exception()
             return
-        if txn.staged:
+        if group.upstream:
             self.groups += 1
-            self.grouped_changes += len(txn.staged)
+            self.grouped_changes += len(group.upstream)
             self.head = max(self.head, group.upstream[-1].seq)
         for change in txn.staged:
             self._bus.publish(ChangeApplied(change))
@@ -257,7 +280,8 @@ class Replicator:
 
     async def sync_once(self) -> int:
         async with self._lock:
-            await self._flush()  # a group left open for writers behind us: commit it first
+            if self._group is not None and self.caught_up.is_set():
+                return 0  # writers are queued: each group catches up as it opens
             try:
                 async with self.upstream.reader() as conn:
                     pulled = await self._pull(conn)
