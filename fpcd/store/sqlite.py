@@ -578,16 +578,20 @@ class Store:
     async def config_history(
         self, service: str, environment: str, *, limit: int, offset: int
     ) -> tuple[list[ConfigVersion], int]:
+        # Versions run 1..head without a gap (history never rewinds), so the page is a
+        # key range: O(limit) however deep the offset, and the total is the head.
+        total = (
+            await self._fetchone(
+                "SELECT max(version) FROM config_versions WHERE service = ? AND environment = ?",
+                (service, environment),
+            )
+        )[0] or 0
         rows = await self._fetchall(
             "SELECT record FROM config_versions WHERE service = ? AND environment = ?"
-            " ORDER BY version DESC LIMIT ? OFFSET ?",
-            (service, environment, limit, offset),
+            " AND version <= ? ORDER BY version DESC LIMIT ?",
+            (service, environment, total - offset, limit),
         )
-        total = await self._fetchone(
-            "SELECT count(*) FROM config_versions WHERE service = ? AND environment = ?",
-            (service, environment),
-        )
-        return [_version_decoder.decode(r[0]) for r in rows], total[0]
+        return [_version_decoder.decode(r[0]) for r in rows], total
 
     async def config_layers(self, service: str) -> dict[str, ConfigVersion]:
         """The head of every environment of a service."""
@@ -629,12 +633,16 @@ class Store:
     async def flag_history(
         self, key: str, *, limit: int, offset: int
     ) -> tuple[list[FlagRecord], int]:
+        # Versions run 1..n without a gap: a key range, O(limit) at any offset.
+        total = (
+            await self._fetchone("SELECT max(version) FROM flag_versions WHERE key = ?", (key,))
+        )[0] or 0
         rows = await self._fetchall(
-            "SELECT record FROM flag_versions WHERE key = ? ORDER BY version DESC LIMIT ? OFFSET ?",
-            (key, limit, offset),
+            "SELECT record FROM flag_versions WHERE key = ? AND version <= ?"
+            " ORDER BY version DESC LIMIT ?",
+            (key, total - offset, limit),
         )
-        total = await self._fetchone("SELECT count(*) FROM flag_versions WHERE key = ?", (key,))
-        return [_flag_decoder.decode(r[0]) for r in rows], total[0]
+        return [_flag_decoder.decode(r[0]) for r in rows], total
 
     async def add_analytics(self, rows: Sequence[tuple[str, int, str, int, str, int]]) -> None:
         """Add evaluation counts (flag, hour, variant, enabled, reason, count) in one commit."""
@@ -771,15 +779,25 @@ class Store:
     async def audit_page(
         self, *, target: str | None, limit: int, offset: int
     ) -> tuple[list[AuditEntry], int]:
-        """Newest first; `target` filters by exact target (`config:svc/env`) or its prefix."""
-        where, args = "", []
-        if target:
-            escaped = target.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where = " WHERE target = ? OR target LIKE ? ESCAPE '\\'"
-            args = [target, escaped + "/%"]
+        """Newest first; `target` filters by exact target (`config:svc/env`) or its prefix.
+
+        Unfiltered, ids run 1..last without a gap (the chain), so a page is an id range:
+        O(limit) at any offset, and the total is the last id. Filtered, both use the
+        (target, id) index: O(entries of that target), never a scan of the log.
+        """
+        columns = "id, at, actor, action, target, details, request_id, prev_hash, hash"
+        if not target:
+            total = (await self._fetchone("SELECT max(id) FROM audit_log"))[0] or 0
+            rows = await self._fetchall(
+                f"SELECT {columns} FROM audit_log WHERE id <= ? ORDER BY id DESC LIMIT ?",
+                (total - offset, limit),
+            )
+            return [self._audit_row(r) for r in rows], total
+        # `target` itself, or anything under `target/` ('0' sorts right after '/').
+        where = " WHERE target = ? OR (target >= ? AND target < ?)"
+        args = [target, target + "/", target + "0"]
         rows = await self._fetchall(
-            "SELECT id, at, actor, action, target, details, request_id, prev_hash, hash"
-            f" FROM audit_log{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT {columns} FROM audit_log{where} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
         total = await self._fetchone(f"SELECT count(*) FROM audit_log{where}", args)
