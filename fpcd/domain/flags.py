@@ -306,6 +306,28 @@ def validate_definition(
         raise Invalid(f"flag {key!r} is not valid", errors=errors)
 
 
+def check_dependents(
+    key: str, definition: FlagDefinition, others: Iterable[tuple[str, FlagDefinition]]
+) -> None:
+    """Refuse a new definition of `key` that drops a variant other flags depend on: those
+    flags would be switched off silently (the dependency can never be met)."""
+    variants = {v.id for v in _all_variants(definition)}
+    errors = [
+        FieldError(
+            "$.variants",
+            f"variant {variant!r} is required by flag {other!r} (its dependencies[{i}])",
+        )
+        for other, other_definition in others
+        if other != key
+        for i, (dep, variant) in enumerate(dependency_keys(other_definition))
+        if dep == key and variant is not None and variant not in variants
+    ]
+    if errors:
+        raise Invalid(
+            f"flag {key!r} is not valid: other flags depend on variants it removes", errors=errors
+        )
+
+
 def _all_variants(definition: FlagDefinition) -> Iterable[Variant]:
     yield from definition.variants
     for override in definition.environments.values():
