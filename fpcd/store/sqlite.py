@@ -513,6 +513,22 @@ class Store:
         )
         return [ServiceSummary(*row) for row in rows]
 
+    async def config_bases(
+        self, service: str, environment: str, versions: Sequence[int], base: str
+    ) -> dict[int, ConfigVersion]:
+        """For versions of a layer: the `base` layer's head when each was written."""
+        if not versions:
+            return {}
+        rows = await self._fetchall(
+            "SELECT v.version, (SELECT d.record FROM config_versions d"
+            "  WHERE d.service = v.service AND d.environment = ? AND d.change_seq <= v.change_seq"
+            "  ORDER BY d.version DESC LIMIT 1)"
+            " FROM config_versions v WHERE v.service = ? AND v.environment = ?"
+            f" AND v.version IN ({', '.join('?' * len(versions))})",
+            (base, service, environment, *versions),
+        )
+        return {r[0]: _version_decoder.decode(r[1]) for r in rows if r[1] is not None}
+
     async def schema(self, service: str) -> SchemaRecord | None:
         row = await self._fetchone(
             "SELECT record FROM config_schemas WHERE service = ?", (service,)
