@@ -599,3 +599,21 @@ async def test_migration_scrubs_plaintext_from_earlier_releases(tmp_path: Path) 
     with sqlite3.connect(path) as db:
         db.execute("VACUUM")
     assert value.encode() not in path.read_bytes()
+
+
+async def test_a_read_reports_itself_in_access_count_and_last_access(
+    unix: aiohttp.ClientSession,
+) -> None:
+    await call(unix, "PUT", "/api/secrets/app/API_KEY", {"value": secret_value("counted")})
+    seen = []
+    for _ in range(3):
+        before = datetime.now(UTC)
+        status, got = await call(unix, "GET", "/api/secrets/app/API_KEY")
+        assert status == 200
+        last = datetime.fromisoformat(got["lastAccessedAt"])
+        assert last >= before - timedelta(milliseconds=1)  # this read, not the one before
+        seen.append((got["accessCount"], last))
+    assert [count for count, _ in seen] == [1, 2, 3]
+    _, listing = await call(unix, "GET", "/api/secrets/app")
+    assert listing["items"][0]["accessCount"] == 3
+    assert datetime.fromisoformat(listing["items"][0]["lastAccessedAt"]) == seen[-1][1]
