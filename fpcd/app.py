@@ -30,6 +30,7 @@ from fpcd.api.auth import Authenticator, TokenVerifier
 from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
 from fpcd.api.permissions import RateLimiter
+from fpcd.api.protocol import ProblemAppRunner
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import FpcdError, SettingsError
@@ -596,7 +597,7 @@ class Daemon:
         return context
 
     def _runner(self, app: web.Application) -> web.AppRunner:
-        return web.AppRunner(
+        return ProblemAppRunner(
             app,
             handle_signals=False,
             access_log_class=AccessLogger,

@@ -532,7 +532,7 @@ async def test_expiry_while_stopped_is_cleaned_at_start(tmp_path: Path) -> None:
 # -- tampering ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tamper", ["ciphertext", "nonce", "moved"])
+@pytest.mark.parametrize("tamper", ["ciphertext", "nonce", "moved", "null_nonce", "short_nonce"])
 async def test_tampering_is_detected_and_never_returned(
     unix: aiohttp.ClientSession,
     daemon: Daemon,
@@ -543,7 +543,10 @@ async def test_tampering_is_detected_and_never_returned(
     await call(unix, "PUT", "/api/secrets/app/A", {"value": a})
     await call(unix, "PUT", "/api/secrets/app/B", {"value": b})
     with sqlite3.connect(daemon.settings.data_dir / "fpcd.db") as db:
-        if tamper == "moved":  # A's ciphertext copied into B's row: the AAD no longer fits
+        if tamper in ("null_nonce", "short_nonce"):  # half a value, or a nonce AES-GCM refuses
+            nonce = None if tamper == "null_nonce" else b"\x00"
+            db.execute("UPDATE secret_versions SET nonce = ? WHERE name = 'B'", (nonce,))
+        elif tamper == "moved":  # A's ciphertext copied into B's row: the AAD no longer fits
             db.execute(
                 "UPDATE secret_versions SET (key_id, nonce, ciphertext) = (SELECT key_id,"
                 " nonce, ciphertext FROM secret_versions WHERE name = 'A')"

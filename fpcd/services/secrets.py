@@ -198,9 +198,10 @@ class SecretService:
     # -- encryption helpers ------------------------------------------------------------
 
     def _decrypt(self, row: SecretRow) -> Secret:
-        assert row.nonce is not None and row.ciphertext is not None
         aad = secret_aad(row.service, row.environment, row.name, row.version)
         try:
+            if row.nonce is None or row.ciphertext is None:  # half a value: edited by hand
+                raise TamperedError("a ciphertext without its nonce")
             return self.keyring.decrypt(row.key_id, row.nonce, row.ciphertext, aad)
         except TamperedError:
             self.tampered += 1
