@@ -1,0 +1,245 @@
+"""Schema validation in a worker process, under a time budget.
+
+A schema is the user's program: nested `anyOf`/`$ref` can make one validation take
+exponential time, and a thread cannot be stopped (and would share the GIL with the event
+loop). So validation runs in a child process (`python -m fpcd.services.schema_worker`)
+that fpcd talks to over a pipe: one request at a time, each answered within the budget or
+the child is killed (which really stops the CPU work) and a new one started for the next
+request. The event loop only waits on a pipe meanwhile.
+
+Frames are a 4-byte big-endian length and a msgpack body. Request: `{key, schema?,
+documents, prefix}` (the schema is sent only when this child has not compiled `key`
+yet); answer: `{errors: [[[path, message], ...] per document]}`, `{missing: true}` or
+`{failed: reason}`; the child says `{ready: true}` once started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, BinaryIO
+
+import msgspec
+
+from fpcd.domain.errors import FieldError, Invalid
+
+log = logging.getLogger("fpcd.schemas")
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+#: Compiled schemas a worker keeps (least recently used dropped first).
+CACHED_SCHEMAS = 64
+#: Address space of a worker: a schema that makes validation allocate without end fails
+#: the write instead of growing the host's memory.
+MEMORY_LIMIT = 1 << 30
+#: A new worker gets this long to start (not counted in any validation's budget).
+START_TIMEOUT = 60.0
+
+
+class ValidationFailed(Invalid):
+    """A write whose validation could not finish: too slow, or the worker failed."""
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    body = _encoder.encode(message)
+    return len(body).to_bytes(4, "big") + body
+
+
+# -- the child ------------------------------------------------------------------------
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    from fpcd.domain.configs import SchemaValidator
+
+    cache: OrderedDict[str, SchemaValidator] = OrderedDict()
+    stdout.write(_frame({"ready": True}))
+    stdout.flush()
+    while (header := _read_exactly(stdin, 4)) is not None:
+        body = _read_exactly(stdin, int.from_bytes(header, "big"))
+        if body is None:
+            return
+        request = _decoder.decode(body)
+        key = request["key"]
+        try:
+            if request.get("schema") is not None:
+                cache[key] = SchemaValidator(request["schema"])
+            validator = cache.get(key)
+            if validator is None:
+                answer: dict[str, Any] = {"missing": True}
+            else:
+                cache.move_to_end(key)
+                while len(cache) > CACHED_SCHEMAS:
+                    cache.popitem(last=False)
+                answer = {
+                    "errors": [
+                        [[e.path, e.message] for e in validator.errors(doc, request["prefix"])]
+                        for doc in request["documents"]
+                    ]
+                }
+        except MemoryError:
+            cache.clear()
+            answer = {"failed": "validation ran out of memory"}
+        except RecursionError:
+            answer = {"failed": "validation nested too deeply"}
+        except Exception as error:  # a schema the checks let through but jsonschema refuses
+            answer = {"failed": f"validation failed: {type(error).__name__}: {error}"[:500]}
+        stdout.write(_frame(answer))
+        stdout.flush()
+
+
+def main() -> None:
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+# -- the daemon's side ------------------------------------------------------------------
+
+
+class SchemaRunner:
+    """Validates documents against a schema in the worker, one request at a time."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._compiled: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._closed = False
+        #: For /metrics and tests: requests answered, budgets exceeded, workers started.
+        self.validations = 0
+        self.timeouts = 0
+        self.starts = 0
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fpcd.services.schema_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            ready = await asyncio.wait_for(self._receive(proc), START_TIMEOUT)
+        except BaseException:
+            await self._kill(proc)
+            raise
+        if not ready.get("ready"):
+            await self._kill(proc)
+            raise ValidationFailed("the schema validator did not start", errors=[])
+        self.starts += 1
+        self._compiled.clear()
+        return proc
+
+    @staticmethod
+    async def _receive(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+        assert proc.stdout is not None
+        header = await proc.stdout.readexactly(4)
+        return _decoder.decode(await proc.stdout.readexactly(int.from_bytes(header, "big")))
+
+    @staticmethod
+    async def _kill(proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+    async def errors(
+        self,
+        key: str,
+        schema: dict[str, Any],
+        documents: list[dict[str, Any]],
+        *,
+        prefix: str,
+        budget: float,
+    ) -> list[list[FieldError]]:
+        """The errors of each document; ValidationFailed when the budget (seconds of
+        validation, not counting a wait for an earlier request) runs out."""
+        async with self._lock:
+            if self._closed:
+                raise ValidationFailed("the daemon is stopping", errors=[])
+            if self._proc is None or self._proc.returncode is not None:
+                self._proc = await self._start()
+            proc = self._proc
+            request: dict[str, Any] = {"key": key, "documents": documents, "prefix": prefix}
+            if key not in self._compiled:
+                request["schema"] = schema
+            started = time.monotonic()
+            try:
+                answer = await asyncio.wait_for(self._exchange(proc, request, schema), budget)
+            except TimeoutError:
+                self.timeouts += 1
+                self._proc = None
+                await self._kill(proc)
+                log.warning(
+                    "schema validation exceeded its budget; the worker was stopped",
+                    extra={"schema": key[:12], "budget_s": budget},
+                )
+                raise ValidationFailed(
+                    f"validating against the schema took longer than {budget:g} s"
+                    " (limits.schema_validation_timeout): simplify the schema or the document",
+                    errors=[FieldError(prefix, "validation exceeded its time budget")],
+                ) from None
+            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+                self._proc = None
+                await self._kill(proc)
+                raise ValidationFailed(
+                    "the schema validator stopped while validating (out of memory?)",
+                    errors=[FieldError(prefix, "validation could not finish")],
+                ) from None
+            self.validations += 1
+            self._compiled.add(key)
+            if "failed" in answer:
+                raise ValidationFailed(
+                    f"the document could not be validated: {answer['failed']}",
+                    errors=[FieldError(prefix, str(answer["failed"]))],
+                )
+            log.debug(
+                "schema validation",
+                extra={"documents": len(documents), "ms": (time.monotonic() - started) * 1000},
+            )
+            return [[FieldError(p, m) for p, m in found] for found in answer["errors"]]
+
+    async def _exchange(
+        self, proc: asyncio.subprocess.Process, request: dict[str, Any], schema: dict[str, Any]
+    ) -> dict[str, Any]:
+        assert proc.stdin is not None
+        proc.stdin.write(_frame(request))
+        await proc.stdin.drain()
+        answer = await self._receive(proc)
+        if answer.get("missing"):  # the worker dropped it from its cache: send it again
+            proc.stdin.write(_frame({**request, "schema": schema}))
+            await proc.stdin.drain()
+            answer = await self._receive(proc)
+        return answer
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()  # the worker ends at end of input
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            await self._kill(proc)
+
+
+if __name__ == "__main__":
+    main()
