@@ -234,3 +234,21 @@ async def test_a_broken_schema_already_stored_gives_422_not_500(
     await daemon.configs._committer.commit(plan)
     status, problem = await call(http, "PUT", "/api/config/old", {"config": {"a": 1}})
     assert status == 422 and "could not be validated" in problem["detail"]
+
+
+async def test_checking_a_large_schema_keeps_health_answering(http: aiohttp.ClientSession) -> None:
+    """The meta-schema check of a big schema takes seconds in jsonschema: off the loop."""
+    schema = {
+        "type": "object",
+        "properties": {
+            f"p{i}": {"anyOf": [{"$ref": "#/$defs/s"}, {"type": "integer"}]} for i in range(800)
+        },
+        "$defs": {"s": {"type": "string", "pattern": "^[a-z]+$"}},
+    }
+    put = asyncio.create_task(call(http, "PUT", "/api/config/big/schema", schema))
+    latencies = await health_latencies_while(http, put)
+    status, _ = await put
+    assert status == 200
+    assert max(latencies) < 0.1, f"health took {max(latencies) * 1000:.0f} ms"
+    status, problem = await call(http, "PUT", "/api/config/big", {"config": {"p1": "A"}})
+    assert status == 422 and problem["errors"][0]["path"] == "$.config.p1"

@@ -148,11 +148,16 @@ class SchemaValidator:
         return found
 
 
+def schema_problems(schema: dict[str, Any]) -> list[FieldError]:
+    """What `compile_schema` refuses, as a list (paths under `$.schema`)."""
+    return check_schema(schema, lambda parts: "$.schema" + _json_path(parts)[1:])
+
+
 def compile_schema(schema: dict[str, Any]) -> SchemaValidator:
     """Refuse a schema that could never validate a write, listing where it is wrong: not
     valid 2020-12, a pattern RE2 does not accept, a reference that does not resolve
     locally, or references that loop without descending into the document."""
-    errors = check_schema(schema, lambda parts: "$.schema" + _json_path(parts)[1:])
+    errors = schema_problems(schema)
     if errors:
         raise Invalid(
             "the schema is not a valid JSON Schema (2020-12) fpcd can apply", errors=errors

@@ -251,7 +251,7 @@ def check_schema(schema: Any, path_of: Any) -> list[FieldError]:
             where = (*parts, keyword)
             try:
                 resolved = resolver.lookup(ref)
-            except Unresolvable:
+            except (Unresolvable, ValueError):
                 errors.append(
                     FieldError(
                         path_of(list(where)),
@@ -294,7 +294,10 @@ def check_schema(schema: Any, path_of: Any) -> list[FieldError]:
                 )
             )
 
-    walk(schema, (), root)
+    try:
+        walk(schema, (), root)
+    except ValueError as error:  # a $id or $ref that is not a URI at all ("http://[::1")
+        return [FieldError(path_of([]), f"a $id or $ref is not a usable URI: {error}")]
     errors += _loops(edges, ours, path_of)
     return errors
 

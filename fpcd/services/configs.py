@@ -21,7 +21,6 @@ from fpcd.domain.configs import (
     check_limits,
     check_name,
     checksum,
-    compile_schema,
     content_checksum,
     deep_merge,
     diff,
@@ -71,6 +70,11 @@ class ConfigLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_text: int = 1024
     #: Seconds one write's schema validation may take (in the worker process).
     validation_timeout: float = 2.0
+
+
+#: Checking a schema when it is stored (the meta-schema check is slow on large schemas)
+#: may take this many times the budget of one write's validation.
+SCHEMA_CHECK_BUDGET = 5
 
 
 class SchemaCheck(NamedTuple):
@@ -657,7 +661,15 @@ class ConfigService:
             )
             if errors:
                 raise Invalid("the schema breaks a size rule", errors=errors)
-            compile_schema(schema)
+            key = hashlib.sha256(canonical_json(schema)).hexdigest()
+            problems = await self.schema_runner.check(
+                key, schema, budget=SCHEMA_CHECK_BUDGET * self.limits.validation_timeout
+            )
+            if problems:
+                raise Invalid(
+                    "the schema is not a valid JSON Schema (2020-12) fpcd can apply",
+                    errors=problems,
+                )
         violations = await self._violations(service, schema) if schema is not None else []
 
         async def plan() -> list[Change]:

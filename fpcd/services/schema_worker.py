@@ -64,7 +64,7 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    from fpcd.domain.configs import SchemaValidator
+    from fpcd.domain.configs import SchemaValidator, schema_problems
 
     cache: OrderedDict[str, SchemaValidator] = OrderedDict()
     stdout.write(_frame({"ready": True}))
@@ -76,11 +76,19 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         request = _decoder.decode(body)
         key = request["key"]
         try:
+            if request.get("check"):
+                problems = schema_problems(request["schema"])
+                answer: dict[str, Any] = {"problems": [[e.path, e.message] for e in problems]}
+                if not problems:
+                    cache[key] = SchemaValidator(request["schema"])
+                stdout.write(_frame(answer))
+                stdout.flush()
+                continue
             if request.get("schema") is not None:
                 cache[key] = SchemaValidator(request["schema"])
             validator = cache.get(key)
             if validator is None:
-                answer: dict[str, Any] = {"missing": True}
+                answer = {"missing": True}
             else:
                 cache.move_to_end(key)
                 while len(cache) > CACHED_SCHEMAS:
@@ -169,13 +177,27 @@ class SchemaRunner:
     ) -> list[list[FieldError]]:
         """The errors of each document; ValidationFailed when the budget (seconds of
         validation, not counting a wait for an earlier request) runs out."""
+        request: dict[str, Any] = {"key": key, "documents": documents, "prefix": prefix}
+        answer = await self._ask(request, schema, prefix, budget, "validating against the schema")
+        return [[FieldError(p, m) for p, m in found] for found in answer["errors"]]
+
+    async def check(self, key: str, schema: dict[str, Any], *, budget: float) -> list[FieldError]:
+        """`compile_schema`'s checks (the meta-schema check alone can take seconds for a
+        large schema), in the worker; it keeps the compiled schema when it passes."""
+        request: dict[str, Any] = {"key": key, "check": True, "schema": schema}
+        answer = await self._ask(request, schema, "$.schema", budget, "checking the schema")
+        return [FieldError(p, m) for p, m in answer["problems"]]
+
+    async def _ask(
+        self, request: dict[str, Any], schema: dict[str, Any], prefix: str, budget: float, what: str
+    ) -> dict[str, Any]:
+        key = request["key"]
         async with self._lock:
             if self._closed:
                 raise ValidationFailed("the daemon is stopping", errors=[])
             if self._proc is None or self._proc.returncode is not None:
                 self._proc = await self._start()
             proc = self._proc
-            request: dict[str, Any] = {"key": key, "documents": documents, "prefix": prefix}
             if key not in self._compiled:
                 request["schema"] = schema
             started = time.monotonic()
@@ -190,7 +212,7 @@ class SchemaRunner:
                     extra={"schema": key[:12], "budget_s": budget},
                 )
                 raise ValidationFailed(
-                    f"validating against the schema took longer than {budget:g} s"
+                    f"{what} took longer than {budget:g} s"
                     " (limits.schema_validation_timeout): simplify the schema or the document",
                     errors=[FieldError(prefix, "validation exceeded its time budget")],
                 ) from None
@@ -202,17 +224,18 @@ class SchemaRunner:
                     errors=[FieldError(prefix, "validation could not finish")],
                 ) from None
             self.validations += 1
-            self._compiled.add(key)
             if "failed" in answer:
                 raise ValidationFailed(
                     f"the document could not be validated: {answer['failed']}",
                     errors=[FieldError(prefix, str(answer["failed"]))],
                 )
+            if "errors" in answer or not answer.get("problems"):
+                self._compiled.add(key)
             log.debug(
                 "schema validation",
-                extra={"documents": len(documents), "ms": (time.monotonic() - started) * 1000},
+                extra={"what": what, "ms": round((time.monotonic() - started) * 1000, 1)},
             )
-            return [[FieldError(p, m) for p, m in found] for found in answer["errors"]]
+            return answer
 
     async def _exchange(
         self, proc: asyncio.subprocess.Process, request: dict[str, Any], schema: dict[str, Any]
