@@ -206,13 +206,19 @@ async def test_recursion_that_descends_into_the_document_is_fine(
     assert status == 422 and problem["errors"][0]["path"] == "$.config.children[0].name"
 
 
+@pytest.mark.parametrize("where", ["#/$defs/missing", "remote"])
 async def test_a_broken_schema_already_stored_gives_422_not_500(
-    daemon: Daemon, http: aiohttp.ClientSession
+    daemon: Daemon,
+    http: aiohttp.ClientSession,
+    remote_schema_server: tuple[str, list[str]],
+    where: str,
 ) -> None:
     """One stored before these checks existed (or replicated from an older host)."""
+    base, requests = remote_schema_server
+    ref = f"{base}/a.json" if where == "remote" else where
     record = SchemaRecord(
         service="old",
-        schema={"properties": {"a": {"$ref": "#/$defs/missing"}}},
+        schema={"properties": {"a": {"$ref": ref}}},
         version=1,
         updated_at=datetime.now(UTC),
         updated_by="old-fpcd",
@@ -234,6 +240,7 @@ async def test_a_broken_schema_already_stored_gives_422_not_500(
     await daemon.configs._committer.commit(plan)
     status, problem = await call(http, "PUT", "/api/config/old", {"config": {"a": 1}})
     assert status == 422 and "could not be validated" in problem["detail"]
+    assert requests == []  # validation never fetches either
 
 
 async def test_checking_a_large_schema_keeps_health_answering(http: aiohttp.ClientSession) -> None:

@@ -112,6 +112,11 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 def main() -> None:
     import resource
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the daemon decides when this
+    # child ends (it closes the pipe), so no traceback here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
