@@ -7,10 +7,11 @@ that fpcd talks to over a pipe: one request at a time, each answered within the 
 the child is killed (which really stops the CPU work) and a new one started for the next
 request. The event loop only waits on a pipe meanwhile.
 
-Frames are a 4-byte big-endian length and a msgpack body. Request: `{key, schema?,
-documents, prefix}` (the schema is sent only when this child has not compiled `key`
-yet); answer: `{errors: [[[path, message], ...] per document]}`, `{missing: true}` or
-`{failed: reason}`; the child says `{ready: true}` once started.
+Frames are a 4-byte big-endian length and a JSON body (integers of any size survive).
+Request: `{key, schema?, documents, prefix}` (the schema is sent only when this child
+has not compiled `key` yet) or `{key, check: true, schema}`; answer: `{errors: [[[path,
+message], ...] per document]}`, `{problems: [...]}`, `{missing: true}` or `{failed:
+reason}`; the child says `{ready: true}` once started.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from fpcd.domain.errors import FieldError, Invalid
 
 log = logging.getLogger("fpcd.schemas")
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, Any])
 
 #: Compiled schemas a worker keeps (least recently used dropped first).
 CACHED_SCHEMAS = 64
