@@ -359,7 +359,9 @@ async def test_secrets_only_in_private_files(tmp_path: Path, make_daemon: Any) -
     await put(daemon, {"a": 1}, secrets={"DB_PASSWORD": value})
     await until(lambda: target.exists() and value in target.read_text())
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert value not in (tmp_path / "out" / "public.json").read_text()
+    public = tmp_path / "out" / "public.json"
+    await until(lambda: parsed(public, json.loads) == {"a": 1})  # written on its own
+    assert value not in public.read_text()
 
 
 async def test_stale_temp_files_are_removed_at_start(tmp_path: Path, make_daemon: Any) -> None:
