@@ -259,3 +259,11 @@ async def test_checking_a_large_schema_keeps_health_answering(http: aiohttp.Clie
     assert max(latencies) < 0.1, f"health took {max(latencies) * 1000:.0f} ms"
     status, problem = await call(http, "PUT", "/api/config/big", {"config": {"p1": "A"}})
     assert status == 422 and problem["errors"][0]["path"] == "$.config.p1"
+
+
+async def test_timeouts_are_counted_in_metrics(http: aiohttp.ClientSession) -> None:
+    assert (await call(http, "PUT", "/api/config/m/schema", exponential_schema()))[0] == 200
+    assert (await call(http, "PUT", "/api/config/m", {"config": {"x": "s"}}))[0] == 422
+    async with http.get("/metrics") as r:
+        text = await r.text()
+    assert 'fpcd_schema_validations_total{result="timeout"} 1.0' in text
