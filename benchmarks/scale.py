@@ -5,7 +5,8 @@ Run: python -m benchmarks.scale [--cache DIR] [--seconds N]  (needs wrk)
 The large database: 10,000 services x 3 environments with 100,000 config versions,
 10,000 flags and 1,000,000 audit entries, built offline through the store's own apply
 path (benchmarks/scale_data.py; about a minute, kept in --cache for later runs). The
-small one: 3 services, 9 versions, 3 flags, 20 audit entries, built the same way.
+small one: 3 services (200 versions in one layer, so pages are as full), 3 flags, 300
+audit entries, built the same way. Figures are medians of alternating rounds.
 
 For each, one daemon (`fpcd serve`, defaults: auth, metrics, synchronous=FULL) starts on
 a copy, and with 1,000 WebSocket clients subscribed (one per service) the benchmark
@@ -39,7 +40,9 @@ from benchmarks.common import free_port, write_results, wrk
 from benchmarks.scale_data import build, service_name
 
 LARGE = {"services": 10_000, "versions": 100_000, "flags": 10_000, "audit": 1_000_000}
-SMALL = {"services": 3, "versions": 9, "flags": 3, "audit": 20}
+#: Nearly empty, yet with 200 versions in one layer and 300 audit entries, so its pages
+#: hold as many items as the large database's.
+SMALL = {"services": 3, "versions": 209, "flags": 3, "audit": 300}
 WS_CLIENTS = 1_000
 SAMPLES = 300
 
@@ -128,7 +131,7 @@ async def daemon(database: Path) -> AsyncIterator[dict[str, Any]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-async def timed(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> float:
+async def timed(session: Any, method: str, url: str, **kw: Any) -> float:
     started = time.perf_counter()
     async with session.request(method, url, **kw) as r:
         await r.read()
@@ -136,100 +139,144 @@ async def timed(session: aiohttp.ClientSession, method: str, url: str, **kw: Any
     return (time.perf_counter() - started) * 1000
 
 
-async def measure(database: Path, shape: dict[str, int], seconds: int) -> dict[str, Any]:
-    async with daemon(database) as d:
-        out: dict[str, Any] = {"startup_s": d["startup_s"], "rss_idle_mb": rss_mb(d["pid"])}
-        headers = {"Authorization": f"Bearer {d['token']}"}
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
-            # 1,000 WebSocket clients, one per service (round robin), held throughout.
-            sockets = []
-            for i in range(WS_CLIENTS):
-                ws = await http.ws_connect(d["ws"])
-                await ws.send_str(
-                    json.dumps(
-                        {
-                            "type": "SUBSCRIBE",
-                            "serviceName": service_name(i % shape["services"]),
-                            "environment": "prod",
-                            "subscriptions": ["config-updates"],
-                        }
-                    )
+ROUNDS = 5
+
+
+def median_round(rounds: list[float]) -> float:
+    return sorted(rounds)[len(rounds) // 2]
+
+
+class Target:
+    """One daemon under measurement, its shape and an HTTP session to it."""
+
+    def __init__(self, d: dict[str, Any], shape: dict[str, int], http: Any) -> None:
+        self.d, self.shape, self.http, self.base = d, shape, http, d["url"]
+        self.out: dict[str, Any] = {"startup_s": d["startup_s"], "rss_idle_mb": rss_mb(d["pid"])}
+        self.sockets: list[Any] = []
+
+    def service(self, i: int) -> str:
+        return service_name(i % self.shape["services"])
+
+    async def subscribe(self, clients: int) -> None:
+        """`clients` WebSocket clients on prod layers, one per service (round robin)."""
+        for i in range(clients):
+            ws = await self.http.ws_connect(self.d["ws"])
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "SUBSCRIBE",
+                        "serviceName": self.service(i),
+                        "environment": "prod",
+                        "subscriptions": ["config-updates"],
+                    }
                 )
-                await ws.receive()
-                sockets.append(ws)
-            out["rss_with_ws_mb"] = rss_mb(d["pid"])
-            base = d["url"]
-
-            # Uncached: the first read of each of SAMPLES distinct layers.
-            layers = [
-                (service_name(i % shape["services"]), env)
-                for i in range(shape["services"])
-                for env in ("prod", "staging", "default")
-            ][:SAMPLES]
-            out["get_uncached_p99_ms"] = p99(
-                [
-                    await timed(http, "GET", f"{base}/api/config/{s}?environment={e}")
-                    for s, e in layers
-                ]
             )
-            cached = f"{base}/api/config/{service_name(1 % shape['services'])}?environment=prod"
+            await ws.receive()
+            self.sockets.append(ws)
+
+    async def samples(self, method: str, path: str, n: int = SAMPLES, **kw: Any) -> list[float]:
+        return [await timed(self.http, method, self.base + path, **kw) for _ in range(n)]
+
+    async def uncached(self, round_: int) -> list[float]:
+        """Reads that miss the cache: a write to a service's `staging` layer (which nobody
+        subscribes to) drops its cached documents, then its `prod` layer is read."""
+        samples = []
+        for n in range(SAMPLES):
+            service = self.service(round_ * SAMPLES + n)
+            await timed(
+                self.http,
+                "PUT",
+                f"{self.base}/api/config/{service}",
+                json={"environment": "staging", "config": {"round": round_, "n": n}},
+            )
+            url = f"{self.base}/api/config/{service}?environment=prod"
+            samples.append(await timed(self.http, "GET", url))
+        return samples
+
+
+async def measure(small: Target, large: Target, seconds: int) -> None:
+    """Every figure in alternating rounds (small, large, small, ...); the median round's
+    p99 is kept, so a noisy moment on a shared machine does not favour one side."""
+    both = (small, large)
+    rounds: dict[str, dict[str, list[float]]] = {"small": {}, "large": {}}
+
+    def keep(t: Target, key: str, value: float) -> None:
+        rounds["small" if t is small else "large"].setdefault(key, []).append(value)
+
+    for t in both:
+        t.out["history_versions"] = (await page_total(t.http, t.base + history_path(t)))[1]
+        t.out["audit_entries"] = (await page_total(t.http, f"{t.base}/api/audit?limit=1"))[1]
+    for r in range(ROUNDS):
+        for t in both:
+            cached = f"{t.base}/api/config/{t.service(1)}?environment=prod"
+            if r == 0:
+                await asyncio.to_thread(wrk, cached, connections=32, seconds=2, token=t.d["token"])
             # wrk in a thread: this loop keeps answering the WebSocket clients' pings.
-            await asyncio.to_thread(wrk, cached, connections=32, seconds=2, token=d["token"])
-            out["get_cached"] = await asyncio.to_thread(
-                wrk, cached, connections=32, seconds=seconds, token=d["token"]
+            result = await asyncio.to_thread(
+                wrk, cached, connections=32, seconds=seconds, token=t.d["token"]
             )
-
-            first = service_name(0)
-            history = f"{base}/api/config/{first}/history?environment=prod&limit=50"
-            _, total = await page_total(http, history)
-            out["history_versions"] = total
-            out["history_first_p99_ms"] = p99(
-                [await timed(http, "GET", history) for _ in range(SAMPLES)]
-            )
-            deep = f"{history}&offset={max(total - 60, 0)}"
-            out["history_deep_p99_ms"] = p99(
-                [await timed(http, "GET", deep) for _ in range(SAMPLES)]
-            )
-            audit = f"{base}/api/audit?limit=50"
-            _, entries = await page_total(http, audit)
-            out["audit_entries"] = entries
-            out["audit_first_p99_ms"] = p99(
-                [await timed(http, "GET", audit) for _ in range(SAMPLES)]
-            )
-            deep_audit = f"{audit}&offset={max(entries - 60, 0)}"
-            out["audit_deep_p99_ms"] = p99(
-                [await timed(http, "GET", deep_audit) for _ in range(SAMPLES)]
-            )
-            target = f"{audit}&target=config:{service_name(7 % shape['services'])}"
-            out["audit_target_p99_ms"] = p99(
-                [await timed(http, "GET", target) for _ in range(SAMPLES)]
-            )
-
+            keep(t, "get_cached_p99_ms", result["p99_ms"])
+            keep(t, "get_cached_rps", result["requests_per_s"])
+        for t in both:
+            keep(t, "get_uncached_p99_ms", p99(await t.uncached(r)))
+        for t in both:
+            path = history_path(t)
+            total = t.out["history_versions"]
+            keep(t, "history_first_p99_ms", p99(await t.samples("GET", path)))
+            deep = f"{path}&offset={max(total - 60, 0)}"
+            keep(t, "history_deep_p99_ms", p99(await t.samples("GET", deep)))
+        for t in both:
+            entries = t.out["audit_entries"]
+            keep(t, "audit_first_p99_ms", p99(await t.samples("GET", "/api/audit?limit=50")))
+            deep = f"/api/audit?limit=50&offset={max(entries - 60, 0)}"
+            keep(t, "audit_deep_p99_ms", p99(await t.samples("GET", deep)))
+            target = f"/api/audit?limit=50&target=config:{t.service(7)}"
+            keep(t, "audit_target_p99_ms", p99(await t.samples("GET", target)))
+        for t in both:
             writes = [
                 await timed(
-                    http,
+                    t.http,
                     "PUT",
-                    f"{base}/api/config/{service_name(n % shape['services'])}",
-                    json={"environment": "prod", "config": {"bench": n}},
+                    f"{t.base}/api/config/{t.service(n)}",
+                    json={"environment": "staging", "config": {"bench": n, "round": r}},
                 )
                 for n in range(SAMPLES)
             ]
-            out["write_p50_ms"], out["write_p99_ms"] = p50(writes), p99(writes)
+            keep(t, "write_p50_ms", p50(writes))
+            keep(t, "write_p99_ms", p99(writes))
+    for t, name in ((small, "small"), (large, "large")):
+        for key, values in rounds[name].items():
+            t.out[key] = median_round(values)
+            t.out[key + "_rounds"] = values
+        started = time.perf_counter()
+        async with t.http.get(f"{t.base}/api/audit/verify") as r:
+            verified = await r.json()
+        t.out["verify_online_s"] = round(time.perf_counter() - started, 2)
+        t.out["verify_ok"] = verified["ok"]
+        t.out["rss_end_mb"] = rss_mb(t.d["pid"])
 
-            started = time.perf_counter()
-            async with http.get(f"{base}/api/audit/verify") as r:
-                verified = await r.json()
-            out["verify_online_s"] = round(time.perf_counter() - started, 2)
-            out["verify_ok"] = verified["ok"]
-            out["rss_end_mb"] = rss_mb(d["pid"])
-            for ws in sockets:
-                await ws.close()
-        out["verify_offline"] = verify_offline(d["data"])
-    return out
+
+def history_path(t: Target) -> str:
+    return f"/api/config/{t.service(0)}/history?environment=prod&limit=50"
 
 
-async def page_total(http: aiohttp.ClientSession, url: str) -> tuple[Any, int]:
+class TokenSession:
+    """A client session that adds one daemon's token to every request."""
+
+    def __init__(self, http: aiohttp.ClientSession, token: str) -> None:
+        self._http, self._auth = http, {"Authorization": f"Bearer {token}"}
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        return self._http.request(method, url, headers=self._auth, **kw)
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self._http.get(url, headers=self._auth, **kw)
+
+    def ws_connect(self, url: str, **kw: Any) -> Any:
+        return self._http.ws_connect(url, **kw)
+
+
+async def page_total(http: Any, url: str) -> tuple[Any, int]:
     async with http.get(url) as r:
         page = await r.json()
     return page, int(page["total"])
@@ -274,8 +321,33 @@ def minimal_cached_p99(seconds: int) -> dict[str, float]:
 
 
 async def run(small_db: Path, large_db: Path, results: dict[str, Any], seconds: int) -> None:
-    results["small"] = await measure(small_db, SMALL, seconds)
-    results["large"] = await measure(large_db, LARGE, seconds)
+    # Start-up, alternating: each database started ROUNDS times.
+    startups: dict[str, list[float]] = {"small": [], "large": []}
+    for _ in range(ROUNDS):
+        for name, db in (("small", small_db), ("large", large_db)):
+            async with daemon(db) as d:
+                startups[name].append(d["startup_s"])
+    async with daemon(small_db) as ds, daemon(large_db) as dl:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            small = Target(ds, SMALL, http)
+            large = Target(dl, LARGE, http)
+            for t in (small, large):
+                await t.subscribe(WS_CLIENTS)  # the token is in the WebSocket URL
+                t.out["rss_with_ws_mb"] = rss_mb(t.d["pid"])
+            # One session for both daemons: each request carries its own token.
+            small.http = TokenSession(http, ds["token"])
+            large.http = TokenSession(http, dl["token"])
+            await measure(small, large, seconds)
+            for t in (small, large):
+                for ws in t.sockets:
+                    await ws.close()
+        small.out["verify_offline"] = verify_offline(ds["data"])
+        large.out["verify_offline"] = verify_offline(dl["data"])
+    for t, name in ((small, "small"), (large, "large")):
+        t.out["startup_s"] = median_round(startups[name])
+        t.out["startup_s_rounds"] = startups[name]
+    results["small"], results["large"] = small.out, large.out
     results["minimal_app_cached_get"] = minimal_cached_p99(seconds)
     small, large = results["small"], results["large"]
     rows = []
@@ -289,8 +361,6 @@ async def run(small_db: Path, large_db: Path, results: dict[str, Any], seconds: 
     row("RSS idle", "rss_idle_mb", "", " MB")
     row(f"RSS with {WS_CLIENTS:,} WebSocket clients", "rss_with_ws_mb", "< 150 MB", " MB")
     row("RSS at the end", "rss_end_mb", "< 150 MB", " MB")
-    small["get_cached_p99_ms"] = small["get_cached"]["p99_ms"]
-    large["get_cached_p99_ms"] = large["get_cached"]["p99_ms"]
     row("cached GET p99 (wrk, 32 connections)", "get_cached_p99_ms", "<= 1.2x", " ms")
     row("uncached GET p99 (first reads)", "get_uncached_p99_ms", "<= 1.2x", " ms")
     row("history page 1 p99", "history_first_p99_ms", "O(limit)", " ms")
@@ -321,8 +391,8 @@ async def run(small_db: Path, large_db: Path, results: dict[str, Any], seconds: 
             f" figures are p99 of {SAMPLES} requests.",
             f"Minimal aiohttp app, same run, cached GET with wrk at 32 connections:"
             f" {minimal['requests_per_s']:,.0f} requests/s, p99 {minimal['p99_ms']} ms"
-            f" (fpcd: {small['get_cached']['requests_per_s']:,.0f} and"
-            f" {large['get_cached']['requests_per_s']:,.0f} requests/s).",
+            f" (fpcd: {small['get_cached_rps']:,.0f} and"
+            f" {large['get_cached_rps']:,.0f} requests/s).",
         ],
     )
 
