@@ -260,9 +260,18 @@ class Daemon:
             max_subscriptions=wsl.max_subscriptions,
             max_message_bytes=wsl.max_message_bytes,
             max_connections=wsl.max_connections,
+            message_rate=wsl.message_rate,
+            message_burst=wsl.message_burst,
+            subscribe_rate=wsl.subscribe_rate,
+            subscribe_burst=wsl.subscribe_burst,
         )
         hub = self.hub = LiveHub(
-            bus, self.configs, self.flags, max_subscriptions=wsl.max_subscriptions
+            bus,
+            self.configs,
+            self.flags,
+            max_subscriptions=wsl.max_subscriptions,
+            max_replay=wsl.max_replay,
+            replay_concurrency=wsl.replay_concurrency,
         )
         hub.start()
         self._stack.push_async_callback(hub.stop)

@@ -153,6 +153,18 @@ class WebSocketSettings(Section, frozen=True, kw_only=True):
     max_message_bytes: Positive = 65536
     #: Open WebSocket connections in all; more are refused with 503.
     max_connections: Positive = 10000
+    #: Versions one `lastVersion` replay may send; a client that missed more gets
+    #: ERROR REPLAY_TOO_LARGE and reads the configuration over REST instead.
+    max_replay: Positive = 256
+    #: Replays running at once over all connections (each connection runs one at a time).
+    replay_concurrency: Positive = 2
+    #: Messages per second one connection may send (a token bucket of `message_burst`),
+    #: and SUBSCRIBE/UNSUBSCRIBE messages per second (bucket `subscribe_burst`). Beyond
+    #: them the connection is read no faster: messages wait their turn. 0: no limit.
+    message_rate: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    message_burst: Positive = 200
+    subscribe_rate: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    subscribe_burst: Positive = 64
 
 
 class RegistrySettings(Section, frozen=True, kw_only=True):

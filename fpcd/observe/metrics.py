@@ -170,6 +170,24 @@ class DaemonCollector(Collector):
             "WebSocket clients disconnected because their queue overflowed",
             live.slow_consumer_drops,
         )
+        yield _counter(
+            "fpcd_websocket_replays", "lastVersion replays run (one per SUBSCRIBE)", live.replays
+        )
+        yield _counter(
+            "fpcd_websocket_replayed_versions",
+            "Configuration versions sent by lastVersion replays",
+            live.replayed,
+        )
+        yield _counter(
+            "fpcd_websocket_replays_refused",
+            "Replays refused as larger than websocket.max_replay (ERROR REPLAY_TOO_LARGE)",
+            live.replays_refused,
+        )
+        yield _counter(
+            "fpcd_websocket_throttled",
+            "Client messages beyond a connection's rate limits (reading it paused)",
+            live.throttled,
+        )
         yield _histogram(
             "fpcd_websocket_delivery_seconds",
             "Time from a message queued for a client to its frame written",
