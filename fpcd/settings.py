@@ -67,6 +67,16 @@ class ServerSettings(Section, frozen=True, kw_only=True):
     default_environment: str = "development"
     #: How long shutdown waits for in-flight requests.
     shutdown_timeout: Duration = Duration(10.0)
+    #: TCP connections one port (API, WebSocket) holds at once; past it a connection is
+    #: answered 503 and closed (counted, logged). Lowered at start to fit the descriptor
+    #: limit (RLIMIT_NOFILE), a quarter of which (at least 128) stays for the Unix sockets,
+    #: the database and the file watchers.
+    max_connections: Positive = 10000
+    #: A TCP connection that has sent no complete request head this long after it opened
+    #: is closed (also the TLS handshake's limit). 0: no limit.
+    header_timeout: Duration = Duration(5.0)
+    #: An idle keep-alive connection (TCP or fpcd.sock) is closed after this. 0: never.
+    idle_timeout: Duration = Duration(60.0)
     #: Allow a non-loopback api_host without both TLS and token auth (e.g. behind a
     #: proxy or service mesh that terminates TLS). Off: fpcd refuses to start that way.
     allow_insecure: bool = False
