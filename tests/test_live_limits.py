@@ -103,6 +103,23 @@ async def test_subscribing_is_paced_per_connection(
         await daemon.stop()
 
 
+async def test_any_message_flood_is_paced(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    daemon = await limited_daemon(tmp_path, message_rate=5, message_burst=2)
+    try:
+        client = await connect(session, ws_url(daemon))
+        started = time.monotonic()
+        for _ in range(4):
+            await client.send(type="PING")
+        await client.ws.send_bytes(b"binary counts too")
+        await client.send(type="PING")
+        kinds = [(await client.next())["type"] for _ in range(6)]
+        assert kinds == ["PONG"] * 4 + ["ERROR", "PONG"]
+        assert time.monotonic() - started >= 0.5  # four past the burst at five a second
+        assert daemon.hub is not None and daemon.hub.stats.throttled == 4
+    finally:
+        await daemon.stop()
+
+
 async def test_a_replay_of_a_replaced_subscription_stops(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:

@@ -288,11 +288,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         while not ws.closed:
             msg = await ws.receive()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                wait = conn.messages.take()
                 if msg.type == WSMsgType.BINARY:
                     conn.deliver(_error("BAD_MESSAGE", "send JSON in text frames"))
-                    continue
-                wait = conn.messages.take()
-                if _handle(conn, app, msg.data):
+                elif _handle(conn, app, msg.data):
                     idle.cancel()
                 wait, conn.pause = max(wait, conn.pause), 0.0
                 if wait:  # beyond a rate limit: read nothing more until it is paid back
