@@ -172,8 +172,8 @@ async def test_the_client_reads_over_rest_when_it_missed_too_much(
             service_name="web",
             environment="prod",
             subscribe_flags=False,
-            reconnect_delay=2.0,  # reconnects 1-3 s after a drop
-            max_reconnect_delay=2.0,
+            reconnect_delay=4.0,  # reconnects 2-6 s after a drop: the writes land first
+            max_reconnect_delay=4.0,
         )
         async with client:
             await wait_for(lambda: client.connected)
