@@ -130,6 +130,9 @@ class _Inline:
     async def executemany(self, sql: str, rows: Any) -> _InlineCursor:
         return _InlineCursor(self._conn.executemany(sql, rows))
 
+    async def execute_fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, args).fetchall()
+
     @property
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
