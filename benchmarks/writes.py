@@ -13,12 +13,16 @@ rounds as the ceiling of HTTP in Python here; rounds alternate and the median is
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import fpcd_daemon, free_port, wait_http, write_results, wrk
 
@@ -55,7 +59,40 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
-def run(rounds: int) -> None:
+@contextmanager
+def base_daemon(checkout: Path) -> Iterator[dict[str, Any]]:
+    """`fpcd serve` from another checkout of fpcd (the code before a change), run with
+    this interpreter from that directory, in a temp data dir."""
+    data = Path(tempfile.mkdtemp(prefix="fpcd-bench-base-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "fpcd", "serve", "--data-dir", str(data)),
+            *("--api-port", str(port), "--ws-port", str(free_port())),
+        ],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout), "FPCD_LOG__ACCESS": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready")
+        yield {"url": f"http://127.0.0.1:{port}", "token": (data / "admin.token").read_text()}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def commit_of(checkout: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def run(rounds: int, base: Path | None) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         script = tmp / "put.lua"
@@ -71,6 +108,9 @@ def run(rounds: int) -> None:
             "fpcd": (daemon["url"] + "/", daemon["token"]),
             "minimal app": (f"http://127.0.0.1:{port}/", daemon["token"]),
         }
+        if base is not None:
+            before = stack.enter_context(base_daemon(base))
+            targets["fpcd before"] = (before["url"] + "/", before["token"].strip())
         results: dict[str, dict[str, dict[str, float]]] = {}
         for connections in CONNECTIONS:
             samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
@@ -100,12 +140,14 @@ def run(rounds: int) -> None:
     rows = []
     for connections in CONNECTIONS:
         f, m = results["fpcd"][str(connections)], results["minimal app"][str(connections)]
+        b = results.get("fpcd before", {}).get(str(connections))
         rows.append(
             [
                 connections,
                 f"{f['requests_per_s']:,.0f}",
                 f"{f['p50_ms']} / {f['p99_ms']}",
                 f["non_2xx"],
+                f"{b['requests_per_s']:,.0f} ({b['p50_ms']} / {b['p99_ms']} ms)" if b else "",
                 f"{m['requests_per_s']:,.0f}",
                 f"{f['requests_per_s'] / m['requests_per_s']:.2f}",
             ]
@@ -113,13 +155,20 @@ def run(rounds: int) -> None:
     write_results(
         "writes",
         "Acknowledged writes per second, one host (group commit)",
-        {"results": results, "connections": list(CONNECTIONS), "seconds": SECONDS},
+        {
+            "results": results,
+            "connections": list(CONNECTIONS),
+            "seconds": SECONDS,
+            "commit": commit_of(Path(__file__).resolve().parent.parent),
+            "before_commit": commit_of(base) if base else None,
+        },
         rows,
         [
             "writers (connections)",
             "fpcd writes/s",
             "fpcd p50 / p99 ms",
             "fpcd non-2xx",
+            "before: writes/s (p50 / p99)",
             "minimal app PUT/s",
             "ratio",
         ],
@@ -128,6 +177,10 @@ def run(rounds: int) -> None:
             " new config version with its journal row and audit entry, durable"
             " (synchronous=FULL) before its 200. A history read at the end checks the"
             f" versions exist ({len(history)} bytes).",
+            f"Commit {commit_of(Path(__file__).resolve().parent.parent)}"
+            + (f"; before = commit {commit_of(base)}, same rounds." if base else "."),
+            "The ratio is fpcd's acknowledged writes to the minimal app's PUTs that store"
+            " nothing: the cost of durability and of the write path above HTTP.",
         ],
     )
 
@@ -135,7 +188,11 @@ def run(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    run(parser.parse_args().rounds)
+    parser.add_argument(
+        "--base", type=Path, help="another checkout of fpcd to measure in the same rounds"
+    )
+    args = parser.parse_args()
+    run(args.rounds, args.base)
 
 
 if __name__ == "__main__":
