@@ -165,7 +165,9 @@ class Replicator:
         except BaseException as error:
             if txn is not None:
                 await txn.rollback()
-            await stack.aclose()
+            # Roll back (never commit) the upstream side; its connection may be gone.
+            with contextlib.suppress(Exception):
+                await stack.__aexit__(type(error), error, error.__traceback__)
             raise self._unavailable(error) from None
         return _Group(stack, conn, txn, asyncio.get_running_loop().create_future())
 
@@ -217,7 +219,7 @@ class Replicator:
                 await self.upstream.insert(group.conn, group.upstream)
             await group.stack.aclose()  # COMMIT upstream, release the lock
         except BaseException as error:
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await group.stack.__aexit__(type(error), error, error.__traceback__)
             await txn.rollback()
             durable.set_exception(self._unavailable(error))
