@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from typing import Any
 
@@ -12,10 +11,9 @@ from fpcd.cli.common import CliError
 from fpcd.domain.errors import SettingsError
 from fpcd.settings import load_settings
 
-#: sysexits' EX_CONFIG: systemd units use it to stop restarting on a bad settings file.
+#: sysexits' EX_CONFIG: systemd units use it to stop restarting on a bad settings file
+#: (and on every other start-up failure a restart cannot fix: see app.FatalStartupError).
 EXIT_SETTINGS = 78
-
-log = logging.getLogger("fpcd")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -59,9 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with _event_loop_runner() as runner:
             runner.run(daemon.run())
     except StartupError as error:
-        log.error("start-up failed", extra={"error": str(error)})
+        # One line, on stderr (the journal under systemd); 78 when a restart cannot help.
         print(f"fpcd: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
     return 0
 
 

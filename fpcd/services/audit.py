@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fpcd.domain.audit import verify_chain
 from fpcd.domain.model import AuditEntry
+from fpcd.services.integrity import verify_state
 from fpcd.store.sqlite import Store
 from fpcd.wire import AuditBreak, AuditVerifyResult, AuditView, Page
 
@@ -26,11 +27,15 @@ async def verify_store(store: Store) -> AuditVerifyResult:
     """Recompute the whole chain from the rows on disk (also used offline by the CLI)."""
     entries = await store.audit_all()
     breaks = verify_chain(entries, store.audit_head)
-    return AuditVerifyResult(
-        ok=not breaks,
-        entries=len(entries),
-        breaks=[AuditBreak(id=b.id, reason=b.reason) for b in breaks],
-    )
+    found = [AuditBreak(id=b.id, reason=b.reason) for b in breaks]
+    found += await verify_stored_state(store)
+    return AuditVerifyResult(ok=not found, entries=len(entries), breaks=found)
+
+
+async def verify_stored_state(store: Store) -> list[AuditBreak]:
+    """The stored config versions against the chain (fpcd.services.integrity), batch-wise."""
+    _, breaks = await verify_state(store)
+    return [AuditBreak(id=b.id, reason=b.reason) for b in breaks]
 
 
 class AuditService:
