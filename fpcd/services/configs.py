@@ -7,7 +7,7 @@ arrives, so a cached GET neither touches SQLite nor encodes JSON.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
@@ -30,6 +30,7 @@ from fpcd.domain.configs import (
 )
 from fpcd.domain.crypto import Secret
 from fpcd.domain.errors import FieldError, Invalid, NotFound, PreconditionFailed
+from fpcd.domain.instants import utc_from_epoch
 from fpcd.domain.model import (
     Caller,
     Change,
@@ -205,7 +206,7 @@ class ConfigService:
             secrets = {
                 name: SecretMeta(
                     version=row.version,
-                    expires_at=datetime.fromtimestamp(row.expires_at, UTC)
+                    expires_at=utc_from_epoch(row.expires_at)
                     if row.expires_at is not None
                     else None,
                     value=values[name].reveal() if name in values else None,
