@@ -35,7 +35,6 @@ from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import (
     DiskFull,
     FpcdError,
-    IntegrityProblem,
     SettingsError,
     Unavailable,
 )
@@ -178,7 +177,7 @@ class Daemon:
             await self._stack.aclose()
             if isinstance(error, DiskFull):  # freeing space and starting again will work
                 raise StartupError(str(error)) from None
-            if isinstance(error, IntegrityProblem):
+            if isinstance(error, DatabaseCorrupt):  # SQLite found damage quick_check missed
                 raise FatalStartupError(str(error)) from None
             raise
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import time
@@ -206,8 +207,12 @@ async def test_config_row_edited_by_hand_is_not_served_and_audit_verify_says_so(
     _edit_config_row(data / "fpcd.db", "web", 2, fix_checksum=False)
     _edit_config_row(data / "fpcd.db", "api", 1, fix_checksum=True)
 
-    daemon = Daemon(make_settings(data))
+    # A file synced from the damaged version does not stop start-up either.
+    synced = tmp_path / "web.json"
+    target = {"service": "web", "environment": "production", "path": str(synced)}
+    daemon = Daemon(make_settings(data, files=[target]))
     await daemon.start()
+    assert not synced.exists()
     try:
         async with api_session(daemon) as http:
             async with http.get("/api/config/web?environment=production") as r:
@@ -221,12 +226,15 @@ async def test_config_row_edited_by_hand_is_not_served_and_audit_verify_says_so(
             async with http.get("/api/config/web/history?environment=production") as r:
                 assert r.status == 500 and "6666" not in await r.text()
             async with http.get("/health") as r:
-                records = (await r.json())["components"]["records"]
+                components = (await r.json())["components"]
+            records = components["records"]
+            assert "config:web/production v2" in components["files"]["detail"]
             assert records["status"] == "degraded"
             assert "config:web/production v2" in records["detail"]
             async with http.get("/metrics") as r:
                 metrics = await r.text()
-            assert "fpcd_integrity_failures_total 2.0" in metrics
+            failures = re.search(r"^fpcd_integrity_failures_total (\S+)$", metrics, re.M)
+            assert failures is not None and float(failures.group(1)) >= 2  # file sync, GET, ...
             assert "fpcd_record_problems 1.0" in metrics
 
             # The chain itself is intact, but the stored state does not match it: both rows.
