@@ -73,6 +73,8 @@ def test_second_daemon_on_the_same_data_dir_exits_78_with_one_line(
     assert not (tmp_path / "run2" / "fpcd.sock").exists()
     status, _ = request("PUT", first.url + "/api/config/web", {"config": {"a": 1}})
     assert status == 200  # the first one is unharmed
+    r = run_cli("migrate", "--data-dir", str(first.data_dir))
+    assert r.returncode == 1 and "is in use by another fpcd" in r.stderr  # nor its schema
 
     # The lock goes with the process, even on SIGKILL: no stale lock to clean up.
     first.kill()

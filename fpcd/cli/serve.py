@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from fpcd.store.lock import DataDirInUse, DataDirLock
     from fpcd.store.sqlite import migrate
 
     try:
@@ -71,7 +72,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise CliError(str(error), code=EXIT_SETTINGS) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    before, after = asyncio.run(migrate(settings.database))
+    lock = DataDirLock(settings.data_dir)  # never change the schema under a running daemon
+    try:
+        lock.acquire()
+    except DataDirInUse as error:
+        raise CliError(f"{error} (the daemon migrates its database at start)", code=1) from None
+    try:
+        before, after = asyncio.run(migrate(settings.database))
+    finally:
+        lock.release()
     if before == after:
         print(f"{settings.database}: schema is current (version {after})")
     else:
