@@ -152,6 +152,10 @@ async def test_data_dir_with_out_of_range_records_starts_and_the_api_fixes_them(
             "UPDATE flag_versions SET record = ? WHERE key = 'sale'", (json.dumps(record).encode(),)
         )
         db.execute("UPDATE secret_versions SET expires_at = ?", (ATTACK_EPOCH,))
+        db.execute(  # and a row no release can read
+            "INSERT INTO flag_versions (key, version, change_seq, record) VALUES (?, ?, ?, ?)",
+            ("broken", 1, 10**6, b'{"key": "broken", "version": '),
+        )
 
     LOG_LINES.clear()
     daemon = Daemon(make_settings(data))
@@ -162,12 +166,14 @@ async def test_data_dir_with_out_of_range_records_starts_and_the_api_fixes_them(
             assert records["status"] == "degraded"
             assert "flag:sale:*:end" in records["detail"]
             assert "secret:app/development/TOKEN v1" in records["detail"]
+            assert "flag:broken:record: version 1 does not decode" in records["detail"]
             _, health = await call(http, "GET", "/health")
             assert health["status"] == "degraded"
             async with http.get("/metrics") as r:
                 metrics = await r.text()
-            assert "fpcd_record_problems 2.0" in metrics
+            assert "fpcd_record_problems 3.0" in metrics
             assert 'fpcd_record_problems_reported_total{kind="schedule"} 2.0' in metrics
+            assert 'fpcd_record_problems_reported_total{kind="load"} 1.0' in metrics
             assert sum("stored record unusable: flag:sale" in line for line in LOG_LINES) == 1
 
             # Everything else works, and these records can be read...
@@ -188,9 +194,11 @@ async def test_data_dir_with_out_of_range_records_starts_and_the_api_fixes_them(
             assert status == 200, doc
             assert (await call(http, "DELETE", "/api/secrets/app/TOKEN"))[0] in (200, 204)
             records = await records_health(http)
-            assert records["status"] == "ok", records
+            assert records["detail"].startswith("flag:broken:record"), records  # only that
     finally:
         await daemon.stop()
+    with sqlite3.connect(data / "fpcd.db") as db:
+        db.execute("DELETE FROM flag_versions WHERE key = 'broken'")
     daemon = Daemon(make_settings(data))
     await daemon.start()
     try:

@@ -671,11 +671,19 @@ class Store:
     async def flags_current(self) -> list[FlagRecord]:
         """The latest version of every flag, archived ones included."""
         rows = await self._fetchall(
-            "SELECT v.record FROM flag_versions v JOIN ("
+            "SELECT v.record, v.key, v.version FROM flag_versions v JOIN ("
             "  SELECT key, max(version) AS version FROM flag_versions GROUP BY key"
             ") h ON v.key = h.key AND v.version = h.version ORDER BY v.key"
         )
-        return [_flag_decoder.decode(r[0]) for r in rows]
+        records: list[FlagRecord] = []
+        for raw, key, version in rows:
+            try:
+                records.append(_flag_decoder.decode(raw))
+            except msgspec.DecodeError as error:  # reported and skipped: never stops start-up
+                self.problems.report(
+                    f"flag:{key}:record", f"version {version} does not decode: {error}", kind="load"
+                )
+        return records
 
     async def flag_history(
         self, key: str, *, limit: int, offset: int
@@ -723,8 +731,16 @@ class Store:
     # -- service registry ---------------------------------------------------------
 
     async def registrations(self) -> list[ServiceRegistration]:
-        rows = await self._fetchall("SELECT record FROM services ORDER BY name")
-        return [_service_decoder.decode(r[0]) for r in rows]
+        rows = await self._fetchall("SELECT record, name FROM services ORDER BY name")
+        found: list[ServiceRegistration] = []
+        for raw, name in rows:
+            try:
+                found.append(_service_decoder.decode(raw))
+            except msgspec.DecodeError as error:  # reported and skipped: never stops start-up
+                self.problems.report(
+                    f"service:{name}", f"registration does not decode: {error}", kind="load"
+                )
+        return found
 
     # -- secrets ----------------------------------------------------------------
 
