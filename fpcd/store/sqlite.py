@@ -70,18 +70,16 @@ def _error_code(error: BaseException) -> int:
     return int(getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
-def database_error(error: sqlite3.Error, path: Path) -> FpcdError:
+def database_error(error: sqlite3.Error) -> FpcdError:
     """What a caller is told about a SQLite failure: disk full, damage, or unavailable."""
     code = _error_code(error)
     if code == sqlite3.SQLITE_FULL:
         return DiskFull(
-            f"the disk holding the local database ({path.parent}) is full: nothing was written;"
+            "the disk holding the local database is full: nothing was written;"
             " free some space and retry (reads keep working)"
         )
     if code in _CORRUPT_CODES:
-        return DatabaseCorrupt(
-            f"the local database {path} is damaged ({error}); restore it from a backup"
-        )
+        return DatabaseCorrupt(f"the local database is damaged ({error}); restore it from a backup")
     return Unavailable(f"local database error: {error.__class__.__name__}")
 
 
@@ -343,12 +341,16 @@ class Store:
 
     def _failed(self, error: sqlite3.Error, what: str) -> FpcdError:
         """Log SQLite's own error (never a generic one) and say what it means to a caller."""
-        mapped = database_error(error, self.path)
+        mapped = database_error(error)
         if isinstance(mapped, DatabaseCorrupt):
             self._mark_corrupt(str(error))
         log.error(
             f"local database {what} failed: {error}",
-            extra={"error": str(error), "code": getattr(error, "sqlite_errorname", "")},
+            extra={
+                "error": str(error),
+                "code": getattr(error, "sqlite_errorname", ""),
+                "database": str(self.path),
+            },
         )
         return mapped
 
@@ -369,7 +371,7 @@ class Store:
             raise StoreClosed("the store is closed")
         if self.corrupt is not None:
             raise DatabaseCorrupt(
-                f"the local database {self.path} failed its integrity check ({self.corrupt});"
+                f"the local database failed its integrity check ({self.corrupt});"
                 " writes are refused until it is restored from a backup"
             )
         return self._writer
