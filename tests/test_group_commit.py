@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from fpcd.app import Daemon
 from fpcd.services.changes import LocalCommitter
+from tests.conftest import api_session, make_settings
+from tests.test_storage_safety import _fill_disk, small_disk  # noqa: F401  (fixture)
 
 
 async def put(
@@ -119,3 +122,46 @@ async def test_flags_and_configs_written_together_keep_their_own_versions(
         assert (await r.json())["version"] == 21
     async with http.get("/api/audit/verify") as r:
         assert (await r.json())["ok"] is True
+
+
+async def test_a_group_that_hits_a_full_disk_acknowledges_nothing_it_lost(
+    small_disk: Path,  # noqa: F811
+) -> None:
+    """Writers grouped when the disk fills: each gets 200 or 507, and after the space is
+    freed and the daemon restarted, exactly the acknowledged writes are there."""
+    data = small_disk / "data"
+    daemon = Daemon(make_settings(data))
+    await daemon.start()
+    try:
+        async with api_session(daemon) as http:
+            filler = _fill_disk(small_disk)
+            blob = "x" * 60_000
+
+            async def write(n: int) -> tuple[int, int]:
+                body = {"environment": "prod", "config": {"n": n, "blob": blob}}
+                status, _ = await put(http, f"/api/config/full-{n % 4}", body)
+                return n, status
+
+            results = await asyncio.gather(*(write(n) for n in range(40)))
+            filler.unlink()
+    finally:
+        await daemon.stop()
+    statuses = {status for _, status in results}
+    assert statuses <= {200, 507} and 507 in statuses
+    acknowledged = {n for n, status in results if status == 200}
+    daemon = Daemon(make_settings(data))
+    await daemon.start()
+    try:
+        stored = set()
+        async with api_session(daemon) as http:
+            for service in range(4):
+                async with http.get(
+                    f"/api/config/full-{service}/history?environment=prod&limit=100"
+                ) as r:
+                    if r.status == 200:
+                        stored |= {v["config"]["n"] for v in (await r.json())["items"]}
+            async with http.get("/api/audit/verify") as r:
+                assert (await r.json())["ok"] is True
+        assert stored == acknowledged
+    finally:
+        await daemon.stop()
