@@ -5,6 +5,7 @@ acknowledged write is on disk."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ async def test_concurrent_writers_share_groups_and_every_ack_is_on_disk(
         assert versions == list(range(1, 31))  # 30 writers each, no number shared or skipped
     # Fewer transactions than writes: writers that queued up were committed together.
     assert committer(daemon).groups - before < len(writes)
+    async with http.get("/metrics") as r:
+        metrics = await r.text()
+    commits = re.search(r"^fpcd_sqlite_commits_total (\S+)$", metrics, re.M)
+    changes = re.search(r"^fpcd_sqlite_committed_changes_total (\S+)$", metrics, re.M)
+    assert commits and changes and float(changes[1]) > float(commits[1]) > 0
     # What was acknowledged is in the file, as a fresh connection reads it.
     with sqlite3.connect(daemon.settings.database) as db:
         stored = db.execute(

@@ -265,6 +265,16 @@ class DaemonCollector(Collector):
             ["op"],
             [(["read"], s.store.read_latency), (["write"], s.store.write_latency)],
         )
+        yield _counter(
+            "fpcd_sqlite_commits",
+            "Write transactions committed with changes (group commit: several writers each)",
+            s.store.commits,
+        )
+        yield _counter(
+            "fpcd_sqlite_committed_changes",
+            "Changes committed; divided by fpcd_sqlite_commits, the average group size",
+            s.store.committed_changes,
+        )
         yield _gauge(
             "fpcd_sqlite_damaged",
             "1 once SQLite found the database file damaged (writes are refused)",

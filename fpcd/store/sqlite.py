@@ -347,6 +347,10 @@ class Store:
         #: Seconds per read query and per write transaction (apply), for /metrics.
         self.read_latency = LatencyHistogram()
         self.write_latency = LatencyHistogram()
+        #: Write transactions committed and the changes in them (their ratio is the
+        #: average group size of the group commit), for /metrics.
+        self.commits = 0
+        self.committed_changes = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -1239,6 +1243,8 @@ class Transaction:
             await self.rollback()
             raise self.store._failed(error, "write") from error
         self.store._audit_head, self.store._cursor = self.audit_head, self.cursor
+        self.store.commits += 1
+        self.store.committed_changes += len(self.staged)
         self._close()
 
     async def rollback(self) -> None:
