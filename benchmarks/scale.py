@@ -85,6 +85,7 @@ def dataset(cache: Path, name: str, shape: dict[str, int]) -> tuple[Path, float 
 async def daemon(database: Path) -> AsyncIterator[dict[str, Any]]:
     data = Path(tempfile.mkdtemp(prefix="fpcd-scale-"))
     shutil.copyfile(database, data / "fpcd.db")
+    os.sync()  # the copy's dirty pages written back before the clock starts
     port, ws = free_port(), free_port()
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
