@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
@@ -35,8 +36,10 @@ from fpcd.domain.model import (
     ServiceRegistration,
     rfc3339,
 )
+from fpcd.domain.shred import VersionRef, redact, scrub_history
 from fpcd.observe.stats import LatencyHistogram
-from fpcd.store.migrations import LATEST, MIGRATIONS
+from fpcd.store.files import secure_data_dir
+from fpcd.store.migrations import LATEST, MIGRATIONS, REDACTION_STEP
 
 log = logging.getLogger("fpcd.store")
 
@@ -122,9 +125,11 @@ async def _set_meta(db: aiosqlite.Connection, key: str, value: str) -> None:
 
 async def migrate(path: Path) -> tuple[int, int]:
     """Bring the database at `path` to the latest schema; returns (before, after)."""
+    secure_data_dir(path)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA secure_delete=ON")
         before = (await (await db.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
         if before > LATEST:
             raise FpcdError(
@@ -136,14 +141,41 @@ async def migrate(path: Path) -> tuple[int, int]:
                 for statement in MIGRATIONS[step].split(";"):
                     if statement.strip():
                         await db.execute(statement)
+                if step + 1 == REDACTION_STEP and before:
+                    await _scrub_journal(db)
                 await db.execute(f"PRAGMA user_version = {step + 1}")
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
+        if 0 < before < REDACTION_STEP:
+            # Pages freed before secure_delete was on may still hold destroyed material:
+            # rebuild the file once, then empty the WAL that held the old pages.
+            await db.execute("VACUUM")
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before, LATEST
     finally:
         await db.close()
+
+
+async def _scrub_journal(db: aiosqlite.Connection) -> None:
+    """Redact what a store from before redaction destroyed but kept in its journal."""
+    rows = list(
+        await db.execute_fetchall(
+            "SELECT seq, payload FROM changes WHERE entity IN"
+            " ('secret', 'secret_rewrap', 'secret_destroyed', 'data_key') ORDER BY seq"
+        )
+    )
+    redacted = scrub_history([_change_decoder.decode(r[1]) for r in rows])
+    await db.executemany(
+        "UPDATE changes SET payload = ? WHERE seq = ?",
+        [(_change_encoder.encode(c), rows[i][0]) for i, c in redacted],
+    )
+    if redacted:
+        log.info(
+            "redacted destroyed secret material from the journal",
+            extra={"changes": len(redacted)},
+        )
 
 
 class Store:
@@ -163,10 +195,12 @@ class Store:
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         await migrate(self.path)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await self._writer.execute("PRAGMA journal_mode=WAL")
+        # Deleted and overwritten content is zeroed in the file (destroyed secrets).
+        await self._writer.execute("PRAGMA secure_delete=ON")
         await self._writer.execute(f"PRAGMA synchronous={self._synchronous}")
         await self._writer.execute("PRAGMA busy_timeout=5000")
         await self._writer.execute("PRAGMA foreign_keys=ON")
@@ -289,6 +323,7 @@ class Store:
             audit_id, audit_hash = self._audit_head
             cursor = self._cursor
             stored: list[Change] = []
+            shredded = False
             started = perf_counter()
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -317,7 +352,7 @@ class Store:
                     )
                     assert cur.lastrowid is not None
                     change = msgspec.structs.replace(change, seq=cur.lastrowid)
-                    await self._materialize(db, change)
+                    shredded = await self._materialize(db, change) or shredded
                     entry = next_entry(audit_id, audit_hash, change)
                     await db.execute(
                         "INSERT INTO audit_log (id, at, actor, action, target, details,"
@@ -350,6 +385,8 @@ class Store:
                 self.write_latency.observe(perf_counter() - started)
             self._audit_head = (audit_id, audit_hash)
             self._cursor = cursor
+            if shredded:
+                await self._checkpoint(db)
             return stored
 
     @property
@@ -357,7 +394,8 @@ class Store:
         """The last upstream change applied here (0: none)."""
         return self._cursor
 
-    async def _materialize(self, db: aiosqlite.Connection, change: Change) -> None:
+    async def _materialize(self, db: aiosqlite.Connection, change: Change) -> bool:
+        """Write the change's effect; True when it destroyed stored material."""
         match change.payload:
             case ConfigVersion() as v:
                 await db.execute(
@@ -383,7 +421,35 @@ class Store:
                     " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
                     (k.id, _change_encoder.encode(k)),
                 )
+                # Only this newest change of the key keeps its material.
+                shredded = await self._redact(
+                    db,
+                    "SELECT seq, payload FROM changes WHERE entity = 'data_key' AND key = ?"
+                    " AND seq < ?",
+                    (k.id, change.seq),
+                    keys={k.id},
+                )
+                if k.state == "retired":
+                    # Ciphertexts made under it: only it could open them.
+                    shredded = (
+                        await self._redact(
+                            db,
+                            "SELECT seq, payload FROM changes WHERE seq IN"
+                            " (SELECT seq FROM secret_copies WHERE key_id = ?)",
+                            (k.id,),
+                            retired={k.id},
+                        )
+                        or shredded
+                    )
+                    await db.execute("DELETE FROM secret_copies WHERE key_id = ?", (k.id,))
+                return shredded
             case SecretVersion() as v:
+                if v.ciphertext:
+                    await db.execute(
+                        "INSERT OR IGNORE INTO secret_copies (service, environment, name,"
+                        " version, seq, key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                        (v.service, v.environment, v.name, v.version, change.seq, v.key_id),
+                    )
                 await db.execute(
                     "INSERT INTO secret_versions (service, environment, name, version, change_seq,"
                     " key_id, nonce, ciphertext, description, expires_at, created_at, created_by)"
@@ -395,8 +461,8 @@ class Store:
                         v.version,
                         change.seq,
                         v.key_id,
-                        v.nonce,
-                        v.ciphertext,
+                        v.nonce or None,  # empty: redacted upstream, destroyed meanwhile
+                        v.ciphertext or None,
                         v.description,
                         v.expires_at.timestamp() if v.expires_at else None,
                         rfc3339(v.created_at),
@@ -410,11 +476,34 @@ class Store:
                     " AND destroyed IS NULL",
                     [(d.reason, d.service, d.environment, d.name, n) for n in d.versions],
                 )
+                marks = ", ".join("?" * len(d.versions))
+                where = (
+                    f" WHERE service = ? AND environment = ? AND name = ? AND version IN ({marks})"
+                )
+                args = (d.service, d.environment, d.name, *d.versions)
+                shredded = await self._redact(
+                    db,
+                    "SELECT seq, payload FROM changes WHERE seq IN"
+                    f" (SELECT seq FROM secret_copies{where})",
+                    args,
+                    versions={(d.service, d.environment, d.name, n) for n in d.versions},
+                )
+                await db.execute(f"DELETE FROM secret_copies{where}", args)
+                return shredded
             case SecretRewrap() as r:
+                live = [i for i in r.items if i.ciphertext]  # empty: destroyed meanwhile
+                await db.executemany(
+                    "INSERT OR IGNORE INTO secret_copies (service, environment, name, version,"
+                    " seq, key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (i.service, i.environment, i.name, i.version, change.seq, r.key_id)
+                        for i in live
+                    ],
+                )
                 await db.executemany(
                     "UPDATE secret_versions SET key_id = ?, nonce = ?, ciphertext = ?"
                     " WHERE service = ? AND environment = ? AND name = ? AND version = ?"
-                    " AND ciphertext IS NOT NULL",
+                    " AND destroyed IS NULL",
                     [
                         (
                             r.key_id,
@@ -425,7 +514,7 @@ class Store:
                             i.name,
                             i.version,
                         )
-                        for i in r.items
+                        for i in live
                     ],
                 )
             case SecretRead() as read:
@@ -446,6 +535,69 @@ class Store:
                 )
             case AuditNote() | ReloadRequest():
                 pass
+        return False
+
+    async def _redact(
+        self,
+        db: aiosqlite.Connection,
+        sql: str,
+        args: Sequence[Any],
+        *,
+        versions: AbstractSet[VersionRef] = frozenset(),
+        keys: AbstractSet[str] = frozenset(),
+        retired: AbstractSet[str] = frozenset(),
+    ) -> bool:
+        """Redact the journal rows `sql` selects (seq, payload); True if any changed."""
+        async with db.execute(sql, args) as cur:
+            rows = list(await cur.fetchall())
+        updates = []
+        for seq, payload in rows:
+            redacted = redact(
+                _change_decoder.decode(payload), versions=versions, keys=keys, retired=retired
+            )
+            if redacted is not None:
+                updates.append((_change_encoder.encode(redacted), seq))
+        await db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
+        return bool(updates)
+
+    async def upstream_copies(
+        self, versions: AbstractSet[VersionRef], keys: AbstractSet[str]
+    ) -> list[int]:
+        """Upstream seqs of the journal rows holding material of `versions`, of data keys
+        `keys`, or ciphertexts made under `keys`."""
+        seqs: set[int] = set()
+        for service, environment, name, version in versions:
+            rows = await self._fetchall(
+                "SELECT c.upstream_seq FROM secret_copies s JOIN changes c ON c.seq = s.seq"
+                " WHERE s.service = ? AND s.environment = ? AND s.name = ? AND s.version = ?"
+                " AND c.upstream_seq IS NOT NULL",
+                (service, environment, name, version),
+            )
+            seqs.update(r[0] for r in rows)
+        for key_id in keys:
+            rows = await self._fetchall(
+                "SELECT upstream_seq FROM changes WHERE upstream_seq IS NOT NULL AND"
+                " ((entity = 'data_key' AND key = ?)"
+                " OR seq IN (SELECT seq FROM secret_copies WHERE key_id = ?))",
+                (key_id, key_id),
+            )
+            seqs.update(r[0] for r in rows)
+        return sorted(seqs)
+
+    async def checkpoint(self) -> None:
+        """Move the WAL into the database file and truncate it: the WAL's old page images
+        (which may hold destroyed material) are gone once this returns."""
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            await self._checkpoint(self._writer)
+
+    @staticmethod
+    async def _checkpoint(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            busy = await cur.fetchone()
+        if busy and busy[0]:
+            log.warning("WAL checkpoint did not complete (a reader held it); it will be retried")
 
     # -- configuration reads ---------------------------------------------------
 
