@@ -66,6 +66,15 @@ log = logging.getLogger("fpcd")
 class StartupError(Exception):
     """The daemon cannot start (port taken, socket in use, unreadable data dir)."""
 
+    #: What `fpcd serve` exits with.
+    exit_code = 1
+
+
+class KeyStartupError(StartupError):
+    """The master key is missing, weak or wrong: a restart cannot fix it (EX_CONFIG)."""
+
+    exit_code = 78
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -196,7 +205,7 @@ class Daemon:
                 store, committer, settings, clock=self._clock, node_id=node_id
             )
         except MasterKeyError as error:
-            raise StartupError(str(error)) from None
+            raise KeyStartupError(str(error)) from None
         self.secrets = SecretService(
             store,
             committer,

@@ -119,6 +119,9 @@ class UpstreamSettings(Section, frozen=True, kw_only=True):
 class SecretSettings(Section, frozen=True, kw_only=True):
     #: 32 bytes as base64 or hex, or a passphrase (the seed's CONFIG_ENCRYPTION_KEY).
     encryption_key: str = ""
+    #: The master key before a rotation: started with it and a new `encryption_key`, fpcd
+    #: re-wraps every data key under the new key; then it is no longer needed.
+    previous_encryption_key: str = ""
     #: A keyring file to use instead of the key: {"key": "<32 bytes, base64>"}, mode 0600.
     keyring_file: str = ""
     #: Largest secret value, in bytes.

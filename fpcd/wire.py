@@ -112,6 +112,9 @@ class RotationStatus(View, kw_only=True):
 class KeyringStatus(View, kw_only=True):
     keys: list[KeyStatus]
     rotation: RotationStatus
+    #: Some data key is still wrapped under `secrets.previous_encryption_key` only
+    #: (a master key rotation has not finished): the previous key is still needed.
+    previous_master_key_needed: bool = False
 
 
 class SecretMeta(View, kw_only=True, omit_defaults=True):

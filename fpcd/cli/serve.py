@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StartupError as error:
         log.error("start-up failed", extra={"error": str(error)})
         print(f"fpcd: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
     return 0
 
 
