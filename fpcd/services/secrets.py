@@ -26,6 +26,7 @@ from fpcd.domain.errors import (
     Gone,
     Invalid,
     NotFound,
+    Unavailable,
 )
 from fpcd.domain.model import (
     Caller,
@@ -108,7 +109,7 @@ class SecretService:
         self.max_value_bytes = max_value_bytes
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
-        self._rekey_task: asyncio.Task[int] | None = None
+        self._rekey_task: asyncio.Task[None] | None = None
         #: Data keys from other hosts that this host's master key(s) cannot unwrap.
         self.key_errors = 0
         self._rewrap_failed: set[tuple[str, str, str, int]] = set()
@@ -132,12 +133,17 @@ class SecretService:
         assert self.keyring.primary is not None
         if await self._store.secrets_to_rewrap(self.keyring.primary, 1):
             self._start_rewrap()
-        if self._master.previous is not None:
-            await self.rekey_master()
+        if self._master.previous is not None and await self._previous_needed():
+            try:
+                await self.rekey_master()
+            except Unavailable:
+                log.warning("the upstream is down: data keys will be re-wrapped once it is back")
+                self._start_rekey()
 
     async def stop(self) -> None:
         rekey, self._rekey_task = self._rekey_task, None
         if rekey is not None:
+            rekey.cancel()
             await asyncio.gather(rekey, return_exceptions=True)
         task, self._rewrap_task = self._rewrap_task, None
         if task is not None:
@@ -552,7 +558,17 @@ class SecretService:
 
     def _start_rekey(self) -> None:
         if self._rekey_task is None or self._rekey_task.done():
-            self._rekey_task = asyncio.create_task(self.rekey_master(), name="master-rekey")
+            self._rekey_task = asyncio.create_task(self._rekey_until_done(), name="master-rekey")
+
+    async def _rekey_until_done(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.rekey_master()
+                return
+            except Unavailable:
+                await asyncio.sleep(delay)  # the upstream is down: writes wait for it
+                delay = min(delay * 2, 30.0)
 
     async def rekey_master(self) -> int:
         """Re-wrap every data key that only the previous master key opens under the current
