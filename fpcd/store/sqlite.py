@@ -561,10 +561,13 @@ class Store:
         return bool(updates)
 
     async def upstream_copies(
-        self, versions: AbstractSet[VersionRef], keys: AbstractSet[str]
+        self,
+        versions: AbstractSet[VersionRef],
+        keys: AbstractSet[str],
+        retired: AbstractSet[str] = frozenset(),
     ) -> list[int]:
         """Upstream seqs of the journal rows holding material of `versions`, of data keys
-        `keys`, or ciphertexts made under `keys`."""
+        `keys`, or ciphertexts made under `retired` keys."""
         seqs: set[int] = set()
         for service, environment, name, version in versions:
             rows = await self._fetchall(
@@ -576,10 +579,16 @@ class Store:
             seqs.update(r[0] for r in rows)
         for key_id in keys:
             rows = await self._fetchall(
-                "SELECT upstream_seq FROM changes WHERE upstream_seq IS NOT NULL AND"
-                " ((entity = 'data_key' AND key = ?)"
-                " OR seq IN (SELECT seq FROM secret_copies WHERE key_id = ?))",
-                (key_id, key_id),
+                "SELECT upstream_seq FROM changes WHERE entity = 'data_key' AND key = ?"
+                " AND upstream_seq IS NOT NULL",
+                (key_id,),
+            )
+            seqs.update(r[0] for r in rows)
+        for key_id in retired:
+            rows = await self._fetchall(
+                "SELECT c.upstream_seq FROM secret_copies s JOIN changes c ON c.seq = s.seq"
+                " WHERE s.key_id = ? AND c.upstream_seq IS NOT NULL",
+                (key_id,),
             )
             seqs.update(r[0] for r in rows)
         return sorted(seqs)

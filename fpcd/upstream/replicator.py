@@ -106,8 +106,8 @@ class Replicator:
         versions = destroyed_versions(drafts)
         keys = superseded_keys(drafts)
         if versions or keys:
-            seqs = await self._store.upstream_copies(versions, keys)
             retired = retired_keys(drafts)
+            seqs = await self._store.upstream_copies(versions, keys, retired)
             await self.upstream.redact(conn, seqs, versions=versions, keys=keys, retired=retired)
 
     # -- pulling ---------------------------------------------------------------------------
