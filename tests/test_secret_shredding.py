@@ -377,3 +377,35 @@ async def test_a_store_from_before_redaction_is_scrubbed_when_opened(tmp_path: P
                 assert r.status == 404
     finally:
         await daemon.stop()
+
+
+async def test_an_upstream_log_from_before_redaction_is_scrubbed_by_migration(
+    hosts: Callable[..., Awaitable[Host]], pg_url: str
+) -> None:
+    a = await hosts("a")
+    value = long_value("old-upstream")
+    await a.call("PUT", "/api/secrets/app/OLD?environment=prod", {"value": value})
+    _, _, ciphertext = stored_ciphertext(a, "OLD")
+    assert (await a.call("DELETE", "/api/secrets/app/OLD?environment=prod"))[0] == 204
+    # Put the log back as the previous release left it: ciphertext in place, schema 1.
+    conn = await asyncpg.connect(pg_url)
+    try:
+        seq, payload = await conn.fetchrow(
+            "SELECT seq, payload FROM fpcd_changes WHERE entity = 'secret' AND key = 'app/prod/OLD'"
+        )
+        doc = json.loads(payload)
+        assert doc["payload"]["ciphertext"] == ""
+        doc["payload"]["ciphertext"] = base64.b64encode(ciphertext).decode()
+        await conn.execute(
+            "UPDATE fpcd_changes SET payload = $1 WHERE seq = $2", json.dumps(doc).encode(), seq
+        )
+        await conn.execute("UPDATE fpcd_meta SET value = '1' WHERE key = 'schema'")
+    finally:
+        await conn.close()
+    before = await postgres_bytes(pg_url)
+    assert any(n in before for n in forms(ciphertext))
+
+    b = await hosts("b")  # its start migrates the upstream schema
+    after = await postgres_bytes(pg_url)
+    assert not any(n in after for n in forms(ciphertext))
+    assert (await b.call("GET", "/api/secrets/app/OLD?environment=prod"))[0] == 404

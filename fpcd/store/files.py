@@ -58,7 +58,7 @@ def secure_data_dir(database: Path) -> None:
         os.close(fd)
     for path in (database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))):
         try:
-            mode = stat.S_IMODE(path.lstat().st_mode)
+            mode = stat.S_IMODE(path.stat().st_mode)
         except FileNotFoundError:
             continue
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
