@@ -278,6 +278,15 @@ async def test_master_key_rotation_in_a_cluster(
 
     await eventually(b_has_rekey)
     assert await read(b) == value
+    # B, on the old key, rotates data keys meanwhile: its new key is wrapped under the
+    # old master key, and A (holding both) re-wraps it as soon as it arrives.
+    assert (await call(b, "POST", "/api/secrets/rotate-key"))[0] == 202
+
+    async def a_rewrapped_it() -> bool:
+        _, keyring = await call(a, "GET", "/api/keyring")
+        return len(keyring["keys"]) == 2 and keyring["previousMasterKeyNeeded"] is False
+
+    await eventually(a_rewrapped_it)
     await b.stop()
     b = await host("b", KEY2, previous=KEY1)
     assert await read(b) == value
