@@ -24,6 +24,7 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
+from fpcd.api.ws_frames import StrictWebSocketResponse
 from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import FpcdError
@@ -151,7 +152,7 @@ def _error(code: str, message: str) -> bytes:
     return encode(ErrorMessage(code=code, message=message))
 
 
-def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
+def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
     """Act on one frame; True when it was a subscription (the connection is not idle)."""
     hub, default_environment = app[HUB], app[DEFAULT_ENVIRONMENT]
     try:
@@ -226,11 +227,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limits, hub, connections = app[WS_LIMITS], app[HUB], app[CONNECTIONS]
     if len(connections) >= limits.max_connections:
         raise web.HTTPServiceUnavailable(reason="too many WebSocket connections")
-    ws = web.WebSocketResponse(
+    # Unmasked client frames are refused (1002), and text that is not UTF-8 (1007).
+    ws = StrictWebSocketResponse(
         heartbeat=limits.heartbeat,
         max_msg_size=limits.max_message_bytes,
         compress=False,  # every subscriber gets the same bytes, encoded once
-        decode_text=False,
     )
     await ws.prepare(request)
     conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats)
