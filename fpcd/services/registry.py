@@ -227,6 +227,15 @@ class RegistryService:
                 await self.check_all()
             await asyncio.sleep(self.check_interval)
 
+    @property
+    def default_environment(self) -> str:
+        return self._configs.default_environment
+
+    def registered_environment(self, name: str) -> str | None:
+        """The environment `name` is registered in; None when it is not registered."""
+        reg = self._services.get(name)
+        return reg.environment if reg is not None else None
+
     def required_configs(self, service: str, environment: str) -> list[str]:
         """Paths a registered service needs in (service, environment): config writes check them."""
         reg = self._services.get(service)
