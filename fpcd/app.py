@@ -257,6 +257,7 @@ class Daemon:
             clock=self._clock,
             check_interval=settings.registry.check_interval,
             check_timeout=settings.registry.check_timeout,
+            health_check_hosts=list(settings.registry.health_check_hosts),
             time_source=lambda: self._clock().timestamp(),
         )
         await self.registry.start()

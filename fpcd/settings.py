@@ -163,6 +163,9 @@ class RegistrySettings(Section, frozen=True, kw_only=True):
     check_interval: Duration = Duration(10.0)
     #: How long one health probe may take before it counts as unhealthy.
     check_timeout: Duration = Duration(2.0)
+    #: Hosts health checks may reach besides a registration's own endpoint: `host`
+    #: (any port) or `host:port`; "*" allows any URL (registrants are then trusted).
+    health_check_hosts: list[str] = []
 
 
 class WaitSettings(Section, frozen=True, kw_only=True):

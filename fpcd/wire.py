@@ -382,6 +382,8 @@ class ServiceView(View, kw_only=True, omit_defaults=True):
     last_heartbeat: datetime | None = None
     last_check: datetime | None = None
     last_error: str | None = None
+    #: How long the last health probe took, in milliseconds.
+    latency_ms: float | None = None
 
 
 class RegisterResult(View, kw_only=True):

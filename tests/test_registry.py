@@ -14,7 +14,7 @@ from aiohttp import web
 
 from fpcd.app import Daemon
 from fpcd.services.events import ServiceStatusChanged
-from tests.conftest import api_session, make_settings
+from tests.conftest import api_session, issue_token, make_settings
 
 
 async def call(
@@ -142,7 +142,12 @@ async def test_health_checks_follow_a_real_endpoint(
             fast_http,
             "POST",
             "/api/services/register",
-            {"name": "api", "healthCheck": {"url": upstream.url}},
+            {
+                "name": "api",
+                "host": "127.0.0.1",
+                "port": upstream.port,
+                "healthCheck": {"url": upstream.url},
+            },
         )
         assert status == 201 and result["service"]["status"] == "healthy"
         upstream.status = 503
@@ -263,3 +268,103 @@ async def test_registrations_survive_restart(tmp_path: Path) -> None:
         assert status == 200 and doc["tags"] == ["x"]
     finally:
         await daemon.stop()
+
+
+# -- health checks reach only what the registration declares (no blind SSRF) -----------------
+
+
+class Internal(Upstream):
+    """An internal admin endpoint that must never be probed on a registrant's behalf; it
+    counts every request, and /hop redirects to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: list[str] = []
+
+    async def start(self, port: int = 0) -> None:
+        async def admin(request: web.Request) -> web.Response:
+            self.hits.append(request.path)
+            return web.Response(text="secret admin page")
+
+        async def hop(request: web.Request) -> web.Response:
+            raise web.HTTPFound(self.url.replace("/healthz", "/internal-admin"))
+
+        app = web.Application()
+        app.router.add_get("/internal-admin", admin)
+        app.router.add_get("/hop", hop)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        host, self.port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{self.port}/healthz"
+
+
+async def test_a_registrant_cannot_aim_health_checks_elsewhere(
+    fast: Daemon, fast_http: aiohttp.ClientSession
+) -> None:
+    internal, legit = Internal(), Upstream()
+    await internal.start()
+    await legit.start()
+    try:
+        target = internal.url.replace("/healthz", "/internal-admin")
+        token = issue_token(fast, "service", services=["evil", "evil-*"])
+        async with api_session(fast, token) as evil:
+            for body in (
+                {"name": "evil", "healthCheck": target},
+                {"name": "evil", "host": "127.0.0.1", "port": legit.port, "healthCheck": target},
+                {"name": "evil", "host": "127.0.0.2", "healthCheck": target},
+            ):
+                status, problem = await call(evil, "POST", "/api/services/register", body)
+                assert status == 422, problem
+                assert problem["errors"][0]["path"] == "$.healthCheck"
+            # Its own endpoint is fine; a redirect from there to the admin page is not followed.
+            hop = internal.url.replace("/healthz", "/hop")
+            body = {
+                "name": "evil-hop",
+                "host": "127.0.0.1",
+                "port": internal.port,
+                "healthCheck": hop,
+            }
+            status, result = await call(evil, "POST", "/api/services/register", body)
+            assert status == 201, result
+        await call(
+            fast_http,
+            "POST",
+            "/api/services/register",
+            {"name": "legit", "host": "127.0.0.1", "port": legit.port, "healthCheck": legit.url},
+        )
+        # A few check rounds (100 ms apart) have run once `legit` has been probed again.
+        first = (await wait_status(fast_http, "legit", "healthy"))["lastCheck"]
+        for _ in range(200):
+            _, doc = await call(fast_http, "GET", "/api/services/legit")
+            if doc["lastCheck"] != first:
+                break
+            await asyncio.sleep(0.02)
+        assert doc["lastCheck"] != first
+        assert internal.hits == []  # never reached, not even through the redirect
+        _, hopped = await call(fast_http, "GET", "/api/services/evil-hop")
+        assert hopped["status"] == "healthy"  # a 3xx answer is all it reports
+        assert set(hopped) & {"body", "location", "headers"} == set()
+        assert isinstance(hopped["latencyMs"], float)
+    finally:
+        await internal.stop()
+        await legit.stop()
+
+
+async def test_operators_may_allow_more_health_check_hosts(tmp_path: Path) -> None:
+    internal = Internal()
+    await internal.start()
+    daemon = Daemon(make_settings(tmp_path, registry={"health_check_hosts": ["127.0.0.1"]}))
+    await daemon.start()
+    try:
+        async with api_session(daemon) as http:
+            body = {
+                "name": "mon",
+                "healthCheck": internal.url.replace("/healthz", "/internal-admin"),
+            }
+            status, result = await call(http, "POST", "/api/services/register", body)
+            assert status == 201 and result["service"]["status"] == "healthy"
+        assert internal.hits == ["/internal-admin"]
+    finally:
+        await daemon.stop()
+        await internal.stop()

@@ -201,6 +201,7 @@ class TokenVerifier:
             environments=_listish(claims.get("environments"), "environments"),
             scopes=frozenset(_listish(claims.get("scopes", claims.get("scope")), "scopes") or ())
             - {"*"},
+            expires_at=float(claims["exp"]) + self.leeway if "exp" in claims else None,
         )
         if len(self._cache) > 4096:
             self._cache.clear()

@@ -22,7 +22,8 @@ from fpcd.api.http import (
     query_int,
     read_body,
 )
-from fpcd.domain.access import CONFIG_READ, CONFIG_RELOAD, CONFIG_WRITE, may
+from fpcd.domain.access import CONFIG_READ, CONFIG_RELOAD, CONFIG_WRITE, SCHEMA_WRITE, may
+from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.services.configs import ConfigService
 from fpcd.wire import ConfigPut, ConfigReload, ConfigRollback
 
@@ -179,12 +180,19 @@ async def config_diff(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
+def _every_environment(request: web.Request) -> None:
+    """A schema binds every environment of the service, as the `default` layer does: a
+    token limited to some environments may not change it unless `default` is one."""
+    allow(request, SCHEMA_WRITE, service=_service(request), environment=BASE_ENVIRONMENT)
+
+
 async def get_schema(request: web.Request) -> web.Response:
     return json_response(await request.app[CONFIGS].schema(_service(request)))
 
 
 async def put_schema(request: web.Request) -> web.Response:
     """Takes `{"schema": {...}}` or the schema document itself."""
+    _every_environment(request)
     doc = decode_json(await read_body(request), dict[str, Any], request.app[REQUEST_LIMITS])
     schema = doc["schema"] if set(doc) == {"schema"} and isinstance(doc["schema"], dict) else doc
     result = await request.app[CONFIGS].put_schema(
@@ -194,6 +202,7 @@ async def put_schema(request: web.Request) -> web.Response:
 
 
 async def delete_schema(request: web.Request) -> web.Response:
+    _every_environment(request)
     result = await request.app[CONFIGS].put_schema(_service(request), None, caller=caller(request))
     return json_response(result)
 

@@ -19,9 +19,22 @@ def _name(request: web.Request) -> str:
     return check_name("service", request.match_info["name"])
 
 
+def _registered_environment(request: web.Request, name: str) -> None:
+    """A registration belongs to its environment: a token limited to some environments
+    may change (re-register, deregister, heartbeat) only those in its scope."""
+    environment = request.app[REGISTRY].registered_environment(name)
+    if environment is not None:
+        allow(request, REGISTRY_WRITE, service=name, environment=environment)
+
+
 async def register(request: web.Request) -> web.Response:
     body = await body_as(request, ServiceRegister)
-    allow(request, REGISTRY_WRITE, service=check_name("service", body.name))
+    registry = request.app[REGISTRY]
+    environment = body.environment or registry.default_environment
+    allow(
+        request, REGISTRY_WRITE, service=check_name("service", body.name), environment=environment
+    )
+    _registered_environment(request, body.name)
     result, created = await request.app[REGISTRY].register(body, caller(request))
     return json_response(result, status=201 if created else 200)
 
@@ -46,11 +59,13 @@ async def get_service(request: web.Request) -> web.Response:
 
 
 async def deregister(request: web.Request) -> web.Response:
+    _registered_environment(request, _name(request))
     await request.app[REGISTRY].deregister(_name(request), caller(request))
     return web.Response(status=204)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
+    _registered_environment(request, _name(request))
     return json_response(request.app[REGISTRY].heartbeat(_name(request)))
 
 

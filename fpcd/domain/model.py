@@ -258,3 +258,6 @@ class Caller(Record, frozen=True, kw_only=True):
     services: tuple[str, ...] | None = None
     #: Environments the caller may touch; None: all.
     environments: tuple[str, ...] | None = None
+    #: When the credential stops being valid (epoch seconds: the token's `exp` plus the
+    #: leeway); None: it does not expire. WebSocket sessions close at this instant.
+    expires_at: float | None = None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,6 +31,65 @@ log = logging.getLogger("fpcd.registry")
 
 HEALTHY, UNHEALTHY, UNKNOWN, STALE = "healthy", "unhealthy", "unknown", "stale"
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(url: str) -> tuple[str, int | None] | None:
+    """(host, port) of an http(s) URL, the port defaulted by the scheme; None if not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[parts.scheme]
+
+
+def _endpoints(registration: Any) -> set[tuple[str, int | None]]:
+    """Where the registration says the service itself listens: `host` and `port`, and
+    any `endpoints` URLs (the original's registration body)."""
+    found: set[tuple[str, int | None]] = set()
+    host = getattr(registration, "host", "") or ""
+    if host:
+        port = getattr(registration, "port", None)
+        found |= (
+            {(host.lower(), port)}
+            if port is not None
+            else {(host.lower(), 80), (host.lower(), 443)}
+        )
+    for endpoint in getattr(registration, "endpoints", None) or []:
+        url = endpoint if isinstance(endpoint, str) else getattr(endpoint, "url", "")
+        where = _host_port(url) if url else None
+        if where is not None:
+            found.add(where)
+    return found
+
+
+def allowed_health_check(url: str, registration: Any, allowed_hosts: list[str]) -> bool:
+    """Whether the daemon may probe `url` for this registration: only the service's own
+    endpoint (same host and port), or a host the operator lists in
+    `registry.health_check_hosts` ("host" for any port, "host:port", or "*"). Without
+    this a registrant could make every daemon poll internal addresses for it."""
+    if "*" in allowed_hosts:
+        return True
+    where = _host_port(url)
+    if where is None:
+        return False
+    host, port = where
+    if where in _endpoints(registration):
+        return True
+    for entry in allowed_hosts:
+        allowed = _host_port(f"http://{entry}")
+        if allowed is None:
+            continue
+        if ":" in entry.rsplit("]", 1)[-1]:  # host:port
+            if allowed == (host, port):
+                return True
+        elif allowed[0] == host:
+            return True
+    return False
+
 
 @dataclass
 class Observed:
@@ -40,6 +100,8 @@ class Observed:
     last_check: float | None = None
     last_error: str | None = None
     status: str = UNKNOWN
+    #: How long the last probe took (milliseconds); all a probe reports besides status.
+    latency_ms: float | None = None
 
 
 class RegistryService:
@@ -54,6 +116,7 @@ class RegistryService:
         clock: Callable[[], datetime],
         check_interval: float,
         check_timeout: float,
+        health_check_hosts: list[str] | None = None,
         time_source: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -65,6 +128,8 @@ class RegistryService:
         self._time = time_source
         self.check_interval = check_interval
         self.check_timeout = check_timeout
+        #: registry.health_check_hosts (see allowed_health_check).
+        self.health_check_hosts = list(health_check_hosts or [])
         self._services: dict[str, ServiceRegistration] = {}
         self._observed: dict[str, Observed] = {}
         self._task: asyncio.Task[None] | None = None
@@ -124,15 +189,24 @@ class RegistryService:
     async def _probe(self, name: str, url: str) -> None:
         assert self._http is not None
         seen = self._observed.get(name)
-        if seen is None:
+        reg = self._services.get(name)
+        if seen is None or reg is None:
             return
+        if not allowed_health_check(url, reg, self.health_check_hosts):
+            # Registered elsewhere, or allowed before a settings change: never probed.
+            seen.probe, seen.last_error, seen.latency_ms = UNKNOWN, "health check not allowed", None
+            return
+        started = time.monotonic()
         try:
+            # No redirects: a 3xx is the answer, never a hop to another address. Only the
+            # status line is read; nothing of the body or headers is kept or shown.
             async with self._http.get(url, allow_redirects=False) as response:
                 seen.probe = HEALTHY if response.status < 400 else UNHEALTHY
                 seen.last_error = None if response.status < 400 else f"HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        except (aiohttp.ClientError, TimeoutError, OSError):
             seen.probe = UNHEALTHY
-            seen.last_error = error.__class__.__name__
+            seen.last_error = "unreachable"
+        seen.latency_ms = round((time.monotonic() - started) * 1000, 1)
         seen.last_check = self._time()
 
     async def check_all(self) -> None:
@@ -152,6 +226,15 @@ class RegistryService:
             with contextlib.suppress(Exception):
                 await self.check_all()
             await asyncio.sleep(self.check_interval)
+
+    @property
+    def default_environment(self) -> str:
+        return self._configs.default_environment
+
+    def registered_environment(self, name: str) -> str | None:
+        """The environment `name` is registered in; None when it is not registered."""
+        reg = self._services.get(name)
+        return reg.environment if reg is not None else None
 
     def required_configs(self, service: str, environment: str) -> list[str]:
         """Paths a registered service needs in (service, environment): config writes check them."""
@@ -187,6 +270,7 @@ class RegistryService:
             last_heartbeat=moment(seen.last_heartbeat),
             last_check=moment(seen.last_check),
             last_error=seen.last_error,
+            latency_ms=seen.latency_ms,
         )
 
     def list_services(
@@ -241,6 +325,12 @@ class RegistryService:
             raise Invalid(
                 "healthCheck must be an http(s) URL",
                 errors=[FieldError("$.healthCheck", "expected http:// or https://")],
+            )
+        if url and not allowed_health_check(url, body, self.health_check_hosts):
+            raise Invalid(
+                "healthCheck must point at the service's own host and port, or at a host"
+                " listed in registry.health_check_hosts",
+                errors=[FieldError("$.healthCheck", "host not allowed for health checks")],
             )
         for i, path in enumerate(body.required_configs):
             if not path or any(not part for part in path.split(".")):

@@ -16,8 +16,15 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fpcd.domain.access import SECRETS_READ, may
-from fpcd.domain.configs import check_name
-from fpcd.domain.crypto import KeyMismatch, Keyring, Secret, TamperedError, secret_aad
+from fpcd.domain.configs import BASE_ENVIRONMENT, check_name
+from fpcd.domain.crypto import (
+    KeyMismatch,
+    Keyring,
+    Secret,
+    TamperedError,
+    secret_aad,
+    unwrap_data_key,
+)
 from fpcd.domain.errors import (
     Conflict,
     FieldError,
@@ -338,6 +345,14 @@ class SecretService:
             check_name(kind, given)
         self.require_read(caller, service, environment)
         row = await self._store.secret_version(service, environment, name, version)
+        if (
+            version is None
+            and environment != BASE_ENVIRONMENT
+            and (row is None or row.ciphertext is None or self._is_expired(row))
+        ):
+            # What the effective configuration of `environment` shows: a secret it has no
+            # live value of its own for is the `default` layer's (docs/security.md).
+            row = (await self.layered(service, [BASE_ENVIRONMENT])).get(name, row)
         if row is None:
             raise NotFound(f"no secret {name} in {service}/{environment}")
         if row.destroyed == "deleted":
@@ -347,7 +362,7 @@ class SecretService:
         if row.ciphertext is None:
             raise Gone(f"secret {name} in {service}/{environment} has no value")
         value = self._decrypt(row)
-        await self._record_read(service, environment, [name], caller)
+        await self._record_read(service, row.environment, [name], caller)
         return secret_view(msgspec.structs.replace(row, access_count=row.access_count + 1), value)
 
     async def _record_read(
