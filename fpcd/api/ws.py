@@ -190,10 +190,6 @@ def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
             if isinstance(message, Unsubscribe):
                 hub.unsubscribe(conn, message.service_name, environment)
                 return False
-            known = app.get(ENVIRONMENTS)
-            if known is not None and not known.is_known(environment):
-                conn.deliver(_error("UNKNOWN_ENVIRONMENT", known.unknown(environment)))
-                return False
             unknown = sorted(set(message.subscriptions) - set(TOPICS))
             if unknown or not message.subscriptions:
                 conn.deliver(_error("BAD_MESSAGE", "subscriptions are any of " + ", ".join(TOPICS)))
@@ -220,6 +216,10 @@ def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
                         )
                     )
                     return False
+            known = app.get(ENVIRONMENTS)
+            if known is not None and not known.is_known(environment):
+                conn.deliver(_error("UNKNOWN_ENVIRONMENT", known.unknown(environment)))
+                return False
             hub.subscribe(
                 conn, message.service_name, environment, message.subscriptions, message.last_version
             )
