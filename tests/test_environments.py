@@ -95,6 +95,13 @@ async def test_websocket_subscribe_to_an_undeclared_environment_is_an_error(
     token = (daemon.settings.data_dir / "admin.token").read_text().strip()
     async with (
         aiohttp.ClientSession() as session,
+        session.ws_connect(daemon.addresses["ws"] + "/") as ws,
+    ):  # no token: refused before the environment is looked at
+        await ws.send_json({"type": "SUBSCRIBE", "serviceName": "web", "environment": "prod"})
+        reply = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+        assert reply["code"] == "UNAUTHENTICATED"
+    async with (
+        aiohttp.ClientSession() as session,
         session.ws_connect(daemon.addresses["ws"] + f"/?token={token}") as ws,
     ):
         await ws.send_json({"type": "SUBSCRIBE", "serviceName": "web", "environment": "prod"})

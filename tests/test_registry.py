@@ -335,6 +335,13 @@ async def test_required_configs_are_reported_not_enforced(
     doc = await wait_view(http, "user-service", lambda d: d["missingConfigs"] == [])
     assert doc["status"] == "unknown"  # no health check, no TTL: nothing else is known
     assert doc["missingOptionalConfigs"] == ["REDIS_URL", "SENTRY_DSN"]
+    # Deleting the secret makes it missing again; writing it back satisfies it again.
+    path = "/api/secrets/user-service/JWT_SECRET?environment=production"
+    assert (await call(http, "DELETE", path))[0] in (200, 204)
+    doc = await wait_view(http, "user-service", lambda d: d["missingConfigs"] == ["JWT_SECRET"])
+    assert doc["status"] == "degraded"
+    assert (await call(http, "PUT", path, {"value": "y" * 40}))[0] == 200
+    await wait_view(http, "user-service", lambda d: d["missingConfigs"] == [])
     # An optional key in the `default` layer counts for every environment over it.
     await call(
         http,

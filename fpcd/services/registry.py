@@ -87,6 +87,8 @@ class RegistryService:
         #: config and secret changes.
         self._missing: dict[str, tuple[list[str], list[str]]] = {}
         self._recheck: dict[str, asyncio.Task[None]] = {}
+        #: Services changed since their last recheck started.
+        self._stale: set[str] = set()
         self._observed: dict[str, Observed] = {}
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -141,22 +143,28 @@ class RegistryService:
             self._schedule_recheck(payload.service)
 
     def _schedule_recheck(self, name: str) -> None:
-        """Recompute a service's missing configs after a change (one pass at a time)."""
-        if name in self._recheck or self._task is None:
+        """Recompute a service's missing configs after a change: one pass at a time per
+        service, and one more after it when a change arrived during the pass."""
+        if self._task is None:
             return
-        self._recheck[name] = asyncio.get_running_loop().create_task(
-            self._run_recheck(name), name=f"registry-recheck:{name}"
-        )
+        self._stale.add(name)
+        if name not in self._recheck:
+            self._recheck[name] = asyncio.get_running_loop().create_task(
+                self._run_recheck(name), name=f"registry-recheck:{name}"
+            )
 
     async def _run_recheck(self, name: str) -> None:
         try:
-            await asyncio.sleep(0)  # let the rest of the commit's events land first
-            reg = self._services.get(name)
-            if reg is not None:
+            while name in self._stale:
+                await asyncio.sleep(0)  # let the rest of the commit's events land first
+                self._stale.discard(name)
+                reg = self._services.get(name)
+                if reg is None:
+                    break
                 self._missing[name] = await self.missing(reg)
                 if name in self._observed:
                     self._refresh(name)
-        except Exception:  # a failed read must not kill the task silently mid-loop
+        except Exception:  # reported; the next change of the service tries again
             log.exception("missing-config check failed", extra={"service": name})
         finally:
             self._recheck.pop(name, None)
