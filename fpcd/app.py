@@ -233,7 +233,10 @@ class Daemon:
             default_environment=settings.server.default_environment,
             limits=config_limits(settings),
             secrets=self.secrets,
+            environments=settings.environments,
+            max_service_labels=settings.metrics.max_service_labels,
         )
+        await self.configs.load()
         analytics = FlagAnalytics(store, time.time, upstream=upstream, node_id=node_id)
         self.flags = FlagService(
             store,
@@ -258,6 +261,7 @@ class Daemon:
             check_interval=settings.registry.check_interval,
             check_timeout=settings.registry.check_timeout,
             health_check_hosts=list(settings.registry.health_check_hosts),
+            enforce_required_configs=settings.registry.enforce_required_configs,
             time_source=lambda: self._clock().timestamp(),
         )
         await self.registry.start()
@@ -312,6 +316,7 @@ class Daemon:
                 alerts=alerts,
                 replicator=self.replicator,
                 flag_socket=flag_socket.stats,
+                registry=self.registry,
             )
         )
         self._add_health_checks(health, source)
@@ -319,7 +324,9 @@ class Daemon:
         scheduler.every("alerts:check", settings.alerts.interval, alerts.run)
         bus.subscribe(log_change)
 
-        authenticator = Authenticator(self._token_verifier())
+        authenticator = Authenticator(
+            self._token_verifier(), anonymous_role=settings.auth.anonymous_role or None
+        )
         api_app = build_api_app(
             configs=self.configs,
             flags=self.flags,
@@ -333,6 +340,7 @@ class Daemon:
             limits=self.request_limits,
             rate_limiter=self.rate_limiter,
             metrics=self.metrics,
+            public_metrics=settings.metrics.public,
         )
         await self._serve_api(api_app)
         await self._serve_ws(
@@ -344,6 +352,7 @@ class Daemon:
                 authenticator=authenticator,
                 rate_limiter=self.rate_limiter,
                 http_stats=http_stats,
+                environments=self.configs.environments,
             )
         )
         await self._serve_flag_socket(flag_socket)

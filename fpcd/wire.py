@@ -348,45 +348,74 @@ class HealthCheckSpec(Body, kw_only=True):
     url: str
 
 
-class ServiceRegister(Body, kw_only=True):
-    """`POST /api/services/register` (the seed's body, plus `ttlSeconds`)."""
+#: Bounds of a registration's fields (docs/limits.md, "Service registry").
+_Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+_ConfigKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_ConfigKeys = Annotated[list[_ConfigKey], msgspec.Meta(max_length=256)]
 
-    name: str
-    version: str = ""
-    host: str = ""
+
+class ServiceRegister(Body, kw_only=True):
+    """`POST /api/services/register`: the original's body (`serviceName`, `displayName`,
+    `description`, `version`, `endpoints`, `healthCheck`, `requiredConfigs`,
+    `optionalConfigs`, `environment`, `tags`), or fpcd's earlier one (`name`, `host`,
+    `port`), plus `metadata` and `ttlSeconds`."""
+
+    service_name: str | None = None
+    #: fpcd's earlier name for `serviceName` (give one of the two).
+    name: str | None = None
+    display_name: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    description: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    version: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    endpoints: Annotated[list[_Url], msgspec.Meta(max_length=32)] = []
+    host: Annotated[str, msgspec.Meta(max_length=253)] = ""
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     #: A URL, or `{"url": ...}`.
-    health_check: str | HealthCheckSpec | None = None
-    tags: list[str] = []
+    health_check: Annotated[str, msgspec.Meta(max_length=2048)] | HealthCheckSpec | None = None
+    tags: Annotated[list[_Label], msgspec.Meta(max_length=32)] = []
     environment: str | None = None
-    required_configs: list[str] = []
-    metadata: dict[str, Any] = {}
+    required_configs: _ConfigKeys = []
+    optional_configs: _ConfigKeys = []
+    metadata: Annotated[dict[str, Any], msgspec.Meta(max_length=64)] = {}
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=315_360_000)] | None = None
 
 
 class ServiceView(View, kw_only=True, omit_defaults=True):
-    name: str
+    """A registered service: the original's field names, then fpcd's extras."""
+
+    service_name: str
+    display_name: str = ""
+    description: str = ""
     version: str = ""
+    endpoints: list[str] = []
+    health_check: str = ""
+    required_configs: list[str] = []
+    optional_configs: list[str] = []
+    environment: str
+    tags: list[str] = []
+    is_active: bool
     host: str = ""
     port: int | None = None
-    health_check: str = ""
-    tags: list[str] = []
-    environment: str
-    required_configs: list[str] = []
     metadata: dict[str, Any] = {}
     ttl_seconds: int | None = None
     registered_at: datetime
     registered_by: str
-    #: healthy, unhealthy, unknown or stale.
+    #: healthy, degraded (requiredConfigs missing), unhealthy, unknown or stale.
     status: str
     last_heartbeat: datetime | None = None
     last_check: datetime | None = None
     last_error: str | None = None
     #: How long the last health probe took, in milliseconds.
     latency_ms: float | None = None
+    #: requiredConfigs found neither in the effective config nor among the secrets.
+    missing_configs: list[str]
+    #: optionalConfigs found in neither: reported, never a problem.
+    missing_optional_configs: list[str]
 
 
 class RegisterResult(View, kw_only=True):
     service: ServiceView
-    #: requiredConfigs absent from the service's current config.
+    #: requiredConfigs absent from the service's current config and secrets.
     missing_configs: list[str]
+    #: optionalConfigs absent likewise (missing but optional).
+    missing_optional_configs: list[str]

@@ -28,6 +28,8 @@ class Rule:
 
 
 PUBLIC = Rule(None)
+#: /metrics: public with metrics.public (a plain Prometheus scrape), else a viewer's.
+METRICS_SCRAPE = Rule(a.METRICS_READ)
 S = "service"
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -35,7 +37,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health/live"): PUBLIC,
     ("GET", "/health/ready"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
-    ("GET", "/metrics"): Rule(a.METRICS_READ),
+    ("GET", "/metrics"): METRICS_SCRAPE,
     ("GET", "/api/status"): Rule(a.METRICS_READ),
     ("GET", "/"): Rule(None, websocket=True),
     ("GET", "/ws"): Rule(None, websocket=True),

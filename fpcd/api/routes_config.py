@@ -86,6 +86,7 @@ async def get_config(request: web.Request) -> web.Response:
     service = _service(request)
     params = _read_params(request)
     allow(request, CONFIG_READ, service=service, environment=params.environment)
+    configs.environments.check_read(params.environment)
     if params.include_secrets:
         doc = await configs.document(
             service,
@@ -163,6 +164,7 @@ async def config_history(request: web.Request) -> web.Response:
     limit, offset = page_params(request)
     environment = configs.environment(request.query.get("environment"))
     allow(request, CONFIG_READ, service=_service(request), environment=environment)
+    configs.environments.check_read(environment)
     page = await configs.history(_service(request), environment, limit=limit, offset=offset)
     return json_response(page)
 
@@ -171,6 +173,7 @@ async def config_diff(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     environment = configs.environment(request.query.get("environment"))
     allow(request, CONFIG_READ, service=_service(request), environment=environment)
+    configs.environments.check_read(environment)
     doc = await configs.diff(
         _service(request),
         environment,

@@ -8,11 +8,19 @@ from fpcd.api.http import allow, body_as, caller, json_response
 from fpcd.domain.access import REGISTRY_WRITE
 from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
-from fpcd.services.registry import HEALTHY, STALE, UNHEALTHY, UNKNOWN, RegistryService
+from fpcd.services.registry import (
+    DEGRADED,
+    HEALTHY,
+    STALE,
+    UNHEALTHY,
+    UNKNOWN,
+    RegistryService,
+    registration_name,
+)
 from fpcd.wire import ServiceRegister
 
 REGISTRY = web.AppKey("registry", RegistryService)
-_STATUSES = (HEALTHY, UNHEALTHY, UNKNOWN, STALE)
+_STATUSES = (HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN, STALE)
 
 
 def _name(request: web.Request) -> str:
@@ -30,11 +38,10 @@ def _registered_environment(request: web.Request, name: str) -> None:
 async def register(request: web.Request) -> web.Response:
     body = await body_as(request, ServiceRegister)
     registry = request.app[REGISTRY]
+    name = registration_name(body)
     environment = body.environment or registry.default_environment
-    allow(
-        request, REGISTRY_WRITE, service=check_name("service", body.name), environment=environment
-    )
-    _registered_environment(request, body.name)
+    allow(request, REGISTRY_WRITE, service=name, environment=environment)
+    _registered_environment(request, name)
     result, created = await request.app[REGISTRY].register(body, caller(request))
     return json_response(result, status=201 if created else 200)
 

@@ -29,6 +29,7 @@ from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import FpcdError
 from fpcd.domain.model import Caller
+from fpcd.services.environments import Environments
 from fpcd.services.live import (
     CONFIG_UPDATES,
     FEATURE_FLAGS,
@@ -91,6 +92,7 @@ _decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping | Auth).decode
 HUB = web.AppKey("live_hub", LiveHub)
 WS_LIMITS = web.AppKey("ws_limits", WebSocketLimits)
 DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
+ENVIRONMENTS = web.AppKey("ws_environments", Environments)
 
 
 class Connection:
@@ -263,6 +265,10 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
                         )
                     )
                     return False
+            known = app.get(ENVIRONMENTS)
+            if known is not None and not known.is_known(environment):
+                conn.deliver(_error("UNKNOWN_ENVIRONMENT", known.unknown(environment)))
+                return False
             hub.subscribe(
                 conn, message.service_name, environment, message.subscriptions, message.last_version
             )
@@ -331,11 +337,14 @@ def add_routes(
     limits: WebSocketLimits,
     default_environment: str,
     paths: tuple[str, ...],
+    environments: Environments | None = None,
 ) -> None:
     app[HUB] = hub
     app[WS_LIMITS] = limits
     app[CONNECTIONS] = weakref.WeakSet()
     app[DEFAULT_ENVIRONMENT] = default_environment
+    if environments is not None:
+        app[ENVIRONMENTS] = environments
     for path in paths:
         app.router.add_get(path, websocket)
     app.on_shutdown.append(close_all)

@@ -291,7 +291,8 @@ class LiveHub:
                 lambda: self._flag_update(event.key, f"schedule_{event.boundary}")
             )
             return
-        assert isinstance(event, ChangeApplied)
+        if not isinstance(event, ChangeApplied):  # e.g. ServiceStatusChanged
+            return
         payload = event.change.payload
         match payload:
             case ConfigVersion():

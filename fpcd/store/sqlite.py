@@ -674,6 +674,11 @@ class Store:
         )
         return [ServiceSummary(*row) for row in rows]
 
+    async def secret_layers(self) -> list[tuple[str, str]]:
+        """Every (service, environment) that holds secret versions."""
+        rows = await self._fetchall("SELECT DISTINCT service, environment FROM secret_versions")
+        return [(row[0], row[1]) for row in rows]
+
     async def schema(self, service: str) -> SchemaRecord | None:
         row = await self._fetchone(
             "SELECT record FROM config_schemas WHERE service = ?", (service,)
