@@ -11,6 +11,7 @@ from fpcd.api import (
     routes_health,
     routes_metrics,
     routes_ofrep,
+    routes_portability,
     routes_secrets,
     routes_services,
     ws,
@@ -34,6 +35,7 @@ from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
 from fpcd.services.live import LiveHub
+from fpcd.services.portability import PortabilityService
 from fpcd.services.registry import RegistryService
 from fpcd.services.secrets import SecretService
 
@@ -55,6 +57,7 @@ def build_api_app(
     limits: RequestLimits,
     rate_limiter: RateLimiter,
     metrics: Metrics,
+    portability: PortabilityService | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
@@ -78,6 +81,9 @@ def build_api_app(
     ws.add_routes(app, hub, ws_limits, configs.default_environment, paths=("/ws",))
     routes_audit.add_routes(app)
     routes_metrics.add_routes(app)
+    if portability is not None:
+        app[routes_portability.PORTABILITY] = portability
+        routes_portability.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
     return app
 

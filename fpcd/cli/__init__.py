@@ -10,6 +10,7 @@ from fpcd.cli import (
     audit_cmds,
     config_cmds,
     flag_cmds,
+    portable_cmds,
     render_cmd,
     secret_cmds,
     serve,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.register(sub)
     token_cmd.register(sub)
     audit_cmds.register(sub)
+    portable_cmds.register(sub)
     return parser
 
 
