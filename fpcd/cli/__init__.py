@@ -9,6 +9,7 @@ from fpcd import __version__
 from fpcd.cli import (
     audit_cmds,
     config_cmds,
+    fineprint_cmd,
     flag_cmds,
     portable_cmds,
     render_cmd,
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_cmd.register(sub)
     audit_cmds.register(sub)
     portable_cmds.register(sub)
+    fineprint_cmd.register(sub)
     return parser
 
 
