@@ -78,7 +78,8 @@ class ImportReport:
             why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
             rows.append((kind, self.imported[kind], sum(reasons.values()), why))
         table(rows, ["kind", verb, "skipped", "why skipped"])
-        shown = [d for d in self.details if _reason_class(d["reason"]) != "already present"]
+        quiet = ("already present", "already imported")
+        shown = [d for d in self.details if _reason_class(d["reason"]) not in quiet]
         if shown:
             print("not imported:")
             for d in shown[:50]:
@@ -205,7 +206,11 @@ def import_secrets(
     mode = section.get("mode")
     if mode != "encrypted":
         if section.get("count"):
-            report.skip("secrets", "*", f"omitted: the export holds no values ({mode})")
+            report.skip(
+                "secrets",
+                f"{section['count']} secret value" + ("" if section["count"] == 1 else "s"),
+                "omitted: exported without --secrets-passphrase-file",
+            )
         return
     if passphrase is None:
         for item in section["items"]:
@@ -352,9 +357,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     passphrase = _passphrase(args.secrets_passphrase_file)
     api = connect(args)
     report = ImportReport()
+    here = check(api.request("GET", "/health")).get("nodeId")
     for kind in KINDS:
         items = document.get(kind) or []
-        if kind == "analytics":
+        if kind == "analytics" and items and document.get("source") == here:
+            # Counts already in this daemon: adding them again would count them twice.
+            report.skip(kind, f"{len(items)} counts", "already present: exported from here")
+        elif kind == "analytics":
             source = f"fpcd:{document.get('source') or 'export'}"
             post_batches(
                 api, kind, items, report, dry_run=args.dry_run,
