@@ -269,3 +269,22 @@ def test_backup_never_holds_destroyed_secrets(spawn: Any, tmp_path: Path) -> Non
             "SELECT destroyed FROM secret_versions WHERE name = 'GONE'"
         ).fetchone()
     assert destroyed == "deleted"
+
+
+def test_import_sends_large_histories_in_batches_under_the_body_limit(
+    spawn: Any, tmp_path: Path
+) -> None:
+    a = spawn("a").start()
+    for n in range(6):  # about 300 KiB each: a few per request at most
+        big = {f"k{i}": f"{n}-{i}-" + "x" * 290 for i in range(1000)}
+        call(a, "PUT", "/api/config/big", {"environment": "production", "config": big})
+    export = tmp_path / "export.json"
+    cli(a, "export", "-o", str(export))
+    b = spawn("b").start()
+    report = json.loads(cli(b, "import", str(export), "--json").stdout)
+    assert report["imported"]["configs"] == 6 and report["skipped"] == []
+    assert reads_history(b) == reads_history(a)
+
+
+def reads_history(proc: DaemonProcess) -> Any:
+    return call(proc, "GET", "/api/config/big/history", environment="production")

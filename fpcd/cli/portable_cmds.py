@@ -95,6 +95,11 @@ def _reason_class(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+#: Bytes of one import request the CLI aims at: well under the daemon's default body
+#: limit (1 MiB); a larger single record goes alone, and a 413 splits a batch in two.
+BATCH_BYTES = 512 * 1024
+
+
 def post_batches(
     api: Transport,
     kind: str,
@@ -107,12 +112,47 @@ def post_batches(
     field: str = "items",
     batch: int = BATCH,
 ) -> None:
-    for start in range(0, len(items), batch):
-        body = {**(extra or {}), field: items[start : start + batch]}
-        result = check(
-            api.request("POST", f"/api/import/{kind}", query={"dryRun": dry_run}, body=body)
-        )
-        report.add(label or kind, result)
+    chunk: list[Any] = []
+    size = 0
+    for item in items:
+        length = len(msgspec.json.encode(item))
+        if chunk and (len(chunk) >= batch or size + length > BATCH_BYTES):
+            _post(api, kind, chunk, report, dry_run, label or kind, extra or {}, field)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += length
+    if chunk:
+        _post(api, kind, chunk, report, dry_run, label or kind, extra or {}, field)
+
+
+def _post(
+    api: Transport,
+    kind: str,
+    chunk: list[Any],
+    report: ImportReport,
+    dry_run: bool,
+    label: str,
+    extra: dict[str, Any],
+    field: str,
+) -> None:
+    body = {**extra, field: chunk}
+    response = api.request("POST", f"/api/import/{kind}", query={"dryRun": dry_run}, body=body)
+    if response.status == 413 and len(chunk) > 1:
+        half = len(chunk) // 2
+        _post(api, kind, chunk[:half], report, dry_run, label, extra, field)
+        _post(api, kind, chunk[half:], report, dry_run, label, extra, field)
+    elif response.status == 413:
+        report.skip(label, _label(chunk[0]), "larger than the daemon's limits.max_body_bytes")
+    else:
+        report.add(label, check(response))
+
+
+def _label(item: Any) -> str:
+    if isinstance(item, dict):
+        parts = [item.get(k) for k in ("service", "environment", "key", "name", "target")]
+        text = "/".join(str(p) for p in parts if p)
+        return f"{text}@{item['version']}" if "version" in item else text
+    return str(item)[:80]
 
 
 def fetch_all(api: Transport, kind: str) -> list[Any]:
