@@ -48,6 +48,7 @@ from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
 from fpcd.services.keyring import MasterKeyError, open_keyring
 from fpcd.services.live import LiveHub
+from fpcd.services.portability import PortabilityService
 from fpcd.services.registry import RegistryService
 from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
@@ -341,6 +342,15 @@ class Daemon:
             rate_limiter=self.rate_limiter,
             metrics=self.metrics,
             public_metrics=settings.metrics.public,
+            portability=PortabilityService(
+                store,
+                committer,
+                self.flags,
+                analytics,
+                node_id=node_id,
+                clock=self._clock,
+                limits=config_limits(settings),
+            ),
         )
         await self._serve_api(api_app)
         await self._serve_ws(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import msgspec
 
 from fpcd.domain.flags import EvaluationContext, EvaluationResult
+from fpcd.domain.model import ConfigVersion, FlagRecord, SchemaRecord, ServiceRegistration
 
 T = TypeVar("T")
 
@@ -419,3 +420,75 @@ class RegisterResult(View, kw_only=True):
     missing_configs: list[str]
     #: optionalConfigs absent likewise (missing but optional).
     missing_optional_configs: list[str]
+
+
+# -- export and import (fpcd export / import / import-fineprint) ---------------------
+# Records travel as fpcd's own change payloads (fpcd.domain.model, snake_case), the form
+# the upstream change log carries: new fields added by later releases come along.
+
+#: At most this many records per import request (the CLI sends batches).
+IMPORT_BATCH = 500
+ImportSource = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+
+
+class ImportConfigVersions(Body, kw_only=True):
+    """`POST /api/import/configs`: versions with their numbers, authors and times."""
+
+    items: Annotated[list[ConfigVersion], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportSchemas(Body, kw_only=True):
+    items: Annotated[list[SchemaRecord], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportFlagVersions(Body, kw_only=True):
+    items: Annotated[list[FlagRecord], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportServices(Body, kw_only=True):
+    items: Annotated[list[ServiceRegistration], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportedCount(Body, kw_only=True):
+    """Evaluations counted elsewhere (another fpcd, the original service) in one cell."""
+
+    flag: FlagKey
+    variant: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    enabled: bool
+    #: An OpenFeature reason; `UNKNOWN` when the source did not record one.
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[A-Z_]{1,32}$")]
+    hour: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+    count: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
+class ImportAnalytics(Body, kw_only=True):
+    """`POST /api/import/analytics`: each cell's total in `source`; a second import of the
+    same source adds only what grew since the first."""
+
+    source: ImportSource
+    counts: Annotated[list[ImportedCount], msgspec.Meta(max_length=10_000)]
+
+
+class ImportedNote(Body, kw_only=True):
+    """A history entry from elsewhere, kept as an audit note (its own time in details)."""
+
+    action: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    #: Unique per note: a note whose target is already in the audit log is skipped.
+    target: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    details: dict[str, Any] = {}
+
+
+class ImportNotes(Body, kw_only=True):
+    items: Annotated[list[ImportedNote], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportSkip(View, kw_only=True):
+    key: str
+    reason: str
+
+
+class ImportResult(View, kw_only=True):
+    """What an import request did: records written, and the others with the reason."""
+
+    imported: int
+    skipped: list[ImportSkip]

@@ -79,6 +79,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/services/{name}"): Rule(a.REGISTRY_READ),
     ("DELETE", "/api/services/{name}"): Rule(a.REGISTRY_WRITE, "name"),
     ("POST", "/api/services/{name}/heartbeat"): Rule(a.REGISTRY_WRITE, "name"),
+    # Whole-database operations (routes_portability): every service at once.
+    ("GET", "/api/export/{kind}"): Rule(a.DATA_ADMIN, unrestricted=True),
+    ("POST", "/api/import/{kind}"): Rule(a.DATA_ADMIN, unrestricted=True),
+    ("GET", "/api/backup"): Rule(a.DATA_ADMIN, unrestricted=True),
     # The OpenFeature Remote Evaluation Protocol (routes_ofrep).
     ("GET", "/ofrep/v1/configuration"): Rule(a.FLAGS_EVALUATE),
     ("POST", "/ofrep/v1/evaluate/flags"): Rule(a.FLAGS_EVALUATE),

@@ -11,6 +11,7 @@ from fpcd.api import (
     routes_health,
     routes_metrics,
     routes_ofrep,
+    routes_portability,
     routes_secrets,
     routes_services,
     ws,
@@ -36,6 +37,7 @@ from fpcd.services.configs import ConfigService
 from fpcd.services.environments import Environments
 from fpcd.services.flags import FlagService
 from fpcd.services.live import LiveHub
+from fpcd.services.portability import PortabilityService
 from fpcd.services.registry import RegistryService
 from fpcd.services.secrets import SecretService
 
@@ -58,6 +60,7 @@ def build_api_app(
     rate_limiter: RateLimiter,
     metrics: Metrics,
     public_metrics: bool = False,
+    portability: PortabilityService | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
@@ -89,6 +92,9 @@ def build_api_app(
     )
     routes_audit.add_routes(app)
     routes_metrics.add_routes(app)
+    if portability is not None:
+        app[routes_portability.PORTABILITY] = portability
+        routes_portability.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
     return app
 

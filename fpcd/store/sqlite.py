@@ -108,6 +108,46 @@ def _secret_row(row: Sequence[Any]) -> SecretRow:
     )
 
 
+def _scrub_destroyed(db: sqlite3.Connection) -> None:
+    """In a copy: drop the ciphertexts of destroyed secret versions from the journal too
+    (the versions' rows already hold none), so no copy keeps what was destroyed."""
+    gone = set(
+        db.execute(
+            "SELECT service, environment, name, version FROM secret_versions"
+            " WHERE ciphertext IS NULL"
+        ).fetchall()
+    )
+    if not gone:
+        return
+    updates: list[tuple[bytes, int]] = []
+    rows = db.execute(
+        "SELECT seq, payload FROM changes WHERE entity IN ('secret', 'secret_rewrap')"
+    ).fetchall()
+    for seq, payload in rows:
+        change = _change_decoder.decode(payload)
+        match change.payload:
+            case SecretVersion() as v if (v.service, v.environment, v.name, v.version) in gone:
+                scrubbed: Any = msgspec.structs.replace(v, nonce=b"", ciphertext=b"")
+            case SecretRewrap() as r:
+                scrubbed = msgspec.structs.replace(
+                    r,
+                    items=[
+                        msgspec.structs.replace(i, nonce=b"", ciphertext=b"")
+                        if (i.service, i.environment, i.name, i.version) in gone
+                        else i
+                        for i in r.items
+                    ],
+                )
+            case _:
+                continue
+        updates.append(
+            (_change_encoder.encode(msgspec.structs.replace(change, payload=scrubbed)), seq)
+        )
+    db.execute("BEGIN")
+    db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
+    db.execute("COMMIT")
+
+
 class ServiceSummary(msgspec.Struct, frozen=True):
     service: str
     environment: str
@@ -743,6 +783,122 @@ class Store:
     async def registrations(self) -> list[ServiceRegistration]:
         rows = await self._fetchall("SELECT record FROM services ORDER BY name")
         return [_service_decoder.decode(r[0]) for r in rows]
+
+    # -- export, import and backup (fpcd export / import / backup) ----------------
+
+    async def export_config_versions(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[ConfigVersion], int]:
+        """Every config version in the order the changes were applied (so `default` layers
+        and rollbacks come back in the same order on import)."""
+        rows = await self._fetchall(
+            "SELECT record FROM config_versions"
+            " ORDER BY change_seq, service, environment, version LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM config_versions")
+        return [_version_decoder.decode(r[0]) for r in rows], total[0]
+
+    async def export_flag_versions(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[FlagRecord], int]:
+        """Every flag version in change order (a dependency is always defined before use)."""
+        rows = await self._fetchall(
+            "SELECT record FROM flag_versions ORDER BY change_seq, key, version LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM flag_versions")
+        return [_flag_decoder.decode(r[0]) for r in rows], total[0]
+
+    async def export_schemas(self) -> list[SchemaRecord]:
+        rows = await self._fetchall("SELECT record FROM config_schemas ORDER BY service")
+        return [_schema_decoder.decode(r[0]) for r in rows]
+
+    async def export_analytics(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[tuple[str, int, str, int, str, int]], int]:
+        """(flag, hour, variant, enabled, reason, count) rows of this host."""
+        rows = await self._fetchall(
+            "SELECT flag, hour, variant, enabled, reason, count FROM flag_analytics"
+            " ORDER BY flag, hour, variant, enabled, reason LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM flag_analytics")
+        return [tuple(r) for r in rows], total[0]
+
+    async def export_secret_versions(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[SecretRow], int]:
+        """Metadata of every secret version whose value still exists (values stay here)."""
+        rows = await self._fetchall(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM} WHERE v.ciphertext IS NOT NULL"
+            " ORDER BY v.service, v.environment, v.name, v.version LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone(
+            "SELECT count(*) FROM secret_versions WHERE ciphertext IS NOT NULL"
+        )
+        return [_secret_row(r) for r in rows], total[0]
+
+    async def flag_version(self, key: str, version: int) -> FlagRecord | None:
+        row = await self._fetchone(
+            "SELECT record FROM flag_versions WHERE key = ? AND version = ?", (key, version)
+        )
+        return _flag_decoder.decode(row[0]) if row else None
+
+    async def meta_get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            rows = await self._fetchall(
+                f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update({r[0]: r[1] for r in rows})
+        return found
+
+    async def meta_set_many(self, items: Sequence[tuple[str, str]]) -> None:
+        """Local bookkeeping rows in one transaction (import marks: never replicated)."""
+        if not items:
+            return
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, value in items:
+                    await _set_meta(db, key, value)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def backup_to(self, target: Path) -> None:
+        """A consistent copy of the database at `target`, taken while writes go on.
+
+        SQLite's online backup API, in one step from a read-only connection of its own:
+        under WAL that step holds one read transaction, so the copy is the database as
+        of one commit and writers are never blocked. The copy is then vacuumed, which
+        drops free pages: bytes of destroyed secrets left in freed pages stay behind.
+        """
+        if self._reader is None:
+            raise StoreClosed("the store is closed")
+
+        def copy() -> None:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            dest = sqlite3.connect(target, isolation_level=None)
+            try:
+                source.execute("PRAGMA busy_timeout=5000")
+                source.backup(dest, pages=-1)
+                dest.execute("PRAGMA journal_mode=DELETE")
+                _scrub_destroyed(dest)
+                dest.execute("VACUUM")
+            finally:
+                dest.close()
+                source.close()
+
+        await asyncio.to_thread(copy)
 
     # -- secrets ----------------------------------------------------------------
 
