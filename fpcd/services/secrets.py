@@ -23,7 +23,6 @@ from fpcd.domain.crypto import (
     Secret,
     TamperedError,
     secret_aad,
-    unwrap_data_key,
 )
 from fpcd.domain.errors import (
     Conflict,
