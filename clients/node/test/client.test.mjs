@@ -225,3 +225,24 @@ test("the flag socket answers as the local engine does", async () => {
     await client.close();
   }
 });
+
+test("no token when the daemon grants anonymous access (auth.anonymous_role)", async () => {
+  const open = await new Daemon({ env: { FPCD_AUTH__ANONYMOUS_ROLE: "viewer" } }).start();
+  try {
+    await open.api("PUT", "/api/config/user-service", { environment: "production", config: { maxUsers: 5 } });
+    await open.api("PUT", "/api/features/anon_flag", { name: "anon", enabled: true });
+    const client = new ConfigurationClient({ apiUrl: open.url, wsUrl: open.wsUrl, serviceName: "user-service", environment: "production" });
+    try {
+      assert.deepEqual(await client.getConfiguration(), { maxUsers: 5 });
+      assert.equal(client.isEnabled("anon_flag", { userId: "u" }), true);
+      await until(() => client.connected, "the subscription without a token");
+      const update = next(client, "configurationUpdate", (cfg) => cfg.maxUsers === 6);
+      await open.api("PUT", "/api/config/user-service", { environment: "production", config: { maxUsers: 6 } });
+      await update;
+    } finally {
+      await client.close();
+    }
+  } finally {
+    await open.destroy();
+  }
+});
