@@ -341,6 +341,9 @@ def test_import_fineprint(spawn: Any, pg_url: str) -> None:
     service = call(proc, "GET", "/api/services/api")
     assert service["version"] == "1.4.0" and service["environment"] == "production"
     assert service["tags"] == ["auth"]
+    # The original's fields come through under the original's names.
+    assert service["displayName"] == "API" and service["endpoints"] == ["http://10.0.0.7:8081"]
+    assert service["requiredConfigs"] == ["db.host"] and service["optionalConfigs"] == ["pool"]
     assert call(proc, "GET", "/api/services", tag="auth")["total"] == 1
 
     # The original's audit rows as history notes.

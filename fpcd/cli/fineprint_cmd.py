@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 from uuid import UUID
 
 import msgspec
@@ -178,40 +178,31 @@ async def read_original(url: str) -> Original:
 
 
 def registration_body(row: dict[str, Any]) -> dict[str, Any]:
-    """The original's service_registry row as fpcd's registration body (one place to adapt
-    when the registration API changes)."""
-    endpoints = [str(e) for e in row.get("endpoints") or [] if isinstance(e, str)]
+    """The original's service_registry row as a registration body: fpcd takes the
+    original's body verbatim (serviceName, displayName, endpoints, optionalConfigs...)."""
     health = row.get("healthCheck")
     if isinstance(health, dict):
         health = health.get("url") or health.get("endpoint")
-    first = urlsplit(endpoints[0]) if endpoints else None
-    metadata = {
-        k: v
-        for k, v in {
-            "displayName": row.get("displayName"),
-            "description": row.get("description"),
-            "endpoints": endpoints,
-            "optionalConfigs": list(row.get("optionalConfigs") or []),
-        }.items()
-        if v
-    }
     body: dict[str, Any] = {
-        "name": row["serviceName"],
+        "serviceName": row["serviceName"],
+        "displayName": row.get("displayName") or "",
+        "description": row.get("description") or "",
         "version": row.get("version") or "",
-        "host": (first.hostname if first else None) or "",
-        "port": first.port if first else None,
+        "endpoints": [str(e) for e in row.get("endpoints") or [] if isinstance(e, str)],
         "healthCheck": health if isinstance(health, str) and health else None,
         "tags": list(row.get("tags") or []),
         "environment": row.get("environment") or None,
         "requiredConfigs": list(row.get("requiredConfigs") or []),
-        "metadata": metadata,
+        "optionalConfigs": list(row.get("optionalConfigs") or []),
     }
     return {k: v for k, v in body.items() if v not in (None, "", [], {})} | {
-        "name": row["serviceName"]
+        "serviceName": row["serviceName"]
     }
 
 
 def _same_registration(body: dict[str, Any], view: dict[str, Any]) -> bool:
+    """The stored registration already says what the body says (the view answers with the
+    same field names)."""
     return all(view.get(k) == v or (not v and not view.get(k)) for k, v in body.items())
 
 
