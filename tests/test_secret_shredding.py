@@ -346,7 +346,7 @@ async def test_a_store_from_before_redaction_is_scrubbed_when_opened(tmp_path: P
     await daemon.stop()
     db_path = settings.data_dir / "fpcd.db"
     # Put the journal back as the previous release left it: the ciphertext in the
-    # SecretVersion row, no redaction table, schema version 4.
+    # SecretVersion row, no redaction table, schema version 5 (the secret read outbox).
     db = sqlite3.connect(db_path)
     seq, payload = db.execute(
         "SELECT seq, payload FROM changes WHERE entity = 'secret' AND key = 'app/prod/OLD'"
@@ -355,7 +355,7 @@ async def test_a_store_from_before_redaction_is_scrubbed_when_opened(tmp_path: P
     doc["payload"]["ciphertext"] = base64.b64encode(ciphertext).decode()
     db.execute("UPDATE changes SET payload = ? WHERE seq = ?", (json.dumps(doc).encode(), seq))
     db.execute("DROP TABLE secret_copies")
-    db.execute("PRAGMA user_version = 4")
+    db.execute("PRAGMA user_version = 5")
     db.commit()
     db.close()
     assert sum(n in file_bytes(host) for n in forms(ciphertext)) > 50
