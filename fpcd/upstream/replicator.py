@@ -23,6 +23,7 @@ import msgspec
 
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
+from fpcd.domain.shred import destroyed_versions, retired_keys, superseded_keys
 from fpcd.services.changes import MAX_GROUP, Plan, groupable
 from fpcd.services.events import ChangeApplied, EventBus
 from fpcd.store.sqlite import Store, Transaction
@@ -47,6 +48,8 @@ class _Group:
         self.stack, self.conn, self.txn, self.durable = stack, conn, txn, durable
         #: The staged changes, numbered, as they go upstream.
         self.upstream: list[Change] = []
+        #: How many of them are inserted upstream already (the rest go at the flush).
+        self.inserted = 0
         #: Set when the group cannot commit (an upstream or local failure while staging).
         self.failed: BaseException | None = None
 
@@ -199,9 +202,19 @@ class Replicator:
         first = group.txn.cursor + 1
         numbered = [msgspec.structs.replace(c, seq=first + i) for i, c in enumerate(drafts)]
         with group.txn.reading():
+            if destroyed_versions(drafts) or superseded_keys(drafts):
+                # Redaction rewrites earlier rows upstream: the group's own go in first.
+                await self._insert_pending(group)
+                await self._shred_upstream(group.conn, drafts)
             staged = await group.txn.stage(numbered, upstream=True)
         group.upstream.extend(numbered)
         return staged
+
+    async def _insert_pending(self, group: _Group) -> None:
+        pending = group.upstream[group.inserted :]
+        if pending:
+            await self.upstream.insert(group.conn, pending)
+            group.inserted = len(group.upstream)
 
     async def _flush(self) -> None:
         """Append the group upstream and commit there (the acknowledgement point), then
@@ -215,8 +228,7 @@ class Replicator:
                 raise group.failed
             if txn.broken:
                 raise txn.error or RuntimeError("the group's local transaction failed")
-            if group.upstream:
-                await self.upstream.insert(group.conn, group.upstream)
+            await self._insert_pending(group)
             await group.stack.aclose()  # COMMIT upstream, release the lock
         except BaseException as error:
             with contextlib.suppress(Exception):
@@ -257,6 +269,17 @@ class Replicator:
     async def _flush_locked(self) -> None:
         async with self._lock:
             await self._flush()
+
+    async def _shred_upstream(self, conn: asyncpg.Connection, drafts: list[Change]) -> None:
+        """Destroyed values and superseded key material leave the upstream log in the same
+        transaction as the change that destroys them (this host holds every earlier row,
+        having just caught up under the lock)."""
+        versions = destroyed_versions(drafts)
+        keys = superseded_keys(drafts)
+        if versions or keys:
+            retired = retired_keys(drafts)
+            seqs = await self._store.upstream_copies(versions, keys, retired)
+            await self.upstream.redact(conn, seqs, versions=versions, keys=keys, retired=retired)
 
     # -- pulling ---------------------------------------------------------------------------
 
