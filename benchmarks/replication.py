@@ -62,7 +62,7 @@ async def lag(
                     {
                         "type": "SUBSCRIBE",
                         "serviceName": service,
-                        "environment": "prod",
+                        "environment": "production",
                         "subscriptions": ["config-updates"],
                     }
                 )
@@ -88,7 +88,7 @@ async def lag(
             async with session.put(
                 writer["url"] + f"/api/config/{service}",
                 headers={"Authorization": writer["auth"]},
-                json={"environment": "prod", "config": {"n": n}},
+                json={"environment": "production", "config": {"n": n}},
             ) as r:
                 assert r.status == 200, await r.text()
             acked[n] = time.perf_counter()
@@ -131,7 +131,7 @@ async def throughput(
                 async with session.put(
                     target["url"] + f"/api/config/{service}-{i % 4}",
                     headers={"Authorization": target["auth"]},
-                    json={"environment": "prod", "config": {"w": i, "n": n}},
+                    json={"environment": "production", "config": {"w": i, "n": n}},
                 ) as r:
                     assert r.status == 200
                 done += 1

@@ -2,7 +2,7 @@
 
 Run: python -m benchmarks.writes [--rounds N]  (needs wrk: apt-get install wrk)
 
-wrk sends `PUT /api/config/w-<n % 64>` with `{"environment": "prod", "config": {...}}`,
+wrk sends `PUT /api/config/w-<n % 64>` with `{"environment": "production", "config": {...}}`,
 each body different, so every request is a new version (journal row, version row, audit
 entry, fsync'd with the daemon's defaults: auth on, metrics on, synchronous=FULL). A 200
 is an acknowledged, durable write. The minimal app (aiohttp + uvloop, the same PUT
@@ -36,7 +36,7 @@ local n = 0
 request = function()
   n = n + 1
   local body = string.format(
-    '{"environment":"prod","config":{"n":%d,"pool":{"size":20,"timeout":5},"name":"w"}}', n)
+    '{"environment":"production","config":{"n":%d,"pool":{"size":20,"timeout":5},"name":"w"}}', n)
   local headers = {["Content-Type"] = "application/json"}
   for k, v in pairs(wrk.headers) do headers[k] = v end
   return wrk.format("PUT", string.format("/api/config/w-%d", n % SERVICES), headers, body)
@@ -132,7 +132,7 @@ def run(rounds: int, base: Path | None) -> None:
                     "rounds": [r["requests_per_s"] for r in runs],
                 }
         request = urllib.request.Request(
-            daemon["url"] + "/api/config/w-1/history?environment=prod&limit=1",
+            daemon["url"] + "/api/config/w-1/history?environment=production&limit=1",
             headers={"Authorization": f"Bearer {daemon['token']}"},
         )
         with urllib.request.urlopen(request) as r:
