@@ -127,6 +127,9 @@ class SecretSettings(Section, frozen=True, kw_only=True):
     cleanup_interval: Duration = Duration(60.0)
     #: Ciphertexts re-encrypted per commit during a key rotation.
     rewrap_batch: Positive = 100
+    #: How often secret reads recorded on this host are retried into the audited change
+    #: log when pushing them right after the read failed (the upstream was down).
+    read_push_interval: Duration = Duration(2.0)
 
 
 class FlagSettings(Section, frozen=True, kw_only=True):

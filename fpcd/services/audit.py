@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fpcd.domain.audit import verify_chain
 from fpcd.domain.model import AuditEntry
 from fpcd.store.sqlite import Store
@@ -34,10 +36,17 @@ async def verify_store(store: Store) -> AuditVerifyResult:
 
 
 class AuditService:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, *, settle: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
         self._store = store
+        #: Brings entries recorded on this host but not yet in the chain (secret reads)
+        #: into it first, when that needs no unreachable upstream.
+        self._settle = settle
 
     async def page(self, *, target: str | None, limit: int, offset: int) -> Page[AuditView]:
+        if self._settle is not None:
+            await self._settle()
         entries, total = await self._store.audit_page(target=target, limit=limit, offset=offset)
         return Page(items=[audit_view(e) for e in entries], total=total, limit=limit, offset=offset)
 

@@ -82,11 +82,17 @@ def _etag(version: int, base_version: int | None) -> str:
     return f'"{version}"' if base_version is None else f'"{version}+{base_version}"'
 
 
-def _version_view(v: ConfigVersion) -> VersionView:
+def _effective_checksum(base: ConfigVersion | None, config: dict[str, Any]) -> str:
+    """`checksum` wherever it appears: the effective configuration's, merged over `base`."""
+    return checksum(deep_merge(base.config, config) if base is not None else config)
+
+
+def _version_view(v: ConfigVersion, base: ConfigVersion | None = None) -> VersionView:
     return VersionView(
         version=v.version,
         config=v.config,
-        checksum=v.checksum,
+        checksum=_effective_checksum(base, v.config),
+        layer_checksum=v.checksum,
         created_at=v.created_at,
         created_by=v.created_by,
         description=v.description,
@@ -263,9 +269,19 @@ class ConfigService:
         )
         if total == 0:
             raise NotFound(f"no configuration for {service}/{environment}")
-        return Page(
-            items=[_version_view(v) for v in versions], total=total, limit=limit, offset=offset
-        )
+        bases: dict[int, ConfigVersion] = {}
+        if environment != BASE_ENVIRONMENT:
+            bases = await self._store.config_bases(
+                service, environment, [v.version for v in versions], BASE_ENVIRONMENT
+            )
+        items = [_version_view(v, bases.get(v.version)) for v in versions]
+        return Page(items=items, total=total, limit=limit, offset=offset)
+
+    async def _base(self, service: str, environment: str) -> ConfigVersion | None:
+        """The `default` layer a write to `environment` is merged over (None for itself)."""
+        if environment == BASE_ENVIRONMENT:
+            return None
+        return await self._store.config_head(service, BASE_ENVIRONMENT)
 
     async def _layer(self, service: str, environment: str, version: int) -> ConfigVersion:
         found = await self._store.config_version(service, environment, version)
@@ -414,6 +430,7 @@ class ConfigService:
             for name, value in values.items():
                 self._secrets.check_value(name, value, f"$.secrets.{name}")
         unchanged: list[ConfigVersion] = []
+        bases: list[ConfigVersion | None] = []
 
         async def plan() -> list[Change]:
             head = await self._store.config_head(service, environment)
@@ -427,6 +444,7 @@ class ConfigService:
                 )
                 refs.update(written)
             content = content_checksum(config, refs)
+            bases.append(await self._base(service, environment))
             if head is not None and head.checksum == content:
                 unchanged.append(head)
                 return []
@@ -457,7 +475,8 @@ class ConfigService:
                 environment=environment,
                 version=head.version,
                 changed=False,
-                checksum=head.checksum,
+                checksum=_effective_checksum(bases[-1], head.config),
+                layer_checksum=head.checksum,
             )
         stored = applied[-1].payload
         assert isinstance(stored, ConfigVersion)
@@ -466,7 +485,8 @@ class ConfigService:
             environment=environment,
             version=stored.version,
             changed=True,
-            checksum=stored.checksum,
+            checksum=_effective_checksum(bases[-1], stored.config),
+            layer_checksum=stored.checksum,
             created_at=stored.created_at,
         )
 
@@ -483,12 +503,14 @@ class ConfigService:
         """Write version k's content as a new head; history never rewinds."""
         check_name("service", service)
         unchanged: list[ConfigVersion] = []
+        bases: list[ConfigVersion | None] = []
 
         async def plan() -> list[Change]:
             head = await self._store.config_head(service, environment)
             self._check_expected(service, environment, head, expected_version)
             target = await self._layer(service, environment, version)
             assert head is not None
+            bases.append(await self._base(service, environment))
             # Content only: secrets are versioned on their own and stay as they are.
             content = content_checksum(target.config, head.secret_versions)
             if head.checksum == content:
@@ -519,7 +541,8 @@ class ConfigService:
                 environment=environment,
                 version=head.version,
                 changed=False,
-                checksum=head.checksum,
+                checksum=_effective_checksum(bases[-1], head.config),
+                layer_checksum=head.checksum,
             )
         stored = applied[0].payload
         assert isinstance(stored, ConfigVersion)
@@ -528,7 +551,8 @@ class ConfigService:
             environment=environment,
             version=stored.version,
             changed=True,
-            checksum=stored.checksum,
+            checksum=_effective_checksum(bases[-1], stored.config),
+            layer_checksum=stored.checksum,
             created_at=stored.created_at,
             rolled_back_from=version,
         )
