@@ -74,7 +74,9 @@ def utcnow() -> datetime:
 
 def config_limits(settings: Settings) -> ConfigLimits:
     return ConfigLimits(
-        max_depth=settings.limits.max_json_depth, max_keys=settings.limits.max_json_keys
+        max_depth=settings.limits.max_json_depth,
+        max_keys=settings.limits.max_json_keys,
+        validation_timeout=settings.limits.schema_validation_timeout,
     )
 
 
@@ -229,6 +231,7 @@ class Daemon:
             limits=config_limits(settings),
             secrets=self.secrets,
         )
+        self._stack.push_async_callback(self.configs.close)  # its schema validator process
         analytics = FlagAnalytics(store, time.time, upstream=upstream, node_id=node_id)
         self.flags = FlagService(
             store,

@@ -88,6 +88,9 @@ class LimitSettings(Section, frozen=True, kw_only=True):
     max_json_depth: Positive = 32
     #: Most object keys in one stored document, counted over all levels.
     max_json_keys: Positive = 10_000
+    #: Longest a write's JSON Schema validation may run (in a worker process) before the
+    #: write is refused with 422.
+    schema_validation_timeout: Duration = Duration(2.0)
 
 
 class StorageSettings(Section, frozen=True, kw_only=True):

@@ -118,6 +118,14 @@ class DaemonCollector(Collector):
         reads.add_metric(["hit"], s.configs.cache_hits)
         reads.add_metric(["miss"], s.configs.cache_misses)
         yield reads
+        validations = CounterMetricFamily(
+            "fpcd_schema_validations",
+            "JSON Schema checks in the validator process: answered, or past their time budget",
+            labels=["result"],
+        )
+        validations.add_metric(["done"], s.configs.schema_runner.validations)
+        validations.add_metric(["timeout"], s.configs.schema_runner.timeouts)
+        yield validations
 
         # Flags
         evaluations = CounterMetricFamily(

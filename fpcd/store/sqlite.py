@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
@@ -807,6 +807,36 @@ class Store:
             " FROM audit_log ORDER BY id"
         )
         return [self._audit_row(r) for r in rows]
+
+    def scan_audit(
+        self, consume: Callable[[list[AuditEntry]], None], *, batch: int = 1000
+    ) -> tuple[int, str] | None:
+        """Blocking (run it in a thread): hands every audit entry to `consume` in id order,
+        `batch` at a time, from one read snapshot on a connection of its own (so neither
+        the shared reader nor memory grows with the log). Returns the audit head recorded
+        in that same snapshot, None when there is none."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("BEGIN")  # one snapshot for the head and every row
+            row = conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+            head = None
+            if row:
+                head_id, head_hash = row[0].split(":", 1)
+                head = (int(head_id), head_hash)
+            cursor = conn.execute(
+                "SELECT id, at, actor, action, target, details, request_id, prev_hash, hash"
+                " FROM audit_log ORDER BY id"
+            )
+            while rows := cursor.fetchmany(batch):
+                if self._closed:
+                    raise StoreClosed("the store is closed")
+                consume([self._audit_row(r) for r in rows])
+            return head
+        except sqlite3.Error as error:
+            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+        finally:
+            conn.close()
 
     @property
     def audit_head(self) -> tuple[int, str]:
