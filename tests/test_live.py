@@ -435,3 +435,27 @@ async def test_checksum_means_the_effective_config_in_writes_reads_and_updates(
     update = await client.next()
     assert rolled["checksum"] == update["checksum"] == moved["checksum"]
     assert rolled["layerChecksum"] == written["layerChecksum"]
+
+
+async def test_updates_of_every_frame_size_arrive_whole_and_in_order(
+    daemon: Daemon, session: aiohttp.ClientSession
+) -> None:
+    """Updates are framed once and written straight to each socket: short, 16-bit and 64-bit
+    length frames must decode the same on every subscriber, in order, over either port."""
+    clients = [await connect(session, ws_url(daemon)) for _ in range(3)]
+    clients.append(
+        await connect(
+            session, daemon.addresses["api"] + "/ws?token=" + admin_token(daemon.settings.data_dir)
+        )
+    )
+    for client in clients:
+        await client.subscribe("sizes", topics=["config-updates"])
+    sizes = [0, 50, 120, 125, 126, 1000, 65_400, 65_536, 70_000, 300_000]
+    for n, size in enumerate(sizes):
+        await put(session, daemon, "sizes", "prod", {"n": n, "blob": "y" * size})
+    for client in clients:
+        for n, size in enumerate(sizes):
+            update = await client.next()
+            assert update["config"] == {"n": n, "blob": "y" * size}
+            assert update["version"] == n + 1
+        await client.quiet()
