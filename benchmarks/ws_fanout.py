@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import http.client
 import json
 import math
@@ -180,6 +181,8 @@ class Group:
                 raise SystemExit("could not connect")
 
         await asyncio.gather(*(connect() for _ in range(self.count)))
+        gc.collect()  # the connections live to the end: keep them out of the collector's way
+        gc.freeze()
         done = asyncio.Event()
         loop.add_reader(sys.stdin.fileno(), done.set)
         await done.wait()
@@ -221,6 +224,9 @@ def measure(d: dict[str, Any], subscribers: int) -> dict[str, Any]:
     processes = max(1, math.ceil(subscribers / PER_PROCESS))
     counts = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
     lines: queue.Queue[tuple[int, str]] = queue.Queue()
+    # Processes alternate between the WebSocket port and the API port's /ws: the daemon
+    # caps each TCP port to fit its descriptor limit (7,500 each under 20,000).
+    urls = [d["ws_url"] + "/", d["url"].replace("http://", "ws://") + "/ws"]
     procs = [
         subprocess.Popen(
             [
@@ -229,14 +235,14 @@ def measure(d: dict[str, Any], subscribers: int) -> dict[str, Any]:
                 "-m",
                 "benchmarks.ws_fanout",
                 "client",
-                d["ws_url"] + "/",
+                urls[i % 2],
                 str(n),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "FPCD_TOKEN": d["token"]},
         )
-        for n in counts
+        for i, n in enumerate(counts)
     ]
     readers = [threading.Thread(target=_lines, args=(p, lines), daemon=True) for p in procs]
     for reader in readers:

@@ -459,3 +459,32 @@ async def test_updates_of_every_frame_size_arrive_whole_and_in_order(
             assert update["config"] == {"n": n, "blob": "y" * size}
             assert update["version"] == n + 1
         await client.quiet()
+
+
+async def test_a_flag_change_reaches_each_subscriber_once_per_environment(
+    daemon: Daemon, session: aiohttp.ClientSession
+) -> None:
+    """Three streams in two environments: one FEATURE_FLAG_UPDATE for each environment, with
+    that environment's state; a config-only stream and a second connection count apart."""
+    client = await connect(session, ws_url(daemon))
+    await client.subscribe("a", "prod", topics=["feature-flags"])
+    await client.subscribe("b", "prod", topics=["feature-flags"])
+    await client.subscribe("c", "staging", topics=["feature-flags"])
+    await client.subscribe("d", "dev", topics=["config-updates"])
+    other = await connect(session, ws_url(daemon))
+    await other.subscribe("a", "prod", topics=["feature-flags"])
+    async with session.post(
+        daemon.addresses["api"] + "/api/features",
+        headers=auth(daemon),
+        json={"name": "beta", "enabled": True, "environments": {"staging": {"enabled": False}}},
+    ) as r:
+        assert r.status == 201
+    updates = [await client.next(), await client.next()]
+    await client.quiet()
+    assert {(u["environment"], u["enabled"]) for u in updates} == {
+        ("prod", True),
+        ("staging", False),
+    }
+    assert all(u["type"] == "FEATURE_FLAG_UPDATE" and u["flagKey"] == "beta" for u in updates)
+    assert (await other.next())["environment"] == "prod"
+    await other.quiet()
