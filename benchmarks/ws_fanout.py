@@ -30,6 +30,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +39,7 @@ from urllib.parse import urlsplit
 import msgspec
 import uvloop
 
-from benchmarks.common import fpcd_daemon, pinned, write_results
+from benchmarks.common import fpcd_daemon, free_port, pinned, wait_http, write_results
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 PER_PROCESS = 2500
@@ -303,6 +305,21 @@ def measure(d: dict[str, Any], subscribers: int) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def floor_app() -> Iterator[dict[str, Any]]:
+    """benchmarks/ws_floor_app.py: aiohttp alone, the same clients and writes."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*pinned(SERVER_CPU), sys.executable, "-m", "benchmarks.ws_floor_app", str(port)]
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready")
+        yield {"url": f"http://127.0.0.1:{port}", "ws_url": f"ws://127.0.0.1:{port}", "token": ""}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def commit_of(python: str) -> str:
     src = subprocess.run(
         [python, "-c", "import fpcd, os; print(os.path.dirname(fpcd.__file__))"],
@@ -332,13 +349,19 @@ def main() -> None:
     if args.base_python:
         pythons["before"] = args.base_python
     commits = {name: commit_of(python) for name, python in pythons.items()}
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in pythons}
+    commits["floor"] = "aiohttp alone"
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in commits}
     env = {"FPCD_LOG__ACCESS": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         for i, subscribers in enumerate(int(t) for t in args.tiers.split(",")):
-            names = list(pythons)
+            names = list(commits)
             for name in names[i % len(names) :] + names[: i % len(names)]:
-                with fpcd_daemon(env=env, cpu=SERVER_CPU, python=pythons[name], cwd=Path(tmp)) as d:
+                server = (
+                    floor_app()
+                    if name == "floor"
+                    else fpcd_daemon(env=env, cpu=SERVER_CPU, python=pythons[name], cwd=Path(tmp))
+                )
+                with server as d:
                     result = measure(d, subscribers)
                 results[name].append(result)
                 print(name, result, file=sys.stderr)
@@ -354,7 +377,7 @@ def main() -> None:
             r["last_subscriber_p50_ms"],
             TARGETS.get(r["subscribers"], ""),
         ]
-        for name in pythons
+        for name in commits
         for r in results[name]
     ]
     write_results(
@@ -380,7 +403,9 @@ def main() -> None:
             "each PUT to the decoded message at each subscriber, so it includes the write's "
             "SQLite commit. Daemon on CPU 0 (a fresh one per tier); client processes (at most "
             f"{PER_PROCESS:,} subscribers each, lean asyncio Protocols) and the writer on "
-            f"CPU 1. Descriptor limit {limit:,}.",
+            f"CPU 1. Descriptor limit {limit:,}. 'floor' is benchmarks/ws_floor_app.py: a "
+            "minimal aiohttp app that answers the PUT and sends the same encoded update to "
+            "every subscriber with send_str (no storage, auth, limits or counting).",
         ],
     )
 
