@@ -130,10 +130,11 @@ def main() -> None:
         ],
         [
             f"Medians of {args.rounds} alternating rounds; each round runs every server in "
-            f"turn (order rotated): {args.seconds} s of 1,000-line pipelined batches from a "
-            f"client on CPU {CLIENT_CPU}, then {args.round_trips:,} one-at-a-time round trips "
-            f"from a client on CPU {SERVER_CPU}, the daemons' core. Targets (issue 18): "
-            "≥ 300,000 evaluations/s pipelined, p99 ≤ 60 µs one at a time on the same core.",
+            f"turn (order rotated): {args.seconds} s of 1,000-line pipelined batches (two in "
+            f"flight) from a client on CPU {CLIENT_CPU}, then {args.round_trips:,} one-at-a-time "
+            f"round trips from a client on CPU {SERVER_CPU}, the daemons' core. Targets "
+            "(issue 18): ≥ 300,000 evaluations/s pipelined, p99 ≤ 60 µs one at a time on the "
+            "same core.",
             "The flag is benchmarks/flags.py's: 50% rollout, user groups, region, one `in` "
             "rule and two weighted variants. Access log off, metrics on. 'Per CPU-second' "
             "divides the evaluations by the server process's user + system time during the "

@@ -139,7 +139,7 @@ class Group:
             {
                 "type": "SUBSCRIBE",
                 "serviceName": "bench",
-                "environment": "prod",
+                "environment": "production",
                 "subscriptions": ["config-updates"],
             }
         ).encode()
@@ -267,7 +267,7 @@ def measure(d: dict[str, Any], subscribers: int) -> dict[str, Any]:
         expect("ready", 300)
         starts: list[int] = []
         for n in range(WRITES[subscribers]):
-            body = json.dumps({"environment": "prod", "config": {"n": n}})
+            body = json.dumps({"environment": "production", "config": {"n": n}})
             starts.append(time.monotonic_ns())
             conn.request("PUT", "/api/config/bench", body, headers)
             response = conn.getresponse()
@@ -341,6 +341,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-python", help="interpreter of the base checkout's venv")
     parser.add_argument("--tiers", default="1,100,1000,10000")
+    parser.add_argument("--output", default="ws_fanout", help="results file name")
     args = parser.parse_args()
     limit = raise_descriptor_limit()
     if hasattr(os, "sched_setaffinity") and pinned(CLIENT_CPU):
@@ -381,7 +382,7 @@ def main() -> None:
         for r in results[name]
     ]
     write_results(
-        "ws_fanout",
+        args.output,
         "WebSocket change-to-delivery latency",
         {"writes": WRITES, "descriptor_limit": limit, "commits": commits, "results": results},
         rows,

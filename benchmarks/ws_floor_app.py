@@ -30,7 +30,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT and b"SUBSCRIBE" in msg.data.encode():
                 subscribers.add(ws)
                 await ws.send_str(
-                    '{"type":"SUBSCRIBED","serviceName":"bench","environment":"prod",'
+                    '{"type":"SUBSCRIBED","serviceName":"bench","environment":"production",'
                     '"subscriptions":["config-updates"]}'
                 )
     finally:
