@@ -51,14 +51,19 @@ def fpcd_daemon(
     env: dict[str, str] | None = None,
     cpu: int | None = None,
     ready_timeout: float = 20,
+    python: str = sys.executable,
+    cwd: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """`fpcd serve` in a temp data dir; yields its URL, socket paths and data dir."""
+    """`fpcd serve` in a temp data dir; yields its URL, socket paths and data dir.
+
+    `python` and `cwd` run another checkout (a base commit's worktree and its venv) for
+    before/after figures in the same run."""
     data = Path(tempfile.mkdtemp(prefix="fpcd-bench-"))
     port, ws = free_port(), free_port()
     proc = subprocess.Popen(
         [
             *pinned(cpu),
-            sys.executable,
+            python,
             "-m",
             "fpcd",
             "serve",
@@ -73,6 +78,7 @@ def fpcd_daemon(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health/ready", ready_timeout)
@@ -133,13 +139,21 @@ def wrk(
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    done = re.search(r"(\d+) requests in", out)
     return {
+        "requests": int(done.group(1)) if done else 0,
         "requests_per_s": round(rps, 1),
         "p50_ms": round(_ms(lat["50"]), 3),
         "p90_ms": round(_ms(lat["90"]), 3),
         "p99_ms": round(_ms(lat["99"]), 3),
         "non_2xx": int(errors.group(1)) if errors else 0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_results(
