@@ -30,6 +30,7 @@ from fpcd.api.auth import Authenticator, TokenVerifier
 from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
 from fpcd.api.permissions import RateLimiter
+from fpcd.api.protocol import ProblemAppRunner
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.api.ws import WebSocketLimits
 from fpcd.domain.errors import FpcdError, SettingsError
@@ -73,7 +74,9 @@ def utcnow() -> datetime:
 
 def config_limits(settings: Settings) -> ConfigLimits:
     return ConfigLimits(
-        max_depth=settings.limits.max_json_depth, max_keys=settings.limits.max_json_keys
+        max_depth=settings.limits.max_json_depth,
+        max_keys=settings.limits.max_json_keys,
+        validation_timeout=settings.limits.schema_validation_timeout,
     )
 
 
@@ -215,6 +218,9 @@ class Daemon:
         scheduler.every(
             "secrets:cleanup", settings.secrets.cleanup_interval, self.secrets.expire_due
         )
+        scheduler.every(
+            "secrets:push-reads", settings.secrets.read_push_interval, self.secrets.push_reads
+        )
         self.configs = ConfigService(
             store,
             committer,
@@ -225,6 +231,7 @@ class Daemon:
             limits=config_limits(settings),
             secrets=self.secrets,
         )
+        self._stack.push_async_callback(self.configs.close)  # its schema validator process
         analytics = FlagAnalytics(store, time.time, upstream=upstream, node_id=node_id)
         self.flags = FlagService(
             store,
@@ -283,7 +290,7 @@ class Daemon:
             )
             await source.start()
             self._stack.push_async_callback(source.stop)
-        audit = AuditService(store)
+        audit = AuditService(store, settle=self.secrets.settle_reads)
         health = self.health = Health(node_id)
         alerts = Alerts(lambda: self.settings.alerts)
         health.alerts = alerts
@@ -409,6 +416,7 @@ class Daemon:
         health.add("scheduler", scheduler_health, critical=False)
         health.add("files", files_health, critical=False)
         health.add("keyring", keyring_health, critical=False)
+        health.add("secret_reads", self._secret_reads_health, critical=False)
 
         if source is not None:
             importer = source
@@ -592,7 +600,7 @@ class Daemon:
         return context
 
     def _runner(self, app: web.Application) -> web.AppRunner:
-        return web.AppRunner(
+        return ProblemAppRunner(
             app,
             handle_signals=False,
             access_log_class=AccessLogger,
@@ -637,6 +645,14 @@ class Daemon:
         self._stack.push_async_callback(server.stop)
         _set_socket_access(path, int(settings.flags.socket_mode, 8), settings.flags.socket_group)
         self.addresses["flags"] = str(path)
+
+    async def _secret_reads_health(self) -> ComponentHealth:
+        """Reads recorded here and not yet in the audited change log (the upstream is down,
+        or they are on their way)."""
+        assert self.secrets is not None
+        pending = await self.secrets.pending_reads()
+        detail = "reads wait on this host for the upstream" if pending else None
+        return ComponentHealth(status="ok", detail=detail, counts={"pending": pending})
 
     async def _serve_ws(self, app: web.Application) -> None:
         settings = self.settings

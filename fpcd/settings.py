@@ -88,6 +88,9 @@ class LimitSettings(Section, frozen=True, kw_only=True):
     max_json_depth: Positive = 32
     #: Most object keys in one stored document, counted over all levels.
     max_json_keys: Positive = 10_000
+    #: Longest a write's JSON Schema validation may run (in a worker process) before the
+    #: write is refused with 422.
+    schema_validation_timeout: Duration = Duration(2.0)
 
 
 class StorageSettings(Section, frozen=True, kw_only=True):
@@ -127,6 +130,9 @@ class SecretSettings(Section, frozen=True, kw_only=True):
     cleanup_interval: Duration = Duration(60.0)
     #: Ciphertexts re-encrypted per commit during a key rotation.
     rewrap_batch: Positive = 100
+    #: How often secret reads recorded on this host are retried into the audited change
+    #: log when pushing them right after the read failed (the upstream was down).
+    read_push_interval: Duration = Duration(2.0)
 
 
 class FlagSettings(Section, frozen=True, kw_only=True):

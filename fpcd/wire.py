@@ -142,7 +142,11 @@ class VersionView(View, kw_only=True, omit_defaults=True):
 
     version: int
     config: dict[str, Any]
+    #: The effective configuration's checksum at this version (what GET `?version=` and
+    #: WebSocket updates carry), as everywhere `checksum` appears.
     checksum: str
+    #: The stored layer's content checksum (its config and secret versions).
+    layer_checksum: str = ""
     created_at: datetime
     created_by: str
     description: str = ""
@@ -159,7 +163,10 @@ class WriteResult(View, kw_only=True, omit_defaults=True):
     environment: str
     version: int
     changed: bool
+    #: The effective configuration's checksum after the write (what a GET now returns).
     checksum: str
+    #: The stored layer's content checksum (its config and secret versions).
+    layer_checksum: str = ""
     created_at: datetime | None = None
     rolled_back_from: int | None = None
 

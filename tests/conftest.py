@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,29 @@ def auth_for(url: str) -> dict[str, str]:
     return {}
 
 
-#: Every secret value a test writes, and every log the suite produces: the last test
-#: (test_zz_no_secret_in_logs.py) checks that none of the values shows up in any log.
+#: Every secret value a test writes, and every log the suite produces: after each test
+#: (and once more at the end of the session) no value may show up in any log.
 SECRET_VALUES: set[str] = set()
 LOG_FILES: list[Path] = []
-LOG_LINES: list[str] = []
+#: Recent in-process log lines (JSON), for tests that look for a line they provoked.
+LOG_LINES: deque[str] = deque(maxlen=100_000)
+#: Every secret value starts with this, so a log line without it cannot hold one: the scan
+#: costs one substring search per line, however many values the suite wrote.
+SECRET_MARK = "plain-"
+#: Every log line (in-process or from a daemon's log file) that carries the mark.
+MARKED_LINES: list[str] = []
+_log_offsets: dict[Path, int] = {}
 
 
 class _Capture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            LOG_LINES.append(self.format(record))
+            line = self.format(record)
         except Exception:  # a broken record must not hide others
-            LOG_LINES.append(repr(record.__dict__))
+            line = repr(record.__dict__)
+        LOG_LINES.append(line)
+        if SECRET_MARK in line:
+            MARKED_LINES.append(line)
 
 
 def pytest_configure(config: Any) -> None:
@@ -59,9 +70,59 @@ def pytest_configure(config: Any) -> None:
 
 def secret_value(label: str) -> str:
     """A unique plaintext that the leak check will look for in every log."""
-    value = f"plain-{label}-{secrets_module.token_hex(8)}"
+    value = f"{SECRET_MARK}{label}-{secrets_module.token_hex(8)}"
     SECRET_VALUES.add(value)
     return value
+
+
+def leaked(lines: list[str], values: set[str]) -> list[str]:
+    """The values that appear in any of the lines."""
+    return sorted({v for line in lines if SECRET_MARK in line for v in values if v in line})
+
+
+def read_new_log_lines() -> list[str]:
+    """Complete lines the daemon processes' log files gained since the last call."""
+    found: list[str] = []
+    for path in LOG_FILES:
+        start = _log_offsets.get(path, 0)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                data = handle.read()
+        except FileNotFoundError:
+            continue
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        _log_offsets[path] = start + end
+        text = data[:end].decode(errors="replace")
+        if SECRET_MARK in text:
+            found += [line for line in text.splitlines() if SECRET_MARK in line]
+    MARKED_LINES.extend(found)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs() -> Iterator[None]:
+    """After each test: none of the suite's secret values reached a log line it made."""
+    first = len(MARKED_LINES)
+    yield
+    read_new_log_lines()
+    leaks = leaked(MARKED_LINES[first:], SECRET_VALUES)
+    assert leaks == [], f"secret values found in logs: {_labels(leaks)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """Once more at the end, over everything: module fixtures' daemons stop after their
+    last test, and a value may be registered after a line that holds it."""
+    yield
+    read_new_log_lines()
+    leaks = leaked(MARKED_LINES, SECRET_VALUES)
+    assert leaks == [], f"secret values found in logs: {_labels(leaks)}"
+
+
+def _labels(values: list[str]) -> list[str]:
+    """Which test's values leaked, without printing the values themselves."""
+    return [value.rsplit("-", 1)[0] + "-…" for value in values]
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:

@@ -146,7 +146,9 @@ def test_writes_acknowledged_before_sigterm_survive(spawn: Any) -> None:
 
     thread = threading.Thread(target=writer)
     thread.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while len(acknowledged) <= 5 and time.monotonic() < deadline:  # writes are in flight
+        time.sleep(0.01)
     assert proc.stop() == 0
     stop.set()
     thread.join(10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 import threading
 import time
@@ -121,6 +122,14 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def parsed(path: Path, parse: Callable[[str], Any]) -> Any:
+    """The file's content through `parse`, or None while it is missing or not yet complete."""
+    try:
+        return parse(path.read_text())
+    except (FileNotFoundError, ValueError, yaml.YAMLError):
+        return None
+
+
 async def test_every_format_is_written_with_its_mode(tmp_path: Path, make_daemon: Any) -> None:
     out = tmp_path / "out"
     template = tmp_path / "app.tmpl"
@@ -133,12 +142,13 @@ async def test_every_format_is_written_with_its_mode(tmp_path: Path, make_daemon
         entry(out / "a.conf", format="template", template=str(template)),
     )
     await put(daemon, {"db": {"host": "h", "port": 1}})
-    await until(lambda: (out / "a.conf").exists())
-    assert json.loads((out / "a.json").read_text()) == {"db": {"host": "h", "port": 1}}
-    assert tomllib.loads((out / "a.toml").read_text()) == {"db": {"host": "h", "port": 1}}
-    assert yaml.safe_load((out / "a.yaml").read_text()) == {"db": {"host": "h", "port": 1}}
-    assert (out / "a.env").read_text() == "DB__HOST=h\nDB__PORT=1\n"
-    assert (out / "a.conf").read_text() == "listen h:1\n"
+    # Each file is written on its own: wait for every one, not for the last of the list.
+    expected = {"host": "h", "port": 1}
+    await until(lambda: parsed(out / "a.json", json.loads) == {"db": expected})
+    await until(lambda: parsed(out / "a.toml", tomllib.loads) == {"db": expected})
+    await until(lambda: parsed(out / "a.yaml", yaml.safe_load) == {"db": expected})
+    await until(lambda: parsed(out / "a.env", str) == "DB__HOST=h\nDB__PORT=1\n")
+    await until(lambda: parsed(out / "a.conf", str) == "listen h:1\n")
     assert stat.S_IMODE((out / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((out / "a.yaml").stat().st_mode) == 0o600
     # default layer changes reach the file too
@@ -187,7 +197,7 @@ async def test_unchanged_content_is_not_rewritten(tmp_path: Path, make_daemon: A
     inode, mtime = target.stat().st_ino, target.stat().st_mtime_ns
     await put(daemon, {"a": 1}, description="same content")  # no version
     await put(daemon, {"a": 1}, env="staging")  # other environment
-    await asyncio.sleep(0.3)
+    await until(daemon.files.idle)  # anything these caused would be queued by now
     assert (target.stat().st_ino, target.stat().st_mtime_ns) == (inode, mtime)
     assert lines(ran) == ["run"]
 
@@ -202,7 +212,7 @@ async def test_burst_gives_one_write_and_one_command(tmp_path: Path, make_daemon
     for n in range(10):
         await put(daemon, {"n": n})
     await until(lambda: len(lines(ran)) >= 1)
-    await asyncio.sleep(0.6)
+    await until(daemon.files.idle)
     assert json.loads(a.read_text()) == {"n": 9}
     assert lines(ran) == ["run"]  # one run for both files and all ten changes
 
@@ -250,8 +260,7 @@ async def test_commands_never_use_a_shell_unless_asked(tmp_path: Path, make_daem
         entry(tmp_path / "out" / "s.json", command=f"echo hi > {shelled}", shell=True),
     )
     await put(daemon, {"a": 1})
-    await until(shelled.exists)
-    await asyncio.sleep(0.3)
+    await until(lambda: daemon.files.command_runs == 2 and daemon.files.idle())
     assert shelled.read_text() == "hi\n"
     assert not plain.exists()
 
@@ -266,8 +275,9 @@ async def test_drift_is_restored_or_reported(tmp_path: Path, make_daemon: Any) -
     await until(lambda: kept.read_bytes() == original)
     kept.unlink()
     await until(lambda: kept.exists() and kept.read_bytes() == original)
+    seen = daemon.files.drift_detected
     reported.write_text("edited by hand")
-    await asyncio.sleep(0.5)
+    await until(lambda: daemon.files.drift_detected > seen and daemon.files.idle())
     assert reported.read_text() == "edited by hand"
     async with (
         api_session(daemon) as http,
@@ -279,6 +289,60 @@ async def test_drift_is_restored_or_reported(tmp_path: Path, make_daemon: Any) -
         (f"file:{kept}", "restored"),
         (f"file:{reported}", "reported"),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_reading_synced_files_leaves_the_daemon_idle(spawn: Any, tmp_path: Path) -> None:
+    """A consumer reading its file (1,000 times each) must not make fpcd spin."""
+    import urllib.request
+
+    out = tmp_path / "out"
+    files = [out / "a.json", out / "b.env", out / "c.yaml"]
+    settings = tmp_path / "fpcd.toml"
+    settings.write_text(
+        "".join(
+            f'[[files]]\nservice = "web"\nenvironment = "prod"\npath = "{path}"\n'
+            f'format = "{path.suffix[1:]}"\n'
+            for path in files
+        )
+    )
+    proc = spawn(args=["--config", str(settings)]).start()
+    assert proc.proc is not None
+
+    def put(config: dict[str, Any]) -> None:
+        body = json.dumps({"environment": "prod", "config": config}).encode()
+        req = urllib.request.Request(
+            proc.url + "/api/config/web", data=body, method="PUT", headers=proc.auth
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+    put({"n": 1})
+    deadline = time.monotonic() + 20
+    while not all(parsed(f, str) for f in files) or parsed(files[0], json.loads) != {"n": 1}:
+        assert time.monotonic() < deadline, "files not written"
+        time.sleep(0.02)
+    for path in files:
+        for _ in range(1000):
+            path.read_bytes()
+    before = cpu_seconds(proc.proc.pid)
+    started = time.monotonic()
+    time.sleep(2.0)  # the measurement window itself
+    used = cpu_seconds(proc.proc.pid) - before
+    elapsed = time.monotonic() - started
+    # Spinning costs a whole core (2 s here); an idle daemon only runs its timers.
+    assert used < 0.25 * elapsed, f"{used:.2f} s of CPU in {elapsed:.1f} s after reads"
+    put({"n": 2})
+    landed = time.monotonic() + 1.0
+    while parsed(files[0], json.loads) != {"n": 2}:
+        assert time.monotonic() < landed, "a write did not land within 1 s"
+        time.sleep(0.01)
+    assert proc.stop(timeout=10) == 0  # and it stops promptly
 
 
 async def test_secrets_only_in_private_files(tmp_path: Path, make_daemon: Any) -> None:
@@ -295,7 +359,9 @@ async def test_secrets_only_in_private_files(tmp_path: Path, make_daemon: Any) -
     await put(daemon, {"a": 1}, secrets={"DB_PASSWORD": value})
     await until(lambda: target.exists() and value in target.read_text())
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert value not in (tmp_path / "out" / "public.json").read_text()
+    public = tmp_path / "out" / "public.json"
+    await until(lambda: parsed(public, json.loads) == {"a": 1})  # written on its own
+    assert value not in public.read_text()
 
 
 async def test_stale_temp_files_are_removed_at_start(tmp_path: Path, make_daemon: Any) -> None:

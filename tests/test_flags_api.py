@@ -202,6 +202,47 @@ async def test_dependencies_and_cycles(http: aiohttp.ClientSession) -> None:
     assert body["results"]["child"]["detail"] == "dependency:base"
 
 
+async def test_removing_a_variant_another_flag_depends_on_is_refused(
+    http: aiohttp.ClientSession,
+) -> None:
+    await call(http, "POST", "/api/features", {**CHECKOUT, "name": "checkout"})
+    status, _ = await call(
+        http,
+        "POST",
+        "/api/features",
+        {
+            "name": "upsell",
+            "enabled": True,
+            "dependencies": [{"flag": "checkout", "variant": "onepage"}],
+        },
+    )
+    assert status == 201
+    only_control = [CHECKOUT["variants"][0]]
+    status, problem = await call(
+        http, "PATCH", "/api/features/checkout", {"variants": only_control}
+    )
+    assert status == 422
+    assert problem["errors"] == [
+        {
+            "path": "$.variants",
+            "message": "variant 'onepage' is required by flag 'upsell' (its dependencies[0])",
+        }
+    ]
+    status, problem = await call(
+        http, "PUT", "/api/features/checkout", {**CHECKOUT, "variants": only_control}
+    )
+    assert status == 422 and "upsell" in problem["errors"][0]["message"]
+    _, checkout = await call(http, "GET", "/api/features/checkout")
+    assert [v["id"] for v in checkout["variants"]] == ["control", "onepage"]  # unchanged
+    # The dependent flag still works, and can still be changed.
+    status, _ = await call(http, "PATCH", "/api/features/upsell", {"description": "still valid"})
+    assert status == 200
+    # Once nothing depends on it, the variant may go.
+    await call(http, "PATCH", "/api/features/upsell", {"dependencies": ["checkout"]})
+    status, _ = await call(http, "PATCH", "/api/features/checkout", {"variants": only_control})
+    assert status == 200
+
+
 BAD_FLAGS: list[tuple[dict[str, Any], str]] = [
     ({"name": "x", "rollout": {"percentage": 120}}, "$.rollout.percentage"),
     ({"name": "x", "rollout": {"percentage": -1}}, "$.rollout.percentage"),

@@ -386,3 +386,52 @@ async def test_shutdown_closes_clients_with_going_away(
     msg = await asyncio.wait_for(client.ws.receive(), 10)
     await stopping
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+
+
+async def test_checksum_means_the_effective_config_in_writes_reads_and_updates(
+    daemon: Daemon, session: aiohttp.ClientSession
+) -> None:
+    """One meaning per name: `checksum` is the effective config's everywhere (write result,
+    GET, history, WebSocket); `layerChecksum` is the stored layer's."""
+    client = await connect(session, ws_url(daemon))
+    await client.subscribe("shop")
+    await put(session, daemon, "shop", "default", {"db": {"host": "a"}})
+    assert (await client.next())["type"] == "CONFIGURATION_UPDATE"  # the base layer moved
+    written = await put(session, daemon, "shop", "prod", {"db": {"port": 1}})
+    update = await client.next()
+    api = daemon.addresses["api"]
+    async with session.get(f"{api}/api/config/shop?environment=prod", headers=auth(daemon)) as r:
+        doc = await r.json()
+    assert doc["config"] == update["config"] == {"db": {"host": "a", "port": 1}}
+    assert written["checksum"] == doc["checksum"] == update["checksum"]
+    assert written["layerChecksum"] != written["checksum"]  # the layer alone differs
+    history_url = f"{api}/api/config/shop/history?environment=prod"
+    async with session.get(history_url, headers=auth(daemon)) as r:
+        (entry,) = (await r.json())["items"]
+    assert entry["checksum"] == doc["checksum"]
+    assert entry["layerChecksum"] == written["layerChecksum"]
+
+    # The base moves on: history keeps the effective checksum as it was at version 1.
+    await put(session, daemon, "shop", "default", {"db": {"host": "b"}})
+    moved = await client.next()
+    assert moved["checksum"] != doc["checksum"]
+    async with session.get(history_url, headers=auth(daemon)) as r:
+        assert (await r.json())["items"][0]["checksum"] == doc["checksum"]
+    async with session.get(
+        f"{api}/api/config/shop?environment=prod&version=1", headers=auth(daemon)
+    ) as r:
+        assert (await r.json())["checksum"] == doc["checksum"]
+
+    # A rollback answers with the checksum the next GET and update carry.
+    await put(session, daemon, "shop", "prod", {"db": {"port": 2}})
+    await client.next()
+    async with session.post(
+        f"{api}/api/config/shop/rollback",
+        headers=auth(daemon),
+        json={"environment": "prod", "version": 1},
+    ) as r:
+        assert r.status == 200, await r.text()
+        rolled = await r.json()
+    update = await client.next()
+    assert rolled["checksum"] == update["checksum"] == moved["checksum"]
+    assert rolled["layerChecksum"] == written["layerChecksum"]

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ async def audit_hashes(host: Host) -> list[str]:
 
 
 async def converged(*hosts: Host) -> bool:
+    for host in hosts:  # secret reads recorded on a host are pushed in the background
+        assert host.daemon.secrets is not None
+        if await host.daemon.secrets.pending_reads():
+            return False
     cursors = {h.daemon.store.upstream_cursor for h in hosts}  # type: ignore[union-attr]
     return len(cursors) == 1
 
@@ -261,6 +266,91 @@ async def test_postgres_down_then_back(cluster: Any, postgres: Any) -> None:
     await eventually(lambda: converged(a, b), 20)
     assert (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"] == {"n": 4}
     await assert_same_everywhere([a, b], ["svc"])
+
+
+async def test_reads_never_wait_for_the_upstream(
+    cluster: Any, postgres: Any, tmp_path: Path
+) -> None:
+    """Decrypting reads are recorded on the host and pushed later: with Postgres down
+    every read answers, and a daemon with a secret file restarts."""
+    target = tmp_path / "out" / "shop.env"
+    files = [
+        {
+            "service": "shop",
+            "environment": "prod",
+            "path": str(target),
+            "format": "env",
+            "include_secrets": True,
+            "mode": "0600",
+        }
+    ]
+    a, b = await cluster("a", files=files), await cluster("b")
+    value = secret_value("offline")
+
+    async def written() -> bool:
+        return target.exists() and value in target.read_text()
+
+    assert (await a.put("shop", {"port": 80}, secrets={"PW": value}))[0] == 200
+    await eventually(written)
+    await eventually(lambda: converged(a, b))
+    postgres.stop()
+    try:
+        before = time.time()
+        unix = aiohttp.UnixConnector(path=a.daemon.addresses["socket"])
+        async with aiohttp.ClientSession(base_url="http://fpcd", connector=unix) as session:
+            headers = {"X-Request-Id": "offline-read"}
+            async with session.get("/api/secrets/shop/PW?environment=prod", headers=headers) as r:
+                assert r.status == 200, await r.text()
+                secret = await r.json()
+            assert secret["value"] == value
+            # The answer counts this read (not the one before).
+            last = datetime.fromisoformat(secret["lastAccessedAt"]).timestamp()
+            assert last >= before - 1
+            async with session.get("/api/config/shop?environment=prod&includeSecrets=true") as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["secrets"]["PW"]["value"] == value
+            async with session.get("/api/secrets/shop?environment=prod") as r:
+                listed = (await r.json())["items"][0]
+            assert listed["accessCount"] == secret["accessCount"] + 1
+            async with session.get("/api/audit") as r:
+                assert r.status == 200  # the audit log reads too, without the new entries
+        _, health = await a.call("GET", "/health")
+        assert health["components"]["secret_reads"]["counts"]["pending"] >= 2
+
+        # A restart with a file that includes secrets, the upstream still down.
+        await a.daemon.stop()
+        target.unlink()
+        a = await cluster("a", files=files)
+        await eventually(written)
+        assert (await a.call("GET", "/api/config/shop?environment=prod"))[0] == 200
+    finally:
+        postgres.start()
+
+    # Back: the reads enter the audit chain, the same on every host, as they happened.
+    await eventually(lambda: converged(a, b), 30)
+
+    async def reads_on(host: Host) -> list[Any]:
+        _, page = await host.call("GET", "/api/audit?target=secret:shop/prod&limit=1000")
+        return [e for e in page["items"] if e["action"] == "secret.read"]
+
+    reads = await reads_on(b)
+    offline = [e for e in reads if e["requestId"] == "offline-read"]
+    assert len(offline) == 1 and offline[0]["actor"].startswith("unix:")
+    assert datetime.fromisoformat(offline[0]["at"]).timestamp() >= before - 1
+    assert len(reads) >= 4  # start-up file write, the two API reads, the restart's write
+    assert reads == await reads_on(a)
+    await assert_same_everywhere([a, b], ["shop"])
+    # Each read counted once, on every host.
+    async with (
+        aiohttp.ClientSession(
+            base_url="http://fpcd",
+            connector=aiohttp.UnixConnector(path=b.daemon.addresses["socket"]),
+        ) as session,
+        session.get("/api/secrets/shop?environment=prod") as r,
+    ):
+        counted_on_b = (await r.json())["items"][0]["accessCount"]
+    _, listed_a = await a.call("GET", "/api/secrets/shop?environment=prod")
+    assert counted_on_b == listed_a["items"][0]["accessCount"] == len(reads)
 
 
 async def test_concurrent_writers_on_three_hosts(cluster: Any) -> None:

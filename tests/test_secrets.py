@@ -532,7 +532,7 @@ async def test_expiry_while_stopped_is_cleaned_at_start(tmp_path: Path) -> None:
 # -- tampering ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tamper", ["ciphertext", "nonce", "moved"])
+@pytest.mark.parametrize("tamper", ["ciphertext", "nonce", "moved", "null_nonce", "short_nonce"])
 async def test_tampering_is_detected_and_never_returned(
     unix: aiohttp.ClientSession,
     daemon: Daemon,
@@ -543,7 +543,10 @@ async def test_tampering_is_detected_and_never_returned(
     await call(unix, "PUT", "/api/secrets/app/A", {"value": a})
     await call(unix, "PUT", "/api/secrets/app/B", {"value": b})
     with sqlite3.connect(daemon.settings.data_dir / "fpcd.db") as db:
-        if tamper == "moved":  # A's ciphertext copied into B's row: the AAD no longer fits
+        if tamper in ("null_nonce", "short_nonce"):  # half a value, or a nonce AES-GCM refuses
+            nonce = None if tamper == "null_nonce" else b"\x00"
+            db.execute("UPDATE secret_versions SET nonce = ? WHERE name = 'B'", (nonce,))
+        elif tamper == "moved":  # A's ciphertext copied into B's row: the AAD no longer fits
             db.execute(
                 "UPDATE secret_versions SET (key_id, nonce, ciphertext) = (SELECT key_id,"
                 " nonce, ciphertext FROM secret_versions WHERE name = 'A')"
@@ -599,3 +602,21 @@ async def test_migration_scrubs_plaintext_from_earlier_releases(tmp_path: Path) 
     with sqlite3.connect(path) as db:
         db.execute("VACUUM")
     assert value.encode() not in path.read_bytes()
+
+
+async def test_a_read_reports_itself_in_access_count_and_last_access(
+    unix: aiohttp.ClientSession,
+) -> None:
+    await call(unix, "PUT", "/api/secrets/app/API_KEY", {"value": secret_value("counted")})
+    seen = []
+    for _ in range(3):
+        before = datetime.now(UTC)
+        status, got = await call(unix, "GET", "/api/secrets/app/API_KEY")
+        assert status == 200
+        last = datetime.fromisoformat(got["lastAccessedAt"])
+        assert last >= before - timedelta(milliseconds=1)  # this read, not the one before
+        seen.append((got["accessCount"], last))
+    assert [count for count, _ in seen] == [1, 2, 3]
+    _, listing = await call(unix, "GET", "/api/secrets/app")
+    assert listing["items"][0]["accessCount"] == 3
+    assert datetime.fromisoformat(listing["items"][0]["lastAccessedAt"]) == seen[-1][1]

@@ -336,9 +336,11 @@ async def test_rate_limit(tmp_path: Path) -> None:
             other = issue_token(daemon, "viewer")  # another subject has its own bucket
         async with api_session(daemon, other) as o:
             assert (await call(o, "GET", "/api/config"))[0] == 200
-        await asyncio.sleep(1.1)
-        async with api_session(daemon) as s:
-            assert (await call(s, "GET", "/api/config"))[0] == 200
+        async with api_session(daemon) as s:  # the bucket refills: 2 tokens a second
+            deadline = time.monotonic() + 10
+            while (await call(s, "GET", "/api/config"))[0] == 429:
+                assert time.monotonic() < deadline, "the bucket never refilled"
+                await asyncio.sleep(0.05)
     finally:
         await daemon.stop()
 
@@ -438,3 +440,24 @@ def test_non_loopback_needs_tls_and_auth(tmp_path: Path) -> None:
             auth={"enabled": False},
             tls={"cert": str(cert), "key": str(key)},
         )
+
+
+async def test_a_burst_of_one_lets_the_first_request_of_every_bucket_through(
+    tmp_path: Path,
+) -> None:
+    daemon = Daemon(
+        make_settings(
+            tmp_path,
+            rate_limit={"per_service_rps": 1, "per_subject_rps": 1, "per_subject_burst": 1},
+        )
+    )
+    await daemon.start()
+    try:
+        for n in range(5):  # a new subject and a new service each time: two fresh buckets
+            async with api_session(daemon, issue_token(daemon, "admin", subject=f"u{n}")) as s:
+                first = (await call(s, "GET", f"/api/config/svc{n}?environment=prod"))[0]
+                assert first == 404  # not found, but not refused: 429 was the bug
+                async with s.get(f"/api/config/svc{n}?environment=prod") as again:
+                    assert again.status == 429 and int(again.headers["Retry-After"]) >= 1
+    finally:
+        await daemon.stop()

@@ -172,6 +172,8 @@ class TokenVerifier:
         if cached is not None and cached[1] > now:
             caller = cached[0]
             return caller if caller.peer == peer else msgspec.structs.replace(caller, peer=peer)
+        if not token.isascii():  # a JWT is base64url and dots; anything else is not one
+            raise Unauthenticated("the token is not valid")
         try:
             claims = jwt.decode(
                 token,
@@ -190,7 +192,7 @@ class TokenVerifier:
             raise Unauthenticated("the token is for another audience") from None
         except jwt.InvalidIssuerError:
             raise Unauthenticated("the token is from another issuer") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("the token is not valid") from None
         roles = _listish(claims.get("roles", claims.get("role")), "roles") or ()
         caller = Caller(

@@ -156,6 +156,9 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         response = await handler(request)
     except FpcdError as error:
         response = _from_error(error, request_id)
+    except web.RequestPayloadError:  # e.g. `Content-Encoding: gzip` on a body that is not
+        bad_body = BadRequest("the request body cannot be decoded as its Content-Encoding says")
+        response = _from_error(bad_body, request_id)
     except web.HTTPException as error:
         if error.status < 400:
             error.headers["X-Request-Id"] = request_id
@@ -283,7 +286,7 @@ def query_int(
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is true
         raise BadRequest(
             f"query parameter {name} must be a whole number",
             errors=[FieldError(f"query.{name}", "expected a whole number")],

@@ -93,14 +93,16 @@ def rule_for(method: str, route: str) -> Rule | None:
 class Bucket:
     __slots__ = ("burst", "last", "rate", "tokens")
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
         self.rate, self.burst = rate, max(burst, rate, 1.0)
-        self.tokens, self.last = self.burst, time.monotonic()
+        self.tokens, self.last = self.burst, time.monotonic() if now is None else now
 
     def take(self, now: float) -> float:
         """0 when a request may go; else the seconds until one may."""
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
+        # A `now` read before the bucket was made must not count as negative time: with
+        # a burst of 1 that took the first request's token away.
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = max(now, self.last)
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
@@ -122,12 +124,14 @@ class RateLimiter:
         )
 
     @staticmethod
-    def _bucket(table: dict[str, Bucket], key: str, rate: float, burst: float) -> Bucket:
+    def _bucket(
+        table: dict[str, Bucket], key: str, rate: float, burst: float, now: float
+    ) -> Bucket:
         bucket = table.get(key)
         if bucket is None:
             if len(table) >= 10_000:  # forget idle subjects rather than grow without bound
                 table.clear()
-            bucket = table[key] = Bucket(rate, burst)
+            bucket = table[key] = Bucket(rate, burst, now)
         return bucket
 
     def check(self, subject: str, service: str | None) -> int | None:
@@ -137,15 +141,15 @@ class RateLimiter:
         waits = []
         if s.per_subject_rps:
             waits.append(
-                self._bucket(self._subjects, subject, s.per_subject_rps, s.per_subject_burst).take(
-                    now
-                )
+                self._bucket(
+                    self._subjects, subject, s.per_subject_rps, s.per_subject_burst, now
+                ).take(now)
             )
         if service is not None and s.per_service_rps:
             waits.append(
-                self._bucket(self._services, service, s.per_service_rps, s.per_service_rps).take(
-                    now
-                )
+                self._bucket(
+                    self._services, service, s.per_service_rps, s.per_service_rps, now
+                ).take(now)
             )
         if self._global is not None:
             waits.append(self._global.take(now))

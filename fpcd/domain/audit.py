@@ -129,32 +129,61 @@ class ChainBreak(msgspec.Struct, frozen=True):
     reason: str
 
 
+class ChainVerifier:
+    """Recomputes the chain incrementally: `feed` entries in id order, batch by batch, then
+    `finish` with the recorded head. Holds one entry's state, whatever the log's length;
+    only the first `max_breaks` breaks are listed (then one line counts the rest)."""
+
+    def __init__(self, *, max_breaks: int = 1000) -> None:
+        self.prev_id, self.prev_hash = 0, GENESIS_HASH
+        self.entries = 0
+        self.breaks: list[ChainBreak] = []
+        self.unlisted = 0
+        self._max_breaks = max_breaks
+
+    def _break(self, id: int, reason: str) -> None:
+        if len(self.breaks) < self._max_breaks:
+            self.breaks.append(ChainBreak(id, reason))
+        else:
+            self.unlisted += 1
+
+    def feed(self, entries: Iterable[AuditEntry]) -> None:
+        for entry in entries:
+            self.entries += 1
+            if entry.id != self.prev_id + 1:
+                self._break(entry.id, f"expected entry {self.prev_id + 1}: rows missing")
+            if entry.prev_hash != self.prev_hash:
+                self._break(entry.id, "prevHash does not match the previous entry")
+            expected = entry_hash(
+                entry.prev_hash,
+                id=entry.id,
+                at=entry.at,
+                actor=entry.actor,
+                action=entry.action,
+                target=entry.target,
+                details=entry.details,
+                request_id=entry.request_id,
+            )
+            if expected != entry.hash:
+                self._break(entry.id, "content does not match its hash (edited row)")
+            self.prev_id, self.prev_hash = entry.id, entry.hash
+
+    def finish(self, head: tuple[int, str] | None) -> list[ChainBreak]:
+        """All breaks found; `head` is the (id, hash) the store recorded with its last append."""
+        if head is not None and head != (self.prev_id, self.prev_hash):
+            self._break(self.prev_id, f"log ends at entry {self.prev_id}, expected {head[0]}")
+        if self.unlisted:
+            self.breaks.append(ChainBreak(self.prev_id, f"{self.unlisted} more breaks not listed"))
+            self.unlisted = 0
+        return self.breaks
+
+
 def verify_chain(entries: Iterable[AuditEntry], head: tuple[int, str] | None) -> list[ChainBreak]:
     """Recompute every hash; report edited, reordered, inserted or deleted rows.
 
     `head` is the (id, hash) the store recorded with its last append, which
     catches a deleted tail that the chain alone cannot show.
     """
-    breaks: list[ChainBreak] = []
-    prev_id, prev_hash = 0, GENESIS_HASH
-    for entry in entries:
-        if entry.id != prev_id + 1:
-            breaks.append(ChainBreak(entry.id, f"expected entry {prev_id + 1}: rows missing"))
-        if entry.prev_hash != prev_hash:
-            breaks.append(ChainBreak(entry.id, "prevHash does not match the previous entry"))
-        expected = entry_hash(
-            entry.prev_hash,
-            id=entry.id,
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            details=entry.details,
-            request_id=entry.request_id,
-        )
-        if expected != entry.hash:
-            breaks.append(ChainBreak(entry.id, "content does not match its hash (edited row)"))
-        prev_id, prev_hash = entry.id, entry.hash
-    if head is not None and head != (prev_id, prev_hash):
-        breaks.append(ChainBreak(prev_id, f"log ends at entry {prev_id}, expected {head[0]}"))
-    return breaks
+    verifier = ChainVerifier()
+    verifier.feed(entries)
+    return verifier.finish(head)

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from fpcd.domain.errors import BadRequest, FieldError, Invalid
+from fpcd.domain.schemas import check_schema, validator_for
 
 #: The environment every other environment of a service layers on top of.
 BASE_ENVIRONMENT = "default"
@@ -131,11 +130,14 @@ def check_limits(value: Any, *, max_depth: int, max_keys: int, path: str) -> lis
 
 
 class SchemaValidator:
-    """A compiled JSON Schema (2020-12); built once per schema version, reused per write."""
+    """A compiled JSON Schema (2020-12); built once per schema version, reused per write.
+
+    Regular expressions run on RE2 and references stay local (`fpcd.domain.schemas`);
+    the daemon runs this in a worker process under a time budget."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        self._validator = Draft202012Validator(schema)
+        self._validator = validator_for(schema)
 
     def errors(self, document: dict[str, Any], prefix: str) -> list[FieldError]:
         found: list[FieldError] = []
@@ -146,16 +148,20 @@ class SchemaValidator:
         return found
 
 
+def schema_problems(schema: dict[str, Any]) -> list[FieldError]:
+    """What `compile_schema` refuses, as a list (paths under `$.schema`)."""
+    return check_schema(schema, lambda parts: "$.schema" + _json_path(parts)[1:])
+
+
 def compile_schema(schema: dict[str, Any]) -> SchemaValidator:
-    """Refuse a schema that is not itself valid 2020-12, listing where it is wrong."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as error:
-        where = "$.schema" + _json_path(list(error.path))[1:]
+    """Refuse a schema that could never validate a write, listing where it is wrong: not
+    valid 2020-12, a pattern RE2 does not accept, a reference that does not resolve
+    locally, or references that loop without descending into the document."""
+    errors = schema_problems(schema)
+    if errors:
         raise Invalid(
-            "the schema is not a valid JSON Schema (2020-12)",
-            errors=[FieldError(where, error.message)],
-        ) from None
+            "the schema is not a valid JSON Schema (2020-12) fpcd can apply", errors=errors
+        )
     return SchemaValidator(schema)
 
 

@@ -88,7 +88,7 @@ def seal(key: AESGCM, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
 def open_sealed(key: AESGCM, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     try:
         return key.decrypt(nonce, ciphertext, aad)
-    except InvalidTag:
+    except (InvalidTag, ValueError, TypeError):  # also a nonce of a wrong length or type
         raise TamperedError("ciphertext, nonce or AAD failed authentication") from None
 
 

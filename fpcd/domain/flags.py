@@ -8,6 +8,7 @@ and shared by every SDK: never change it without a versioned, opt-in switch.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -152,7 +153,7 @@ def variant_slot(flag_key: str, stickiness_id: str, total: int) -> int:
 # -- parsing helpers (used by validation and compilation) -----------------------------
 
 _SEMVER = re.compile(
-    r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?"
+    r"v?(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?"
 )
 
 
@@ -162,12 +163,18 @@ def semver_key(value: str) -> tuple[Any, ...] | None:
     if match is None:
         return None
     major, minor, patch, pre = match.groups()
-    if pre is None:
-        pre_key: tuple[Any, ...] = ((1,),)
-    else:
-        pre_key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
-        pre_key = ((0,), *pre_key)
-    return (int(major), int(minor), int(patch), pre_key)
+    try:
+        if pre is None:
+            pre_key: tuple[Any, ...] = ((1,),)
+        else:
+            pre_key = tuple(
+                (0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p)
+                for p in pre.split(".")
+            )
+            pre_key = ((0,), *pre_key)
+        return (int(major), int(minor), int(patch), pre_key)
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        return None
 
 
 def parse_instant(value: Any) -> float | None:
@@ -187,7 +194,10 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond a float (10**400): as far as one goes
+            return math.inf if value > 0 else -math.inf
     if isinstance(value, str):
         try:
             return float(value)
@@ -304,6 +314,28 @@ def validate_definition(
             errors.append(FieldError("$.dependencies", "dependency cycle: " + " -> ".join(cycle)))
     if errors:
         raise Invalid(f"flag {key!r} is not valid", errors=errors)
+
+
+def check_dependents(
+    key: str, definition: FlagDefinition, others: Iterable[tuple[str, FlagDefinition]]
+) -> None:
+    """Refuse a new definition of `key` that drops a variant other flags depend on: those
+    flags would be switched off silently (the dependency can never be met)."""
+    variants = {v.id for v in _all_variants(definition)}
+    errors = [
+        FieldError(
+            "$.variants",
+            f"variant {variant!r} is required by flag {other!r} (its dependencies[{i}])",
+        )
+        for other, other_definition in others
+        if other != key
+        for i, (dep, variant) in enumerate(dependency_keys(other_definition))
+        if dep == key and variant is not None and variant not in variants
+    ]
+    if errors:
+        raise Invalid(
+            f"flag {key!r} is not valid: other flags depend on variants it removes", errors=errors
+        )
 
 
 def _all_variants(definition: FlagDefinition) -> Iterable[Variant]:

@@ -149,6 +149,10 @@ class SecretRead(Record, frozen=True, kw_only=True, tag="secret_read"):
     environment: str
     names: list[str]
     peer: str = ""
+    #: Id of the read in its host's outbox (`secret_reads`): the host that counted the
+    #: read when it happened does not count it again when the change comes back.
+    #: Empty in reads committed before the outbox existed.
+    read_id: str = ""
 
 
 class ServiceRegistration(Record, frozen=True, kw_only=True, tag="service"):

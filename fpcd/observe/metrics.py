@@ -63,6 +63,7 @@ class Sources:
     #: Ciphertexts still under an old key (refreshed before each scrape: it needs a query).
     rotation_remaining: int = 0
     rotation_running: bool = False
+    secret_reads_pending: int = 0
 
 
 def _histogram(
@@ -117,6 +118,14 @@ class DaemonCollector(Collector):
         reads.add_metric(["hit"], s.configs.cache_hits)
         reads.add_metric(["miss"], s.configs.cache_misses)
         yield reads
+        validations = CounterMetricFamily(
+            "fpcd_schema_validations",
+            "JSON Schema checks in the validator process: answered, or past their time budget",
+            labels=["result"],
+        )
+        validations.add_metric(["done"], s.configs.schema_runner.validations)
+        validations.add_metric(["timeout"], s.configs.schema_runner.timeouts)
+        yield validations
 
         # Flags
         evaluations = CounterMetricFamily(
@@ -247,6 +256,11 @@ class DaemonCollector(Collector):
         yield _gauge(
             "fpcd_secret_rotation_running", "1 while a rewrap runs", int(s.rotation_running)
         )
+        yield _gauge(
+            "fpcd_secret_reads_pending",
+            "Secret reads recorded on this host, not yet in the audited change log",
+            s.secret_reads_pending,
+        )
 
         # Files
         f = s.files
@@ -302,6 +316,7 @@ class Metrics:
         status = await self.sources.secrets.status()
         self.sources.rotation_remaining = status.rotation.remaining
         self.sources.rotation_running = status.rotation.running
+        self.sources.secret_reads_pending = await self.sources.secrets.pending_reads()
 
     async def render(self, accept: str | None) -> tuple[bytes, str]:
         await self.refresh()

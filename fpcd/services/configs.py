@@ -6,6 +6,7 @@ arrives, so a cached GET neither touches SQLite nor encodes JSON.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -16,11 +17,10 @@ from fpcd.domain.access import may
 from fpcd.domain.configs import (
     ANY_VERSION,
     BASE_ENVIRONMENT,
-    SchemaValidator,
+    canonical_json,
     check_limits,
     check_name,
     checksum,
-    compile_schema,
     content_checksum,
     deep_merge,
     diff,
@@ -41,6 +41,7 @@ from fpcd.domain.model import (
 )
 from fpcd.services.changes import Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus
+from fpcd.services.schema_worker import SchemaRunner
 from fpcd.services.secrets import READ_SECRETS, SecretService
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
@@ -67,6 +68,22 @@ class ConfigLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_keys: int = 10_000
     max_tags: int = 32
     max_text: int = 1024
+    #: Seconds one write's schema validation may take (in the worker process).
+    validation_timeout: float = 2.0
+
+
+#: Checking a schema when it is stored (the meta-schema check is slow on large schemas)
+#: may take this many times the budget of one write's validation.
+SCHEMA_CHECK_BUDGET = 5
+
+
+class SchemaCheck(NamedTuple):
+    """A schema validation of one write, and what it was run against: the schema version
+    and every layer of the service (a check made before the commit lock is reused inside
+    it when nothing changed in between)."""
+
+    basis: tuple[Any, ...]
+    errors: dict[str, list[FieldError]]
 
 
 class EncodedDocument(NamedTuple):
@@ -82,11 +99,17 @@ def _etag(version: int, base_version: int | None) -> str:
     return f'"{version}"' if base_version is None else f'"{version}+{base_version}"'
 
 
-def _version_view(v: ConfigVersion) -> VersionView:
+def _effective_checksum(base: ConfigVersion | None, config: dict[str, Any]) -> str:
+    """`checksum` wherever it appears: the effective configuration's, merged over `base`."""
+    return checksum(deep_merge(base.config, config) if base is not None else config)
+
+
+def _version_view(v: ConfigVersion, base: ConfigVersion | None = None) -> VersionView:
     return VersionView(
         version=v.version,
         config=v.config,
-        checksum=v.checksum,
+        checksum=_effective_checksum(base, v.config),
+        layer_checksum=v.checksum,
         created_at=v.created_at,
         created_by=v.created_by,
         description=v.description,
@@ -120,7 +143,9 @@ class ConfigService:
         # service -> (environment, raw, version) -> document; dropped on any change to it.
         self._cache: dict[str, dict[tuple[str, bool, int | None], EncodedDocument]] = {}
         self._generation: dict[str, int] = {}
-        self._validators: dict[str, SchemaValidator | None] = {}
+        #: service -> (its schema record or None, the schema's content hash)
+        self._schemas: dict[str, tuple[SchemaRecord | None, str]] = {}
+        self.schema_runner = SchemaRunner()
         self._last_reload: dict[tuple[str, str], str] = {}
         #: (service, environment) -> dotted paths a registered service requires there.
         self.required_configs: Callable[[str, str], list[str]] = lambda service, env: []
@@ -143,7 +168,8 @@ class ConfigService:
                 self._cache.pop(service, None)
                 self._generation[service] = self._generation.get(service, 0) + 1
             case SchemaRecord(service=service):
-                self._validators.pop(service, None)
+                self._schemas.pop(service, None)
+                self._generation[service] = self._generation.get(service, 0) + 1
             case ReloadRequest() as reload:
                 self._last_reload[(reload.service, reload.environment)] = reload.checksum
 
@@ -263,9 +289,19 @@ class ConfigService:
         )
         if total == 0:
             raise NotFound(f"no configuration for {service}/{environment}")
-        return Page(
-            items=[_version_view(v) for v in versions], total=total, limit=limit, offset=offset
-        )
+        bases: dict[int, ConfigVersion] = {}
+        if environment != BASE_ENVIRONMENT:
+            bases = await self._store.config_bases(
+                service, environment, [v.version for v in versions], BASE_ENVIRONMENT
+            )
+        items = [_version_view(v, bases.get(v.version)) for v in versions]
+        return Page(items=items, total=total, limit=limit, offset=offset)
+
+    async def _base(self, service: str, environment: str) -> ConfigVersion | None:
+        """The `default` layer a write to `environment` is merged over (None for itself)."""
+        if environment == BASE_ENVIRONMENT:
+            return None
+        return await self._store.config_head(service, BASE_ENVIRONMENT)
 
     async def _layer(self, service: str, environment: str, version: int) -> ConfigVersion:
         found = await self._store.config_version(service, environment, version)
@@ -347,23 +383,87 @@ class ConfigService:
         if errors:
             raise Invalid("the configuration breaks a size or naming rule", errors=errors)
 
-    async def _validator(self, service: str) -> SchemaValidator | None:
-        if service not in self._validators:
-            record = await self._store.schema(service)
-            schema = record.schema if record else None
-            self._validators[service] = SchemaValidator(schema) if schema is not None else None
-        return self._validators[service]
+    async def close(self) -> None:
+        await self.schema_runner.close()
 
-    async def _validate(self, service: str, environment: str, config: dict[str, Any]) -> None:
+    async def _schema(self, service: str) -> tuple[SchemaRecord | None, str]:
+        """The service's schema record and its content hash (cached until it changes)."""
+        if (cached := self._schemas.get(service)) is not None:
+            return cached
+        generation = self._generation.get(service, 0)
+        record = await self._store.schema(service)
+        if record is None or record.schema is None:
+            entry: tuple[SchemaRecord | None, str] = (None, "")
+        else:
+            entry = (record, hashlib.sha256(canonical_json(record.schema)).hexdigest())
+        if self._generation.get(service, 0) == generation:  # no change raced with the read
+            self._schemas[service] = entry
+        return entry
+
+    @staticmethod
+    def _basis(
+        record: SchemaRecord | None, key: str, layers: dict[str, ConfigVersion]
+    ) -> tuple[Any, ...]:
+        layer_ids = tuple(sorted((env, v.version, v.checksum) for env, v in layers.items()))
+        return (record.version if record else 0, key, layer_ids)
+
+    async def _schema_check(
+        self,
+        service: str,
+        environment: str,
+        config: dict[str, Any],
+        layers: dict[str, ConfigVersion] | None = None,
+    ) -> SchemaCheck:
+        """Validate every document the write produces against the service's schema, in the
+        worker process under `limits.validation_timeout` (ValidationFailed past it)."""
+        record, key = await self._schema(service)
+        if record is None or record.schema is None:
+            return SchemaCheck((), {})  # nothing to check (and no layers to read)
+        if layers is None:
+            layers = await self._store.config_layers(service)
+        basis = self._basis(record, key, layers)
+        docs = list(
+            effective_configs(environment, config, {e: v.config for e, v in layers.items()})
+        )
+        found = await self.schema_runner.errors(
+            key,
+            record.schema,
+            [doc for _, doc in docs],
+            prefix="$.config",
+            budget=self.limits.validation_timeout,
+        )
+        return SchemaCheck(
+            basis, {env: errors for (env, _), errors in zip(docs, found, strict=True)}
+        )
+
+    async def _validate(
+        self,
+        service: str,
+        environment: str,
+        config: dict[str, Any],
+        checked: SchemaCheck | None = None,
+    ) -> None:
         """The service's schema and its registered requiredConfigs, on every document the
-        write produces (all environments over `default` when `default` is written)."""
-        validator = await self._validator(service)
-        if validator is None and not self.required_configs(service, environment):
+        write produces (all environments over `default` when `default` is written).
+
+        `checked` is a schema check made before the commit lock was taken; it stands when
+        neither the schema nor any layer changed since, so the slow part of validation
+        does not hold up other writers."""
+        record, key = await self._schema(service)
+        if record is None and not self.required_configs(service, environment):
             return
-        layers = {env: v.config for env, v in (await self._store.config_layers(service)).items()}
+        layers = await self._store.config_layers(service)
+        schema_errors: dict[str, list[FieldError]] = {}
+        if record is not None:
+            if checked is not None and checked.basis == self._basis(record, key, layers):
+                schema_errors = checked.errors
+            else:
+                check = await self._schema_check(service, environment, config, layers)
+                schema_errors = check.errors
         errors: list[FieldError] = []
-        for env, document in effective_configs(environment, config, layers):
-            found = validator.errors(document, "$.config") if validator is not None else []
+        docs = {env: v.config for env, v in layers.items()}
+        for env, document in effective_configs(environment, config, docs):
+            found = list(schema_errors.get(env, []))
             found += [
                 FieldError(f"$.config.{path}", "required by the registered service")
                 for path in missing_paths(document, self.required_configs(service, env))
@@ -414,6 +514,10 @@ class ConfigService:
             for name, value in values.items():
                 self._secrets.check_value(name, value, f"$.secrets.{name}")
         unchanged: list[ConfigVersion] = []
+        bases: list[ConfigVersion | None] = []
+        # The schema part of validation runs before the commit lock (it may take up to its
+        # budget); inside the lock it is reused unless the schema or a layer changed.
+        checked = await self._schema_check(service, environment, config)
 
         async def plan() -> list[Change]:
             head = await self._store.config_head(service, environment)
@@ -427,10 +531,11 @@ class ConfigService:
                 )
                 refs.update(written)
             content = content_checksum(config, refs)
+            bases.append(await self._base(service, environment))
             if head is not None and head.checksum == content:
                 unchanged.append(head)
                 return []
-            await self._validate(service, environment, config)
+            await self._validate(service, environment, config, checked)
             version = ConfigVersion(
                 service=service,
                 environment=environment,
@@ -457,7 +562,8 @@ class ConfigService:
                 environment=environment,
                 version=head.version,
                 changed=False,
-                checksum=head.checksum,
+                checksum=_effective_checksum(bases[-1], head.config),
+                layer_checksum=head.checksum,
             )
         stored = applied[-1].payload
         assert isinstance(stored, ConfigVersion)
@@ -466,7 +572,8 @@ class ConfigService:
             environment=environment,
             version=stored.version,
             changed=True,
-            checksum=stored.checksum,
+            checksum=_effective_checksum(bases[-1], stored.config),
+            layer_checksum=stored.checksum,
             created_at=stored.created_at,
         )
 
@@ -483,18 +590,27 @@ class ConfigService:
         """Write version k's content as a new head; history never rewinds."""
         check_name("service", service)
         unchanged: list[ConfigVersion] = []
+        bases: list[ConfigVersion | None] = []
+        checked: SchemaCheck | None = None
+        try:
+            old_layer = await self._layer(service, environment, version)
+        except NotFound:
+            pass  # the plan says so, after the If-Match check
+        else:
+            checked = await self._schema_check(service, environment, old_layer.config)
 
         async def plan() -> list[Change]:
             head = await self._store.config_head(service, environment)
             self._check_expected(service, environment, head, expected_version)
             target = await self._layer(service, environment, version)
             assert head is not None
+            bases.append(await self._base(service, environment))
             # Content only: secrets are versioned on their own and stay as they are.
             content = content_checksum(target.config, head.secret_versions)
             if head.checksum == content:
                 unchanged.append(head)
                 return []
-            await self._validate(service, environment, target.config)
+            await self._validate(service, environment, target.config, checked)
             restored = ConfigVersion(
                 service=service,
                 environment=environment,
@@ -519,7 +635,8 @@ class ConfigService:
                 environment=environment,
                 version=head.version,
                 changed=False,
-                checksum=head.checksum,
+                checksum=_effective_checksum(bases[-1], head.config),
+                layer_checksum=head.checksum,
             )
         stored = applied[0].payload
         assert isinstance(stored, ConfigVersion)
@@ -528,7 +645,8 @@ class ConfigService:
             environment=environment,
             version=stored.version,
             changed=True,
-            checksum=stored.checksum,
+            checksum=_effective_checksum(bases[-1], stored.config),
+            layer_checksum=stored.checksum,
             created_at=stored.created_at,
             rolled_back_from=version,
         )
@@ -558,7 +676,6 @@ class ConfigService:
     ) -> SchemaDocument:
         """Store (or with None, remove) a schema; current configs that break it are reported."""
         check_name("service", service)
-        validator = None
         if schema is not None:
             errors = check_limits(
                 schema,
@@ -568,7 +685,16 @@ class ConfigService:
             )
             if errors:
                 raise Invalid("the schema breaks a size rule", errors=errors)
-            validator = compile_schema(schema)
+            key = hashlib.sha256(canonical_json(schema)).hexdigest()
+            problems = await self.schema_runner.check(
+                key, schema, budget=SCHEMA_CHECK_BUDGET * self.limits.validation_timeout
+            )
+            if problems:
+                raise Invalid(
+                    "the schema is not a valid JSON Schema (2020-12) fpcd can apply",
+                    errors=problems,
+                )
+        violations = await self._violations(service, schema) if schema is not None else []
 
         async def plan() -> list[Change]:
             old = await self._store.schema(service)
@@ -586,25 +712,34 @@ class ConfigService:
         applied = await self._committer.commit(plan)
         record = applied[0].payload
         assert isinstance(record, SchemaRecord)
-        violations: list[dict[str, Any]] = []
-        if validator is not None:
-            layers = await self._store.config_layers(service)
-            docs = {env: v.config for env, v in layers.items()}
-            for env in sorted(docs):
-                effective = (
-                    deep_merge(docs.get(BASE_ENVIRONMENT, {}), docs[env])
-                    if env != BASE_ENVIRONMENT
-                    else docs[env]
-                )
-                errors = validator.errors(effective, "$.config")
-                if errors:
-                    violations.append(
-                        {
-                            "environment": env,
-                            "errors": [{"path": e.path, "message": e.message} for e in errors],
-                        }
-                    )
         return self._schema_document(record, violations)
+
+    async def _violations(self, service: str, schema: dict[str, Any]) -> list[dict[str, Any]]:
+        """Where the service's current configurations break a new schema (reported, not
+        refused); validation past its budget refuses the schema, as it would every write."""
+        layers = await self._store.config_layers(service)
+        docs = {env: v.config for env, v in layers.items()}
+        effective = {
+            env: deep_merge(docs.get(BASE_ENVIRONMENT, {}), docs[env])
+            if env != BASE_ENVIRONMENT
+            else docs[env]
+            for env in sorted(docs)
+        }
+        if not effective:
+            return []
+        key = hashlib.sha256(canonical_json(schema)).hexdigest()
+        found = await self.schema_runner.errors(
+            key,
+            schema,
+            list(effective.values()),
+            prefix="$.config",
+            budget=self.limits.validation_timeout,
+        )
+        return [
+            {"environment": env, "errors": [{"path": e.path, "message": e.message} for e in errors]}
+            for env, errors in zip(effective, found, strict=True)
+            if errors
+        ]
 
     # -- reload --------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from fpcd.domain.flags import (
     EvaluationResult,
     FlagDefinition,
     active,
+    check_dependents,
     compile_flag,
     dependency_keys,
     derive_key,
@@ -346,6 +347,15 @@ class FlagService:
                 unchanged.append(current)
                 return []
             validate_definition(definition, key, known=self._known)
+            check_dependents(
+                key,
+                definition,
+                (
+                    (other, record.definition)
+                    for other, record in sorted(self._records.items())
+                    if not record.archived
+                ),
+            )
             now = self._clock()
             record = FlagRecord(
                 key=key,

@@ -42,6 +42,16 @@ class Observed:
     status: str = UNKNOWN
 
 
+def _http_url(url: str) -> bool:
+    """An http(s) URL with a host (and a valid port, if any) that a probe can reach."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number in 0..65535
+    except ValueError:  # "http://[::1" and the like
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 class RegistryService:
     def __init__(
         self,
@@ -237,7 +247,7 @@ class RegistryService:
             if not isinstance(body.health_check, str | None)
             else (body.health_check or "")
         )
-        if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+        if url and not _http_url(url):
             raise Invalid(
                 "healthCheck must be an http(s) URL",
                 errors=[FieldError("$.healthCheck", "expected http:// or https://")],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -26,6 +27,7 @@ from fpcd.domain.errors import (
     Gone,
     Invalid,
     NotFound,
+    Unavailable,
 )
 from fpcd.domain.model import (
     Caller,
@@ -37,12 +39,13 @@ from fpcd.domain.model import (
     SecretRead,
     SecretRewrap,
     SecretVersion,
+    rfc3339,
 )
 from fpcd.services.changes import Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.services.keyring import new_data_key
 from fpcd.services.scheduler import Scheduler
-from fpcd.store.sqlite import SecretRow, Store
+from fpcd.store.sqlite import PendingRead, SecretRow, Store
 from fpcd.wire import KeyringStatus, KeyStatus, Page, RotationStatus, SecretView
 
 log = logging.getLogger("fpcd.secrets")
@@ -95,6 +98,7 @@ class SecretService:
         clock: Callable[[], datetime],
         max_value_bytes: int,
         rewrap_batch: int = 100,
+        push_batch: int = 200,
         time_source: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -109,6 +113,12 @@ class SecretService:
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
         self._rewrap_failed: set[tuple[str, str, str, int]] = set()
+        self._push_batch = push_batch
+        self._push_lock = asyncio.Lock()
+        self._push_task: asyncio.Task[None] | None = None
+        self._push_again = False
+        self._push_failing = False
+        self._stopping = False
         #: For /metrics: values decrypted for a caller, values destroyed at expiry,
         #: ciphertexts rewrapped under a new key, integrity failures.
         self.reads = 0
@@ -120,8 +130,14 @@ class SecretService:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Destroy what expired while stopped, schedule the rest, resume a rotation."""
-        await self.expire_due()
+        """Destroy what expired while stopped, schedule the rest, resume a rotation, push
+        reads recorded before the last stop."""
+        try:
+            await self.expire_due()
+        except Unavailable:
+            # The upstream is down: reads refuse expired values anyway, and the cleanup
+            # job destroys them once it is back. Start-up never waits for it.
+            log.warning("expired secrets are destroyed once the upstream is back")
         for row in await self._store.secrets_expiring():
             self._schedule_expiry(
                 row.service, row.environment, row.name, row.version, row.expires_at
@@ -129,12 +145,25 @@ class SecretService:
         assert self.keyring.primary is not None
         if await self._store.secrets_to_rewrap(self.keyring.primary, 1):
             self._start_rewrap()
+        if await self._store.pending_secret_reads(1):
+            self._kick_push()
 
     async def stop(self) -> None:
         task, self._rewrap_task = self._rewrap_task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        # The doors are closed by now: push what was read, unless the upstream is known to
+        # be down (then the reads wait in SQLite for the next start; shutdown does not).
+        self._stopping = True
+        push, self._push_task = self._push_task, None
+        if push is not None:
+            await asyncio.gather(push, return_exceptions=True)
+        if not self._push_failing:
+            try:
+                await self.push_reads()
+            except Exception:
+                log.exception("pushing secret reads at shutdown failed; they are kept")
 
     # -- events ----------------------------------------------------------------------
 
@@ -169,9 +198,10 @@ class SecretService:
     # -- encryption helpers ------------------------------------------------------------
 
     def _decrypt(self, row: SecretRow) -> Secret:
-        assert row.nonce is not None and row.ciphertext is not None
         aad = secret_aad(row.service, row.environment, row.name, row.version)
         try:
+            if row.nonce is None or row.ciphertext is None:  # half a value: edited by hand
+                raise TamperedError("a ciphertext without its nonce")
             return self.keyring.decrypt(row.key_id, row.nonce, row.ciphertext, aad)
         except TamperedError:
             self.tampered += 1
@@ -319,19 +349,121 @@ class SecretService:
         if row.ciphertext is None:
             raise Gone(f"secret {name} in {service}/{environment} has no value")
         value = self._decrypt(row)
-        await self._record_read(service, environment, [name], caller)
-        return secret_view(msgspec.structs.replace(row, access_count=row.access_count + 1), value)
+        counts = await self._record_read(service, environment, [name], caller)
+        count, last_at = counts.get(name, (row.access_count + 1, row.last_accessed_at))
+        return secret_view(
+            msgspec.structs.replace(row, access_count=count, last_accessed_at=last_at), value
+        )
 
     async def _record_read(
         self, service: str, environment: str, names: list[str], caller: Caller
-    ) -> None:
-        read = SecretRead(service=service, environment=environment, names=names, peer=caller.peer)
+    ) -> dict[str, tuple[int, str]]:
+        """Record a decrypting read on this host (outbox row and access counts, one local
+        transaction) and have it pushed as a `SecretRead` change in the background: a read
+        never waits for, or fails with, the upstream. Returns the counts after it."""
+        at = self._clock()
+        read = PendingRead(
+            id=uuid.uuid4().hex,
+            at=rfc3339(at),
+            actor=caller.subject,
+            request_id=caller.request_id,
+            peer=caller.peer,
+            service=service,
+            environment=environment,
+            names=names,
+        )
+        counts = await self._store.record_secret_read(read, at)
         self.reads += len(names)
+        self._kick_push()
+        return counts
+
+    # -- pushing recorded reads into the change log (the audit chain) ----------------------
+
+    def _kick_push(self) -> None:
+        """Push soon; while the upstream is failing, the periodic job retries instead."""
+        if self._push_failing or self._stopping:
+            return
+        self._push_again = True
+        if self._push_task is None or self._push_task.done():
+            self._push_task = asyncio.create_task(self._push_soon(), name="secret-reads-push")
+
+    async def _push_soon(self) -> None:
+        while self._push_again:
+            self._push_again = False
+            try:
+                await self.push_reads()
+            except Exception:
+                log.exception("pushing secret reads failed")
+                return
+
+    async def push_reads(self) -> int:
+        """Commit reads recorded here as `SecretRead` changes (audited, replicated), oldest
+        first, in batches; on an upstream failure they stay for the next try. Returns how
+        many were committed."""
+        pushed = 0
+        async with self._push_lock:
+            while await self._store.pending_secret_reads(1):
+                try:
+                    count = await self._push_batch_of_reads()
+                except Unavailable:
+                    if not self._push_failing:
+                        log.warning(
+                            "secret reads are kept on this host until the upstream is back",
+                            extra={"pending": await self._store.pending_secret_reads_count()},
+                        )
+                    self._push_failing = True
+                    return pushed
+                if self._push_failing:
+                    log.info("pushing secret reads recorded while the upstream was down")
+                self._push_failing = False
+                pushed += count
+                if count < self._push_batch:
+                    break
+        return pushed
+
+    async def _push_batch_of_reads(self) -> int:
+        batch: list[PendingRead] = []
 
         async def plan() -> list[Change]:
-            return [self._change(f"{service}/{environment}", "read", read, caller)]
+            # Read inside the plan: after the catch-up, so a read already committed (and
+            # applied here, which removed it from the outbox) is never committed twice.
+            batch[:] = await self._store.pending_secret_reads(self._push_batch)
+            return [self._read_change(r) for r in batch]
 
         await self._committer.commit(plan)
+        return len(batch)
+
+    async def settle_reads(self) -> None:
+        """Before the audit log is listed: push this host's recorded reads, so a reader
+        sees their own read, unless the upstream is known to be down (then they wait)."""
+        if self._push_failing or self._stopping or not await self._store.pending_secret_reads(1):
+            return
+        try:
+            await self.push_reads()
+        except Exception:
+            log.exception("pushing secret reads failed")
+
+    def _read_change(self, read: PendingRead) -> Change:
+        return Change(
+            key=f"{read.service}/{read.environment}",
+            op="read",
+            payload=SecretRead(
+                service=read.service,
+                environment=read.environment,
+                names=read.names,
+                peer=read.peer,
+                read_id=read.id,
+            ),
+            actor=read.actor,
+            at=datetime.fromisoformat(read.at),
+            origin=self._node_id,
+            request_id=read.request_id,
+            peer=read.peer,
+        )
+
+    async def pending_reads(self) -> int:
+        """Reads recorded here and not yet in the change log (health, metrics)."""
+        return await self._store.pending_secret_reads_count()
 
     async def layered(self, service: str, environments: Iterable[str]) -> dict[str, SecretRow]:
         """Live secrets of a service's layers, later environments overriding earlier ones."""

@@ -113,6 +113,20 @@ MIGRATIONS: list[str] = [
         record BLOB NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 5: secret reads recorded on this host and not yet committed as `SecretRead`
+    # changes (an outbox: reads never wait for the upstream; see SecretService).
+    """
+    CREATE TABLE secret_reads (
+        id          TEXT PRIMARY KEY,
+        at          TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        peer        TEXT NOT NULL,
+        service     TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        names       TEXT NOT NULL
+    );
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
@@ -102,6 +103,36 @@ def _secret_row(row: Sequence[Any]) -> SecretRow:
         destroyed=row[11],
         access_count=row[12],
         last_accessed_at=row[13],
+    )
+
+
+class PendingRead(msgspec.Struct, frozen=True, kw_only=True):
+    """A secret read recorded on this host, not yet committed as a `SecretRead` change."""
+
+    id: str
+    at: str
+    actor: str
+    request_id: str
+    peer: str
+    service: str
+    environment: str
+    names: list[str]
+
+
+_names_decoder = msgspec.json.Decoder(list[str])
+
+
+async def _count_reads(
+    db: aiosqlite.Connection, service: str, environment: str, names: Sequence[str], at: datetime
+) -> None:
+    """Access counts; `last_at` only moves forward (reads arrive from other hosts late)."""
+    await db.executemany(
+        "INSERT INTO secret_access (service, environment, name, count, last_at)"
+        " VALUES (?, ?, ?, 1, ?) ON CONFLICT (service, environment, name)"
+        " DO UPDATE SET count = count + 1, last_at = CASE"
+        " WHEN julianday(excluded.last_at) > julianday(last_at) THEN excluded.last_at"
+        " ELSE last_at END",
+        [(service, environment, name, rfc3339(at)) for name in names],
     )
 
 
@@ -429,15 +460,11 @@ class Store:
                     ],
                 )
             case SecretRead() as read:
-                await db.executemany(
-                    "INSERT INTO secret_access (service, environment, name, count, last_at)"
-                    " VALUES (?, ?, ?, 1, ?) ON CONFLICT (service, environment, name)"
-                    " DO UPDATE SET count = count + 1, last_at = excluded.last_at",
-                    [
-                        (read.service, read.environment, name, rfc3339(change.at))
-                        for name in read.names
-                    ],
-                )
+                if read.read_id:
+                    cur = await db.execute("DELETE FROM secret_reads WHERE id = ?", (read.read_id,))
+                    if cur.rowcount > 0:
+                        return  # this host's own read: counted when it happened
+                await _count_reads(db, read.service, read.environment, read.names, change.at)
             case ServiceRegistration() as reg:
                 await db.execute(
                     "INSERT INTO services (name, record) VALUES (?, ?)"
@@ -512,6 +539,22 @@ class Store:
             " GROUP BY service, environment ORDER BY service, environment"
         )
         return [ServiceSummary(*row) for row in rows]
+
+    async def config_bases(
+        self, service: str, environment: str, versions: Sequence[int], base: str
+    ) -> dict[int, ConfigVersion]:
+        """For versions of a layer: the `base` layer's head when each was written."""
+        if not versions:
+            return {}
+        rows = await self._fetchall(
+            "SELECT v.version, (SELECT d.record FROM config_versions d"
+            "  WHERE d.service = v.service AND d.environment = ? AND d.change_seq <= v.change_seq"
+            "  ORDER BY d.version DESC LIMIT 1)"
+            " FROM config_versions v WHERE v.service = ? AND v.environment = ?"
+            f" AND v.version IN ({', '.join('?' * len(versions))})",
+            (base, service, environment, *versions),
+        )
+        return {r[0]: _version_decoder.decode(r[1]) for r in rows if r[1] is not None}
 
     async def schema(self, service: str) -> SchemaRecord | None:
         row = await self._fetchone(
@@ -626,6 +669,75 @@ class Store:
         )
         return [_secret_row(r) for r in rows]
 
+    async def record_secret_read(
+        self, read: PendingRead, at: datetime
+    ) -> dict[str, tuple[int, str]]:
+        """A decrypting read, recorded here in one transaction: the outbox row that becomes
+        its audited `SecretRead` change later, and the access counts (so they include this
+        read). Returns name -> (access count, last access) after it."""
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            db = self._writer
+            started = perf_counter()
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(
+                    "INSERT INTO secret_reads (id, at, actor, request_id, peer, service,"
+                    " environment, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        read.id,
+                        read.at,
+                        read.actor,
+                        read.request_id,
+                        read.peer,
+                        read.service,
+                        read.environment,
+                        msgspec.json.encode(read.names).decode(),
+                    ),
+                )
+                await _count_reads(db, read.service, read.environment, read.names, at)
+                args = (read.service, read.environment, *read.names)
+                async with db.execute(
+                    "SELECT name, count, last_at FROM secret_access"
+                    " WHERE service = ? AND environment = ?"
+                    f" AND name IN ({', '.join('?' * len(read.names))})",
+                    args,
+                ) as cur:
+                    counts = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            finally:
+                self.write_latency.observe(perf_counter() - started)
+            return counts
+
+    async def pending_secret_reads(self, limit: int) -> list[PendingRead]:
+        """Reads recorded here and not yet committed as changes, oldest first."""
+        rows = await self._fetchall(
+            "SELECT id, at, actor, request_id, peer, service, environment, names"
+            " FROM secret_reads ORDER BY rowid LIMIT ?",
+            (limit,),
+        )
+        return [
+            PendingRead(
+                id=r[0],
+                at=r[1],
+                actor=r[2],
+                request_id=r[3],
+                peer=r[4],
+                service=r[5],
+                environment=r[6],
+                names=_names_decoder.decode(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def pending_secret_reads_count(self) -> int:
+        row = await self._fetchone("SELECT count(*) FROM secret_reads")
+        return int(row[0])
+
     async def ciphertexts_by_key(self) -> dict[str, int]:
         rows = await self._fetchall(
             "SELECT key_id, count(*) FROM secret_versions WHERE ciphertext IS NOT NULL"
@@ -695,6 +807,36 @@ class Store:
             " FROM audit_log ORDER BY id"
         )
         return [self._audit_row(r) for r in rows]
+
+    def scan_audit(
+        self, consume: Callable[[list[AuditEntry]], None], *, batch: int = 1000
+    ) -> tuple[int, str] | None:
+        """Blocking (run it in a thread): hands every audit entry to `consume` in id order,
+        `batch` at a time, from one read snapshot on a connection of its own (so neither
+        the shared reader nor memory grows with the log). Returns the audit head recorded
+        in that same snapshot, None when there is none."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("BEGIN")  # one snapshot for the head and every row
+            row = conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+            head = None
+            if row:
+                head_id, head_hash = row[0].split(":", 1)
+                head = (int(head_id), head_hash)
+            cursor = conn.execute(
+                "SELECT id, at, actor, action, target, details, request_id, prev_hash, hash"
+                " FROM audit_log ORDER BY id"
+            )
+            while rows := cursor.fetchmany(batch):
+                if self._closed:
+                    raise StoreClosed("the store is closed")
+                consume([self._audit_row(r) for r in rows])
+            return head
+        except sqlite3.Error as error:
+            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+        finally:
+            conn.close()
 
     @property
     def audit_head(self) -> tuple[int, str]:

@@ -23,7 +23,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -83,6 +90,12 @@ class Target:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Why the last attempt to write this file failed; None once one succeeds.
     error: str | None = None
+    #: (inode, size, mtime, ctime) of the file right after fpcd wrote or checked it: an
+    #: event that leaves these as they were is fpcd's own write, and needs no read.
+    seen: tuple[int, int, int, int] | None = None
+    #: The one drift check running for this file, and whether events arrived during it.
+    drift_task: asyncio.Task[None] | None = None
+    drift_again: bool = False
 
 
 #: Requests for one command this close together share one run (files of one burst).
@@ -99,6 +112,26 @@ class CommandState:
     again: bool = False
 
 
+#: The only events that can change a file's content: a write closed, a file created,
+#: deleted or renamed over. Opening and reading (what every consumer of the file does)
+#: are not even delivered by the kernel to the observer.
+CONTENT_EVENTS: list[type[FileSystemEvent]] = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+]
+
+
+def file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes whenever the content can have changed (ctime cannot be set back)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class _Drift(FileSystemEventHandler):
     """Runs in watchdog's thread: hands paths to the event loop."""
 
@@ -107,6 +140,8 @@ class _Drift(FileSystemEventHandler):
         self._sync = sync
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or not isinstance(event, tuple(CONTENT_EVENTS)):
+            return  # observers without a kernel-side filter still deliver opens and reads
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             path = os.fsdecode(raw) if raw else ""
             if path and path in self._sync.by_path:
@@ -166,7 +201,7 @@ class FileSync:
         observer = Observer()
         handler = _Drift(asyncio.get_running_loop(), self)
         for directory in sorted({str(t.path.parent) for t in self.targets}):
-            observer.schedule(handler, directory, recursive=False)
+            observer.schedule(handler, directory, recursive=False, event_filter=CONTENT_EVENTS)
         observer.start()
         self._observer = observer
 
@@ -176,6 +211,14 @@ class FileSync:
         failing = [" ".join(argv) for (argv, _), st in self._commands.items() if st.failures]
         problems += [f"command failing: {c}" for c in failing]
         return ("degraded", "; ".join(problems)) if problems else ("ok", None)
+
+    def idle(self) -> bool:
+        """Nothing waiting or in flight: no debounce timer, write, drift check or command."""
+        return (
+            all(t.timer is None for t in self.targets)
+            and not self._tasks
+            and all(s.task is None or s.task.done() for s in self._commands.values())
+        )
 
     async def stop(self) -> None:
         if self._observer is not None:
@@ -292,6 +335,7 @@ class FileSync:
                 log.error("cannot write file", extra={"file": spec.path, "error": error.strerror})
                 return
             target.written = data
+            target.seen = await asyncio.to_thread(file_identity, target.path)
             target.error = None
             if changed:
                 self.writes += 1
@@ -385,15 +429,32 @@ class FileSync:
     # -- drift ------------------------------------------------------------------------------
 
     def drift_suspected(self, path: str) -> None:
+        """Coalesced: one check per file at a time, and one more if events came during it."""
         target = self.by_path.get(path)
-        if target is not None and target.written is not None:
-            self._spawn(self._check_drift(target))
+        if target is None or target.written is None:
+            return
+        if target.drift_task is not None and not target.drift_task.done():
+            target.drift_again = True
+            return
+        target.drift_task = asyncio.create_task(self._drift_checks(target))
+        self._tasks.add(target.drift_task)
+        target.drift_task.add_done_callback(self._tasks.discard)
+
+    async def _drift_checks(self, target: Target) -> None:
+        while True:
+            target.drift_again = False
+            await self._check_drift(target)
+            if not target.drift_again:
+                return
 
     async def _check_drift(self, target: Target) -> None:
         async with target.lock:
             expected = target.written
             if expected is None:
                 return
+            identity = await asyncio.to_thread(file_identity, target.path)
+            if identity is not None and identity == target.seen:
+                return  # fpcd's own write (the rename), or nothing that touched the content
             try:
                 current: bytes | None = await asyncio.to_thread(target.path.read_bytes)
             except FileNotFoundError:
@@ -401,7 +462,8 @@ class FileSync:
             except OSError:
                 return
             if current == expected:
-                return  # our own write, or a touch
+                target.seen = identity
+                return  # same bytes again (a touch, a copy of the same content)
             restore = target.spec.on_drift == "restore"
             what = "deleted" if current is None else "edited"
             self.drift_detected += 1
@@ -413,7 +475,10 @@ class FileSync:
                 await asyncio.to_thread(
                     atomic_write, target.path, expected, target.mode, target.uid, target.gid
                 )
+                target.seen = await asyncio.to_thread(file_identity, target.path)
                 self.drift_repairs += 1
+            else:
+                target.seen = identity
         await self._audit_drift(target, what, "restored" if restore else "reported")
 
     async def _audit_drift(self, target: Target, what: str, action: str) -> None:

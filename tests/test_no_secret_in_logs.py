@@ -1,18 +1,28 @@
-"""No secret value written during the suite appears in any log, error or audit entry.
+"""No secret value reaches a log, an error or an audit entry.
 
-Named to run last: it scans everything the earlier tests logged (in-process records
-and the log files of every daemon process they started), after adding a scenario of
-its own so the check means something when run alone.
+Every test is checked after it runs (conftest's `no_secret_in_logs` scans the in-process
+log lines and the daemon log files it made) and the whole suite once more at the end,
+so nothing here depends on running last. This file adds a scenario of its own, at debug
+level with bodies that fail in every way, and checks the scan itself.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.conftest import LOG_FILES, LOG_LINES, SECRET_VALUES, auth_for, run_cli, secret_value
+from tests.conftest import (
+    MARKED_LINES,
+    SECRET_VALUES,
+    auth_for,
+    leaked,
+    read_new_log_lines,
+    run_cli,
+    secret_value,
+)
 
 
 def request(url: str, method: str, body: Any) -> tuple[int, str]:
@@ -48,11 +58,19 @@ def test_secret_values_never_reach_logs(spawn: Any) -> None:
     r = run_cli("audit", "tail", "--limit", "100", "--json", *sock)
     assert value not in r.stdout
     proc.stop()
+    log = proc.log()
+    assert "secret.read" in log or "request" in log  # the debug log really was written
+    assert value not in log
+    # The conftest scan sees this daemon's log too (and checks it after this test).
+    read_new_log_lines()
+    assert leaked(MARKED_LINES, SECRET_VALUES) == []
 
-    assert SECRET_VALUES, "no secret values were recorded"
-    texts = list(LOG_LINES) + [
-        path.read_text(errors="replace") for path in LOG_FILES if path.exists()
-    ]
-    assert any("secret.read" in t or "request" in t for t in texts)
-    leaks = sorted({v for v in SECRET_VALUES for t in texts if v in t})
-    assert leaks == [], f"secret values found in logs: {len(leaks)}"
+
+def test_the_scan_finds_a_leak() -> None:
+    """The check is real: a value in a captured line or a daemon log line is found."""
+    value = "plain-scan-0123456789abcdef"  # not registered: this test must not fail itself
+    logging.getLogger("fpcd.test").debug("harmless line")
+    logging.getLogger("fpcd.test").debug("oops %s", "plain-other")
+    assert leaked(["x", f'{{"msg": "oops {value}"}}'], {value, "plain-y"}) == [value]
+    assert leaked(list(MARKED_LINES), {value}) == []
+    assert any("plain-other" in line for line in MARKED_LINES)  # the capture feeds the scan
