@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -132,14 +132,44 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+class RouteInfo(NamedTuple):
+    """What the pipeline needs to know about a route, worked out once per route."""
+
+    #: The resource's template (`/api/config/{service}`): the metrics label.
+    template: str
+    #: The metrics label of the method.
+    method: str
+    #: The permission row (None: no route, or a route without a row).
+    rule: Rule | None
+    #: The counters of the application the route belongs to.
+    stats: HttpStats
+
+
+#: Per route object (one per resource and method, for the app's life). Routes of
+#: applications that are gone are forgotten when the table is full.
+_ROUTE_INFO: dict[object, RouteInfo] = {}
+
+
+def _route_info(request: web.Request) -> RouteInfo:
+    route = request.match_info.route
+    resource = route.resource
+    template = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
+    info = RouteInfo(template, method, rule_for(method, template), request.app[HTTP_STATS])
+    if resource is not None and route.method == request.method:  # not 404/405, not "*"
+        if len(_ROUTE_INFO) >= 4096:
+            _ROUTE_INFO.clear()
+        _ROUTE_INFO[route] = info
+    return info
+
+
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, caller, permission, rate limit, errors as problem+json, metrics: the
     same for every route and door."""
     started = perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    method = request.method if request.method in _METHODS else "OTHER"
+    info = _ROUTE_INFO.get(request.match_info.route) or _route_info(request)
+    route, method = info.template, info.method
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         request_id = given
@@ -150,8 +180,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
-        rule = rule_for(method, route)
-        caller = await _admit(request, rule)
+        caller = await _admit(request, info.rule)
         request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
         response = await handler(request)
     except FpcdError as error:
@@ -162,7 +191,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as error:
         if error.status < 400:
             error.headers["X-Request-Id"] = request_id
-            request.app[HTTP_STATS].record(route, method, error.status, perf_counter() - started)
+            info.stats.record(route, method, error.status, perf_counter() - started)
             raise
         response = _from_http_exception(error, request_id)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -176,10 +205,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             request_id=request_id,
         )
     if isinstance(response, web.WebSocketResponse):  # a whole session: no latency
-        request.app[HTTP_STATS].record(route, method, response.status, None)
+        info.stats.record(route, method, response.status, None)
     else:
         response.headers["X-Request-Id"] = request_id
-        request.app[HTTP_STATS].record(route, method, response.status, perf_counter() - started)
+        info.stats.record(route, method, response.status, perf_counter() - started)
     return response
 
 
