@@ -28,6 +28,13 @@ from aiohttp import web
 
 from fpcd import __version__
 from fpcd.api.auth import Authenticator, TokenVerifier
+from fpcd.api.connections import (
+    ConnectionGuard,
+    ConnectionStats,
+    GuardedTCPSite,
+    descriptor_limit,
+    tcp_connection_cap,
+)
 from fpcd.api.flag_socket import FlagSocketServer
 from fpcd.api.http import RequestLimits
 from fpcd.api.permissions import RateLimiter
@@ -151,6 +158,8 @@ class Daemon:
         self.apps: list[web.Application] = []
         self.verifier: TokenVerifier | None = None
         self.metrics: Metrics | None = None
+        #: Open, refused and timed-out TCP connections per port ("api", "ws").
+        self.connection_stats = ConnectionStats()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -268,9 +277,18 @@ class Daemon:
             max_subscriptions=wsl.max_subscriptions,
             max_message_bytes=wsl.max_message_bytes,
             max_connections=wsl.max_connections,
+            message_rate=wsl.message_rate,
+            message_burst=wsl.message_burst,
+            subscribe_rate=wsl.subscribe_rate,
+            subscribe_burst=wsl.subscribe_burst,
         )
         hub = self.hub = LiveHub(
-            bus, self.configs, self.flags, max_subscriptions=wsl.max_subscriptions
+            bus,
+            self.configs,
+            self.flags,
+            max_subscriptions=wsl.max_subscriptions,
+            max_replay=wsl.max_replay,
+            replay_concurrency=wsl.replay_concurrency,
         )
         hub.start()
         self._stack.push_async_callback(hub.stop)
@@ -614,7 +632,25 @@ class Daemon:
             access_log_class=AccessLogger,
             access_log=logging.getLogger("fpcd.access") if self.settings.log.access else None,
             shutdown_timeout=self.settings.server.shutdown_timeout,
+            keepalive_timeout=self.settings.server.idle_timeout,
         )
+
+    def _tcp_site(self, runner: web.AppRunner, name: str, host: str, port: int) -> GuardedTCPSite:
+        """A TCP site whose connections are capped and must send a head in time."""
+        server = self.settings.server
+        limit = descriptor_limit()
+        cap = tcp_connection_cap(server.max_connections, 2, limit)
+        if cap < server.max_connections:
+            log.info(
+                "TCP connections per port lowered to fit the descriptor limit",
+                extra={"port": name, "max_connections": cap, "descriptor_limit": limit},
+            )
+        if self.metrics is not None:
+            self.metrics.sources.connections = self.connection_stats
+        guard = ConnectionGuard(
+            name, limit=cap, header_timeout=server.header_timeout, stats=self.connection_stats
+        )
+        return GuardedTCPSite(runner, host, port, ssl_context=self._tls(), guard=guard)
 
     async def _serve_api(self, app: web.Application) -> None:
         settings = self.settings
@@ -624,7 +660,7 @@ class Daemon:
         self._stack.push_async_callback(runner.cleanup)
         host, port = settings.server.api_host, settings.server.api_port
         try:
-            await web.TCPSite(runner, host, port, ssl_context=self._tls()).start()
+            await self._tcp_site(runner, "api", host, port).start()
         except OSError as error:
             raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         bound = runner.addresses[-1]
@@ -670,7 +706,7 @@ class Daemon:
         self._stack.push_async_callback(runner.cleanup)
         host, port = settings.server.api_host, settings.server.ws_port
         try:
-            await web.TCPSite(runner, host, port, ssl_context=self._tls()).start()
+            await self._tcp_site(runner, "ws", host, port).start()
         except OSError as error:
             raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         bound = runner.addresses[-1]

@@ -67,6 +67,16 @@ class ServerSettings(Section, frozen=True, kw_only=True):
     default_environment: str = "development"
     #: How long shutdown waits for in-flight requests.
     shutdown_timeout: Duration = Duration(10.0)
+    #: TCP connections one port (API, WebSocket) holds at once; past it a connection is
+    #: answered 503 and closed (counted, logged). Lowered at start to fit the descriptor
+    #: limit (RLIMIT_NOFILE), a quarter of which (at least 128) stays for the Unix sockets,
+    #: the database and the file watchers.
+    max_connections: Positive = 10000
+    #: A TCP connection that has sent no complete request head this long after it opened
+    #: is closed (also the TLS handshake's limit). 0: no limit.
+    header_timeout: Duration = Duration(5.0)
+    #: An idle keep-alive connection (TCP or fpcd.sock) is closed after this. 0: never.
+    idle_timeout: Duration = Duration(60.0)
     #: Allow a non-loopback api_host without both TLS and token auth (e.g. behind a
     #: proxy or service mesh that terminates TLS). Off: fpcd refuses to start that way.
     allow_insecure: bool = False
@@ -160,6 +170,18 @@ class WebSocketSettings(Section, frozen=True, kw_only=True):
     max_message_bytes: Positive = 65536
     #: Open WebSocket connections in all; more are refused with 503.
     max_connections: Positive = 10000
+    #: Versions one `lastVersion` replay may send; a client that missed more gets
+    #: ERROR REPLAY_TOO_LARGE and reads the configuration over REST instead.
+    max_replay: Positive = 256
+    #: Replays running at once over all connections (each connection runs one at a time).
+    replay_concurrency: Positive = 2
+    #: Messages per second one connection may send (a token bucket of `message_burst`),
+    #: and SUBSCRIBE/UNSUBSCRIBE messages per second (bucket `subscribe_burst`). Beyond
+    #: them the connection is read no faster: messages wait their turn. 0: no limit.
+    message_rate: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    message_burst: Positive = 200
+    subscribe_rate: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    subscribe_burst: Positive = 64
 
 
 class RegistrySettings(Section, frozen=True, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,26 @@ async def test_heartbeat_ttl_turns_stale(fast: Daemon, fast_http: aiohttp.Client
     status, doc = await call(fast_http, "POST", "/api/services/worker/heartbeat")
     assert status == 200 and doc["status"] == "healthy" and doc["lastHeartbeat"]
     await wait_status(fast_http, "worker", "stale")
+
+
+async def test_a_status_change_logs_no_error(
+    fast: Daemon, fast_http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every listener on the bus takes a status change in its stride (alerting on error
+    logs must not page anyone when a service turns stale and back)."""
+    changes: list[ServiceStatusChanged] = []
+    fast.bus.subscribe(lambda e: changes.append(e) if isinstance(e, ServiceStatusChanged) else None)
+    caplog.set_level(logging.DEBUG)
+    await call(fast_http, "POST", "/api/services/register", {"name": "beat", "ttlSeconds": 1})
+    await wait_status(fast_http, "beat", "stale")
+    await call(fast_http, "POST", "/api/services/beat/heartbeat")
+    await wait_status(fast_http, "beat", "healthy")
+    assert [(c.old, c.new) for c in changes if c.name == "beat"][-2:] == [
+        ("healthy", "stale"),
+        ("stale", "healthy"),
+    ]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [(r.name, r.getMessage(), r.exc_text) for r in errors]
 
 
 async def test_required_configs_are_enforced_on_writes(http: aiohttp.ClientSession) -> None:

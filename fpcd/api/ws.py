@@ -6,7 +6,10 @@ Client: `SUBSCRIBE {serviceName, environment, subscriptions, lastVersion?}`,
 `CONFIGURATION_UPDATE`, `FEATURE_FLAG_UPDATE`, `CONFIGURATION_RELOAD`, `UNSUBSCRIBED`,
 `PONG`, `ERROR {code, message}`. A bad frame gets ERROR and the connection lives on.
 Each connection writes from its own bounded queue; one that falls behind is closed with
-code 4001 so it never delays anyone else.
+code 4001 so it never delays anyone else. Each connection is also read no faster than
+its rate limits (messages, and SUBSCRIBE/UNSUBSCRIBE): a message beyond them is taken on
+credit and the connection is not read again until the debt is paid back, so a flood
+stalls in the client's own TCP buffers and costs the daemon nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +58,34 @@ class WebSocketLimits:
     max_subscriptions: int = 64
     max_message_bytes: int = 65536
     max_connections: int = 10_000
+    #: Messages per second one connection may send, in bursts of `message_burst`.
+    message_rate: float = 100.0
+    message_burst: int = 200
+    #: SUBSCRIBE and UNSUBSCRIBE messages per second, in bursts of `subscribe_burst`.
+    subscribe_rate: float = 10.0
+    subscribe_burst: int = 64
+
+
+class Pace:
+    """A token bucket that paces instead of refusing: a message beyond the rate is taken
+    on credit, and `take` says how long to stop reading the connection to pay it back."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Spend one token: 0, or the seconds until the balance is back at zero."""
+        if self.rate <= 0:  # no limit
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - 1
+        self.stamp = now
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
 class ClientMessage(msgspec.Struct, tag_field="type", rename="camel"):
@@ -93,8 +124,14 @@ class Connection:
     """One WebSocket client: what the hub delivers to, with its own write queue."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, max_queue: int, caller: Caller, stats: LiveStats
+        self,
+        ws: web.WebSocketResponse,
+        max_queue: int,
+        caller: Caller,
+        stats: LiveStats,
+        limits: WebSocketLimits | None = None,
     ) -> None:
+        limits = limits or WebSocketLimits()
         self.ws = ws
         #: Who this connection speaks for; PUBLIC_CALLER until it authenticates.
         self.caller = caller
@@ -104,6 +141,10 @@ class Connection:
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[bool] | None = None
+        self.messages = Pace(limits.message_rate, limits.message_burst)
+        self.subscribes = Pace(limits.subscribe_rate, limits.subscribe_burst)
+        #: Seconds the handler waits before reading the next message (set by `_handle`).
+        self.pause = 0.0
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
@@ -176,6 +217,7 @@ def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
             conn.deliver(encode(Pong(timestamp=int(time.time() * 1000))))
             return False
         case Subscribe() | Unsubscribe():
+            conn.pause = conn.subscribes.take()
             environment = message.environment or default_environment
             if not valid_name(message.service_name) or not valid_name(environment):
                 conn.deliver(
@@ -233,7 +275,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         decode_text=False,
     )
     await ws.prepare(request)
-    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats)
+    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits)
     connections.add(conn)
     hub.connect(conn)
     conn.start()
@@ -246,11 +288,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         while not ws.closed:
             msg = await ws.receive()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                wait = conn.messages.take()
                 if msg.type == WSMsgType.BINARY:
                     conn.deliver(_error("BAD_MESSAGE", "send JSON in text frames"))
-                    continue
-                if _handle(conn, app, msg.data):
+                elif _handle(conn, app, msg.data):
                     idle.cancel()
+                wait, conn.pause = max(wait, conn.pause), 0.0
+                if wait:  # beyond a rate limit: read nothing more until it is paid back
+                    hub.stats.throttled += 1
+                    await asyncio.sleep(wait)
             elif msg.type in (
                 WSMsgType.CLOSE,
                 WSMsgType.CLOSING,

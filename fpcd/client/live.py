@@ -515,6 +515,10 @@ class ConfigurationClient:
             )
             if message.get("code") in ("UNAUTHENTICATED", "FORBIDDEN"):
                 raise FpcdClientError(403, str(message.get("message")))
+            if message.get("code") == "REPLAY_TOO_LARGE" and ours:
+                # Missed more versions than the daemon replays: read the current state;
+                # the subscription stays and brings what comes after.
+                await self._fetch(emit=True)
         return False
 
     async def _flag_message(self, message: dict[str, Any]) -> None:

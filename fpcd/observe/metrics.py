@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fpcd import __version__
+from fpcd.api.connections import ConnectionStats
 from fpcd.api.flag_socket import SocketStats
 from fpcd.observe.alerts import Alerts
 from fpcd.observe.stats import HttpStats, LatencyHistogram
@@ -69,6 +70,8 @@ class Sources:
     alerts: Alerts
     replicator: Replicator | None = None
     flag_socket: SocketStats | None = None
+    #: TCP connections per port (set when the ports open).
+    connections: ConnectionStats | None = None
     #: Ciphertexts still under an old key (refreshed before each scrape: it needs a query).
     rotation_remaining: int = 0
     rotation_running: bool = False
@@ -90,6 +93,35 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+def _connection_families(stats: ConnectionStats) -> Iterator[Metric]:
+    for cls, name, doc, values in (
+        (GaugeMetricFamily, "fpcd_tcp_connections", "Open TCP connections", stats.open),
+        (
+            GaugeMetricFamily,
+            "fpcd_tcp_connection_limit",
+            "TCP connections a port holds at most (server.max_connections, fitted to the"
+            " descriptor limit)",
+            stats.limit,
+        ),
+        (
+            CounterMetricFamily,
+            "fpcd_tcp_connections_refused",
+            "TCP connections refused (503, closed) because the port was full",
+            stats.refused,
+        ),
+        (
+            CounterMetricFamily,
+            "fpcd_tcp_header_timeouts",
+            "TCP connections closed for sending no complete request head in time",
+            stats.header_timeouts,
+        ),
+    ):
+        family = cls(name, doc, labels=["port"])
+        for port, value in sorted(values.items()):
+            family.add_metric([port], value)
+        yield family
 
 
 class DaemonCollector:  # a prometheus_client Collector: it has collect()
@@ -188,12 +220,34 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
             "WebSocket clients disconnected because their queue overflowed",
             live.slow_consumer_drops,
         )
+        yield _counter(
+            "fpcd_websocket_replays", "lastVersion replays run (one per SUBSCRIBE)", live.replays
+        )
+        yield _counter(
+            "fpcd_websocket_replayed_versions",
+            "Configuration versions sent by lastVersion replays",
+            live.replayed,
+        )
+        yield _counter(
+            "fpcd_websocket_replays_refused",
+            "Replays refused as larger than websocket.max_replay (ERROR REPLAY_TOO_LARGE)",
+            live.replays_refused,
+        )
+        yield _counter(
+            "fpcd_websocket_throttled",
+            "Client messages beyond a connection's rate limits (reading it paused)",
+            live.throttled,
+        )
         yield _histogram(
             "fpcd_websocket_delivery_seconds",
             "Time from a message queued for a client to its frame written",
             [],
             [([], live.delivery)],
         )
+
+        # TCP connections
+        if s.connections is not None:
+            yield from _connection_families(s.connections)
 
         # Flag socket
         if s.flag_socket is not None:

@@ -1,10 +1,15 @@
 """Live updates: who is subscribed to what, and turning change events into messages.
 
 Every change reaches subscribers through the one event bus, whatever door or host it
-came from. One dispatcher task handles events and subscription requests in order, so a
-subscriber's replay and its live updates never interleave; each message is encoded
-once and handed to every subscriber's own bounded queue (a slow subscriber is dropped
-by its connection, never waited for).
+came from. One dispatcher task handles events and subscription requests in order; each
+message is encoded once and handed to every subscriber's own bounded queue (a slow
+subscriber is dropped by its connection, never waited for).
+
+A `lastVersion` replay never runs on the dispatcher: it runs in its connection's own
+replay task (one replay at a time per connection, a few at a time in all), bounded in
+versions, while live updates for that stream are held back and sent after it, so a
+replay and the live updates behind it never interleave and one client asking for history
+never delays anyone else's updates.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -85,6 +91,13 @@ class Authenticated(ServerMessage, tag="AUTHENTICATED", kw_only=True):
 class ErrorMessage(ServerMessage, tag="ERROR", kw_only=True):
     code: str
     message: str
+    #: The subscription an error is about, when it is about one (REPLAY_TOO_LARGE).
+    service_name: str | None = None
+    environment: str | None = None
+
+
+#: A replay would send more versions than `max_replay`: read over REST instead.
+REPLAY_TOO_LARGE = "REPLAY_TOO_LARGE"
 
 
 _encode = msgspec.json.Encoder().encode
@@ -97,12 +110,27 @@ def encode(message: ServerMessage) -> bytes:
 class LiveStats:
     """What /metrics reports for WebSocket delivery; the connections count into it."""
 
-    __slots__ = ("connections_total", "delivery", "messages_sent", "slow_consumer_drops")
+    __slots__ = (
+        "connections_total",
+        "delivery",
+        "messages_sent",
+        "replayed",
+        "replays",
+        "replays_refused",
+        "slow_consumer_drops",
+        "throttled",
+    )
 
     def __init__(self) -> None:
         self.connections_total = 0
         self.messages_sent = 0
         self.slow_consumer_drops = 0
+        #: `lastVersion` replays run, the versions they sent, and those refused as too large.
+        self.replays = 0
+        self.replayed = 0
+        self.replays_refused = 0
+        #: Client messages beyond a connection's rate limits (its reading paused).
+        self.throttled = 0
         #: Seconds from a message handed to a connection to its frame written.
         self.delivery = LatencyHistogram()
 
@@ -113,20 +141,30 @@ class Subscriber(Protocol):
     def deliver(self, data: bytes) -> None: ...
 
 
+Position = tuple[int, int]
+
+
 class Stream:
     """One subscriber's subscription to one (service, environment)."""
 
-    __slots__ = ("configs", "flags", "last")
+    __slots__ = ("configs", "flags", "held", "last", "overflow")
 
     def __init__(self, topics: set[str]) -> None:
         self.configs = CONFIG_UPDATES in topics
         self.flags = FEATURE_FLAGS in topics
         #: (version, base version) of the last CONFIGURATION_UPDATE sent: never older, never twice.
-        self.last: tuple[int, int] = (-1, -1)
+        self.last: Position = (-1, -1)
+        #: While a replay runs: the live messages that arrived meanwhile (position, frame),
+        #: sent after it in order. None when no replay runs.
+        self.held: list[tuple[Position | None, bytes]] | None = None
+        #: More live messages arrived during the replay than `held` may keep.
+        self.overflow = False
 
 
 Key = tuple[str, str]
 Job = Callable[[], Awaitable[None]]
+#: A replay waiting for its connection's replay task: (stream key, stream, lastVersion).
+Replay = tuple[Key, Stream, int]
 
 
 class LiveHub:
@@ -137,12 +175,20 @@ class LiveHub:
         flags: FlagService,
         *,
         max_subscriptions: int,
+        max_replay: int = 256,
+        replay_concurrency: int = 2,
         time_source: Callable[[], float] = time.time,
     ) -> None:
         self._configs = configs
         self._flags = flags
         self._time = time_source
         self.max_subscriptions = max_subscriptions
+        #: Most versions one replay sends (more: REPLAY_TOO_LARGE, read over REST instead).
+        self.max_replay = max_replay
+        #: Replays running at once, over all connections; the others wait their turn.
+        self._replay_slots = asyncio.Semaphore(replay_concurrency)
+        self._replays: dict[Subscriber, deque[Replay]] = {}
+        self._replayers: dict[Subscriber, asyncio.Task[None]] = {}
         self._streams: dict[Key, dict[Subscriber, Stream]] = {}
         self._by_subscriber: dict[Subscriber, dict[Key, Stream]] = {}
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -157,9 +203,13 @@ class LiveHub:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        replayers = list(self._replayers.values())
+        self._replayers.clear()
+        self._replays.clear()
+        for pending in (task, *replayers):
+            if pending is not None:
+                pending.cancel()
+        await asyncio.gather(*(t for t in (task, *replayers) if t), return_exceptions=True)
 
     async def _dispatch(self) -> None:
         while True:
@@ -185,6 +235,10 @@ class LiveHub:
         self.stats.connections_total += 1
 
     def disconnect(self, subscriber: Subscriber) -> None:
+        self._replays.pop(subscriber, None)
+        replayer = self._replayers.pop(subscriber, None)
+        if replayer is not None:
+            replayer.cancel()
         for key in self._by_subscriber.pop(subscriber, {}):
             streams = self._streams.get(key)
             if streams is not None:
@@ -238,7 +292,13 @@ class LiveHub:
             )
         )
         if last_version is not None and stream.configs:
-            await self._replay(subscriber, stream, service, environment, last_version)
+            # Live updates from here on wait in `held` until the replay has run.
+            stream.held = []
+            self._replays.setdefault(subscriber, deque()).append((key, stream, last_version))
+            if subscriber not in self._replayers:
+                self._replayers[subscriber] = asyncio.create_task(
+                    self._replayer(subscriber), name="live-replay"
+                )
 
     def unsubscribe(self, subscriber: Subscriber, service: str, environment: str) -> None:
         async def job() -> None:
@@ -252,6 +312,76 @@ class LiveHub:
 
         self._queue.put_nowait(job)
 
+    def _current(self, subscriber: Subscriber, key: Key, stream: Stream) -> bool:
+        """The stream is still subscribed (not replaced, unsubscribed or disconnected)."""
+        return self._by_subscriber.get(subscriber, {}).get(key) is stream
+
+    async def _replayer(self, subscriber: Subscriber) -> None:
+        """One connection's replays, one after the other, each in a shared slot."""
+        try:
+            while queue := self._replays.get(subscriber):
+                key, stream, last_version = queue.popleft()
+                if not self._current(subscriber, key, stream):
+                    continue
+                async with self._replay_slots:
+                    try:
+                        await self._replay_stream(subscriber, key, stream, last_version)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("replay failed", extra={"service": key[0], "env": key[1]})
+                    finally:
+                        self._release(subscriber, key, stream)
+        finally:
+            if self._replayers.get(subscriber) is asyncio.current_task():
+                del self._replayers[subscriber]
+                self._replays.pop(subscriber, None)
+
+    def _release(self, subscriber: Subscriber, key: Key, stream: Stream) -> None:
+        """After a replay: send the live messages held back meanwhile, in order."""
+        held, stream.held = stream.held, None
+        if not self._current(subscriber, key, stream):
+            return
+        if stream.overflow:
+            stream.overflow = False
+            self._too_large(subscriber, key, "live updates arrived faster than it could be sent")
+            return
+        for position, data in held or ():
+            if position is None:
+                subscriber.deliver(data)
+            elif position > stream.last:
+                stream.last = position
+                subscriber.deliver(data)
+
+    def _too_large(self, subscriber: Subscriber, key: Key, why: str) -> None:
+        self.stats.replays_refused += 1
+        service, environment = key
+        subscriber.deliver(
+            encode(
+                ErrorMessage(
+                    code=REPLAY_TOO_LARGE,
+                    message=f"cannot replay {service}/{environment}: {why}; read the"
+                    f" configuration (GET /api/config/{service}?environment={environment})"
+                    " and subscribe again with its version as lastVersion",
+                    service_name=service,
+                    environment=environment,
+                )
+            )
+        )
+
+    async def _replay_stream(
+        self, subscriber: Subscriber, key: Key, stream: Stream, last_version: int
+    ) -> None:
+        service, environment = key
+        versions = await self._configs.versions_after(service, environment, last_version)
+        if len(versions) > self.max_replay:
+            stream.held = []  # the client re-reads: what was held is older than that
+            why = f"{len(versions)} versions after {last_version}, at most {self.max_replay}"
+            self._too_large(subscriber, key, why)
+            return
+        self.stats.replays += 1
+        await self._replay(subscriber, stream, service, environment, last_version, versions)
+
     async def _replay(
         self,
         subscriber: Subscriber,
@@ -259,19 +389,23 @@ class LiveHub:
         service: str,
         environment: str,
         last_version: int,
+        versions: list[int],
     ) -> None:
         """Every version after `last_version`, in order, then the current state."""
-        versions = await self._configs.versions_after(service, environment, last_version)
+        key = (service, environment)
         for version in versions:
+            if not self._current(subscriber, key, stream):
+                return
             update = await self._update(service, environment, version)
-            self._send_config(subscriber, stream, update)
+            if self._send_config(subscriber, stream, update):
+                self.stats.replayed += 1
         try:
             current = await self._update(service, environment, None)
         except NotFound:
             return
         # The default layer may have moved on since the last version replayed: send the
         # current merge, unless a newer version of the layer exists (its live event,
-        # queued behind this replay, will bring it in order).
+        # held behind this replay, will bring it in order).
         newest = versions[-1] if versions else last_version
         if current.version != newest:
             return
@@ -291,7 +425,8 @@ class LiveHub:
                 lambda: self._flag_update(event.key, f"schedule_{event.boundary}")
             )
             return
-        assert isinstance(event, ChangeApplied)
+        if not isinstance(event, ChangeApplied):  # e.g. ServiceStatusChanged: nothing to send
+            return
         payload = event.change.payload
         match payload:
             case ConfigVersion():
@@ -346,9 +481,18 @@ class LiveHub:
             data = encode(update)
             position = (update.version, update.base_version or 0)
             for subscriber, stream in streams:
-                if position > stream.last:
+                if stream.held is not None:
+                    self._hold(stream, position, data)
+                elif position > stream.last:
                     stream.last = position
                     subscriber.deliver(data)
+
+    def _hold(self, stream: Stream, position: Position | None, data: bytes) -> None:
+        assert stream.held is not None
+        if len(stream.held) < self.max_replay:
+            stream.held.append((position, data))
+        else:
+            stream.overflow = True
 
     async def _reload(self, reload: ReloadRequest) -> None:
         data = encode(
@@ -362,7 +506,9 @@ class LiveHub:
         for subscriber, stream in self._streams.get(
             (reload.service, reload.environment), {}
         ).items():
-            if stream.configs:
+            if stream.held is not None:
+                self._hold(stream, None, data)
+            elif stream.configs:
                 subscriber.deliver(data)
 
     async def _flag_update(self, key: str, reason: str) -> None:

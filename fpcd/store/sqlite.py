@@ -269,8 +269,11 @@ class Store:
     async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
         started = perf_counter()
         try:
-            async with self._read().execute(sql, args) as cur:
-                return await cur.fetchone()
+            # One call that runs the statement to its end: a cursor left open between
+            # calls would hold a read transaction, and every query that concurrent
+            # readers run meanwhile would see its old snapshot (miss a fresh commit).
+            rows = await self._read().execute_fetchall(sql, args)
+            return next(iter(rows), None)
         except sqlite3.Error as error:
             raise Unavailable(f"local database error: {error.__class__.__name__}") from error
         finally:
@@ -279,8 +282,7 @@ class Store:
     async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         started = perf_counter()
         try:
-            async with self._read().execute(sql, args) as cur:
-                return list(await cur.fetchall())
+            return list(await self._read().execute_fetchall(sql, args))
         except sqlite3.Error as error:
             raise Unavailable(f"local database error: {error.__class__.__name__}") from error
         finally:
