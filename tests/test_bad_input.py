@@ -229,3 +229,29 @@ async def test_limits_come_from_settings(tmp_path: Any) -> None:
                 assert r.status == 413
     finally:
         await daemon.stop()
+
+
+async def test_no_route_is_a_problem_on_both_ports_and_counted(daemon: Daemon) -> None:
+    """404 and 405 come from the pipeline (not aiohttp's plain text) on the API port and
+    the WebSocket port, with the allowed methods and a request id, and /metrics counts
+    them under the `unmatched` route."""
+    ws_port = daemon.addresses["ws"].replace("ws://", "http://")
+    async with aiohttp.ClientSession() as plain:
+        for url, method, status in (
+            (ws_port + "/", "POST", 405),
+            (ws_port + "/nothing", "GET", 404),
+            (daemon.addresses["api"] + "/health/live", "DELETE", 405),
+            (daemon.addresses["api"] + "/nothing/here", "GET", 404),
+        ):
+            async with plain.request(method, url) as r:
+                assert r.status == status
+                assert r.content_type == "application/problem+json"
+                problem = await r.json(content_type=None)
+                assert problem["status"] == status
+                assert problem["requestId"] == r.headers["X-Request-Id"]
+                if status == 405:
+                    assert "GET" in r.headers["Allow"]
+    stats = daemon.metrics.sources.http if daemon.metrics else None
+    assert stats is not None
+    assert stats.requests[("unmatched", "GET", 404)] >= 2
+    assert stats.requests[("unmatched", "POST", 405)] == 1

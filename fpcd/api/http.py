@@ -10,13 +10,16 @@ import itertools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
+from yarl import URL
 
 from fpcd.api.auth import Authenticator
 from fpcd.api.permissions import RateLimiter, Rule, rule_for
@@ -163,10 +166,9 @@ def _route_info(request: web.Request) -> RouteInfo:
     return info
 
 
-@web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, caller, permission, rate limit, errors as problem+json, metrics: the
-    same for every route and door."""
+    same for every route and door (`install_pipeline` puts it around every handler)."""
     started = perf_counter()
     info = _ROUTE_INFO.get(request.match_info.route) or _route_info(request)
     route, method = info.template, info.method
@@ -213,6 +215,67 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 MAX_QUERY = 4096
+
+
+class _NoRoute(web.AbstractResource):
+    """The router's last resort: a path no route takes (404) or a method its route does
+    not (405), answered through the pipeline as problem+json like any other error."""
+
+    def __init__(self, router: web.UrlDispatcher) -> None:
+        super().__init__()
+        self._router = router
+
+    @property
+    def canonical(self) -> str:
+        return "/"  # indexed under "/": the router tries it after every other resource
+
+    def url_for(self, **kwargs: str) -> URL:
+        raise RuntimeError("no URL: this resource stands for no route")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("no prefix: this resource stands for no route")
+
+    def get_info(self) -> Any:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter(())
+
+    async def resolve(self, request: web.Request) -> Any:
+        allowed: set[str] = set()
+        for resource in self._router.resources():
+            if resource is not self:
+                match, methods = await resource.resolve(request)
+                if match is not None:  # not reached: the router tried every resource first
+                    return None, set()
+                allowed |= methods
+        error: web.HTTPException = (
+            web.HTTPMethodNotAllowed(request.method, allowed) if allowed else web.HTTPNotFound()
+        )
+        match = MatchInfoError(error)
+        _pipe(match.route)
+        return match, set()
+
+
+def _pipe(route: web.AbstractRoute) -> None:
+    # aiohttp calls `route.handler` (AbstractRoute keeps it in `_handler`). A partial adds
+    # no Python frame: the pipeline costs a request one call, where a middleware costs
+    # aiohttp's wrapper, a partial and the middleware.
+    route._handler = partial(pipeline, handler=route.handler)
+
+
+def install_pipeline(app: web.Application) -> None:
+    """Put `pipeline` around every route's handler, and answer what no route takes through
+    it too. Call once the routes are added."""
+    for route in app.router.routes():
+        _pipe(route)
+    app.router.register_resource(_NoRoute(app.router))
 
 
 async def _admit(request: web.Request, rule: Rule | None) -> Caller:
@@ -289,7 +352,7 @@ def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None)
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
-    if limits is not None:
+    if limits is not None and not _within_limits(body, limits):
         # Depth and key count of the whole body, whatever the type lets through (Any fields).
         errors = check_limits(
             msgspec.json.decode(body),
@@ -300,6 +363,17 @@ def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None)
         if errors:
             raise Invalid("the request breaks a size rule", errors=errors)
     return decoded
+
+
+def _within_limits(body: bytes, limits: RequestLimits) -> bool:
+    """True when the body cannot break the depth and key limits, by counting bytes (in C):
+    every level opens with `{` or `[` and every key is followed by `:`, so these counts
+    bound depth and keys from above. Small bodies (evaluations, most writes) skip the walk.
+    """
+    return (
+        body.count(b"{") + body.count(b"[") <= limits.max_json_depth + 2
+        and body.count(b":") <= limits.max_json_keys + 64
+    )
 
 
 async def body_as(request: web.Request, kind: type[T], *, empty_ok: bool = False) -> T:

@@ -23,7 +23,7 @@ from fpcd.api.http import (
     RATE_LIMITER,
     REQUEST_LIMITS,
     RequestLimits,
-    pipeline,
+    install_pipeline,
 )
 from fpcd.api.openapi import encoded_document
 from fpcd.api.permissions import RateLimiter
@@ -56,7 +56,7 @@ def build_api_app(
     rate_limiter: RateLimiter,
     metrics: Metrics,
 ) -> web.Application:
-    app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
+    app = web.Application(client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
     app[HTTP_STATS] = metrics.sources.http
     app[routes_metrics.METRICS] = metrics
@@ -79,6 +79,7 @@ def build_api_app(
     routes_audit.add_routes(app)
     routes_metrics.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
+    install_pipeline(app)
     return app
 
 
@@ -97,7 +98,7 @@ def build_ws_app(
     http_stats: HttpStats | None = None,
 ) -> web.Application:
     """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
-    app = web.Application(middlewares=[pipeline])
+    app = web.Application()
     app[AUTHENTICATOR] = authenticator
     app[HTTP_STATS] = http_stats if http_stats is not None else HttpStats()
     app[REQUEST_LIMITS] = RequestLimits()
@@ -105,4 +106,5 @@ def build_ws_app(
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
     ws.add_routes(app, hub, ws_limits, default_environment, paths=("/", "/ws"))
+    install_pipeline(app)
     return app
