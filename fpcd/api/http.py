@@ -146,6 +146,11 @@ class RouteInfo(NamedTuple):
     rule: Rule | None
     #: The counters of the application the route belongs to.
     stats: HttpStats
+    #: The application's authenticator and rate limiter.
+    authenticator: Authenticator
+    limiter: RateLimiter
+    #: Open to anyone (health probes): no token, no rate limit.
+    public: bool
 
 
 #: Per route object (one per resource and method, for the app's life). Routes of
@@ -158,7 +163,17 @@ def _route_info(request: web.Request) -> RouteInfo:
     resource = route.resource
     template = resource.canonical if resource is not None else "unmatched"
     method = request.method if request.method in _METHODS else "OTHER"
-    info = RouteInfo(template, method, rule_for(method, template), request.app[HTTP_STATS])
+    app = request.app
+    rule = rule_for(method, template)
+    info = RouteInfo(
+        template,
+        method,
+        rule,
+        app[HTTP_STATS],
+        app[AUTHENTICATOR],
+        app[RATE_LIMITER],
+        rule is not None and rule.action is None and not rule.websocket,
+    )
     if resource is not None and route.method == request.method:  # not 404/405, not "*"
         if len(_ROUTE_INFO) >= 4096:
             _ROUTE_INFO.clear()
@@ -182,7 +197,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
-        caller = await _admit(request, info.rule)
+        caller = PUBLIC_CALLER if info.public else await _admit(request, info)
         request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
         response = await handler(request)
     except FpcdError as error:
@@ -278,15 +293,16 @@ def install_pipeline(app: web.Application) -> None:
     app.router.register_resource(_NoRoute(app.router))
 
 
-async def _admit(request: web.Request, rule: Rule | None) -> Caller:
+async def _admit(request: web.Request, info: RouteInfo) -> Caller:
     """Who is calling, and may they: 401, 403 and 429 are decided here."""
+    rule = info.rule
     if rule is None:
         if request.match_info.http_exception is not None:
             return PUBLIC_CALLER  # no such route: the handler raises 404/405
         raise Forbidden("this route has no permission rule")  # a bug, refused safely
     if rule.action is None and not rule.websocket:
         return PUBLIC_CALLER
-    authenticator = request.app[AUTHENTICATOR]
+    authenticator = info.authenticator
     found = await authenticator.authenticate(request, optional=rule.websocket)
     caller = found if found is not None else PUBLIC_CALLER
     service = request.match_info.get(rule.service) if rule.service else None
@@ -294,7 +310,7 @@ async def _admit(request: web.Request, rule: Rule | None) -> Caller:
         authorize(caller, rule.action, service=service)
         if rule.unrestricted and not unrestricted(caller):
             raise Forbidden("this view spans every service: it needs a token limited to none")
-    retry = request.app[RATE_LIMITER].check(caller.subject, service)
+    retry = info.limiter.check(caller.subject, service)
     if retry is not None:
         raise TooManyRequests("rate limit exceeded; slow down", headers={"Retry-After": str(retry)})
     return caller
