@@ -41,7 +41,12 @@ from fpcd.api.permissions import RateLimiter
 from fpcd.api.protocol import ProblemAppRunner
 from fpcd.api.server import build_api_app, build_ws_app
 from fpcd.api.ws import WebSocketLimits
-from fpcd.domain.errors import FpcdError, SettingsError
+from fpcd.domain.errors import (
+    DiskFull,
+    FpcdError,
+    SettingsError,
+    Unavailable,
+)
 from fpcd.observe.alerts import Alerts, Check, HistogramWindow, RatioWindow
 from fpcd.observe.changelog import log_change
 from fpcd.observe.health import Health
@@ -61,7 +66,8 @@ from fpcd.services.registry import RegistryService
 from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
 from fpcd.settings import RELOADABLE, AlertSettings, Settings, changed_keys, load_settings
-from fpcd.store.sqlite import Store
+from fpcd.store.lock import DataDirInUse, DataDirLock
+from fpcd.store.sqlite import DatabaseCorrupt, Store
 from fpcd.sync.files import FileSync
 from fpcd.wire import ComponentHealth
 
@@ -77,6 +83,20 @@ log = logging.getLogger("fpcd")
 
 class StartupError(Exception):
     """The daemon cannot start (port taken, socket in use, unreadable data dir)."""
+
+    #: The exit status of `fpcd serve`: 1, a failure a restart may get past.
+    exit_code = 1
+
+
+#: sysexits' EX_CONFIG; the systemd unit has `RestartPreventExitStatus=78`.
+EXIT_UNFIXABLE = 78
+
+
+class FatalStartupError(StartupError):
+    """A failure no restart can fix (settings, keys, a corrupt database, the data dir held
+    by another daemon): `fpcd serve` exits 78 so that systemd stops restarting it."""
+
+    exit_code = EXIT_UNFIXABLE
 
 
 def utcnow() -> datetime:
@@ -112,7 +132,7 @@ def _set_socket_access(path: Path, mode: int, group: str) -> None:
         try:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         except (KeyError, PermissionError) as error:
-            raise StartupError(f"cannot give {path} to group {group}: {error}") from None
+            raise FatalStartupError(f"cannot give {path} to group {group}: {error}") from None
 
 
 async def _ready(component: ComponentHealth) -> ComponentHealth:
@@ -166,8 +186,12 @@ class Daemon:
     async def start(self) -> None:
         try:
             await self._start()
-        except BaseException:
+        except BaseException as error:
             await self._stack.aclose()
+            if isinstance(error, DiskFull):  # freeing space and starting again will work
+                raise StartupError(str(error)) from None
+            if isinstance(error, DatabaseCorrupt):  # SQLite found damage quick_check missed
+                raise FatalStartupError(str(error)) from None
             raise
 
     async def _start(self) -> None:
@@ -177,10 +201,22 @@ class Daemon:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             except OSError as error:
                 raise StartupError(f"cannot create {directory}: {error.strerror}") from None
+        lock = DataDirLock(settings.data_dir)
+        try:
+            lock.acquire()
+        except DataDirInUse as error:
+            raise FatalStartupError(str(error)) from None
+        except OSError as error:
+            raise StartupError(f"cannot lock {lock.path}: {error.strerror}") from None
+        self._stack.callback(lock.release)
 
         store = Store(settings.database, synchronous=settings.storage.synchronous)
         try:
             await store.open()
+        except DatabaseCorrupt as error:
+            raise FatalStartupError(str(error)) from None
+        except FpcdError as error:  # e.g. a schema newer than this fpcd
+            raise FatalStartupError(f"cannot open {settings.database}: {error}") from None
         except Exception as error:
             raise StartupError(f"cannot open {settings.database}: {error}") from error
         self._stack.push_async_callback(store.close)
@@ -209,7 +245,7 @@ class Daemon:
                 store, committer, settings, clock=self._clock, node_id=node_id
             )
         except MasterKeyError as error:
-            raise StartupError(str(error)) from None
+            raise FatalStartupError(str(error)) from None
         self.secrets = SecretService(
             store,
             committer,
@@ -335,6 +371,12 @@ class Daemon:
         self._add_health_checks(health, source)
         self._add_alert_checks(alerts, http_stats)
         scheduler.every("alerts:check", settings.alerts.interval, alerts.run)
+        if settings.storage.integrity_check_interval > 0:
+            scheduler.every(
+                "sqlite:quick_check",
+                settings.storage.integrity_check_interval,
+                store.check_integrity,
+            )
         bus.subscribe(log_change)
 
         authenticator = Authenticator(self._token_verifier())
@@ -388,7 +430,20 @@ class Daemon:
 
         async def sqlite_health() -> ComponentHealth:
             await store.ping()
+            if store.corrupt is not None:
+                detail = f"integrity check failed, writes refused: {store.corrupt}"
+                return ComponentHealth(status="degraded", detail=detail)
             return ComponentHealth(status="ok")
+
+        async def records_health() -> ComponentHealth:
+            problems = store.problems
+            if problems.open:
+                return ComponentHealth(
+                    status="degraded",
+                    detail=problems.summary(),
+                    counts={"problems": len(problems.open)},
+                )
+            return ComponentHealth(status="ok", counts={"problems": 0})
 
         async def config_health() -> ComponentHealth:
             return ComponentHealth(
@@ -431,6 +486,7 @@ class Daemon:
             return ComponentHealth(status="ok", detail=running, counts=counts)
 
         health.add("sqlite", sqlite_health)
+        health.add("records", records_health, critical=False)
         health.add("config", config_health, critical=False)
         health.add("flags", flags_health, critical=False)
         health.add("websocket", websocket_health, critical=False)
@@ -554,7 +610,7 @@ class Daemon:
         try:
             await upstream.open()
         except Exception as error:  # a malformed URL; an unreachable server is not an error
-            raise StartupError(f"upstream.postgres_url: {error}") from None
+            raise FatalStartupError(f"upstream.postgres_url: {error}") from None
         self._stack.push_async_callback(upstream.close)
         replicator = Replicator(
             store,
@@ -573,8 +629,10 @@ class Daemon:
 
         try:
             await asyncio.wait_for(first_sync(), settings.startup_timeout)
-        except FpcdError as error:
+        except (DiskFull, Unavailable) as error:
             raise StartupError(str(error)) from None
+        except FpcdError as error:  # two histories, a newer upstream schema
+            raise FatalStartupError(str(error)) from None
         except unreachable as error:
             replicator.errors += 1
             if not store.upstream_cursor:
@@ -603,7 +661,7 @@ class Daemon:
         try:
             verifier = self.verifier = TokenVerifier(settings)
         except (OSError, ValueError) as error:
-            raise StartupError(f"auth: cannot load the token keys: {error}") from None
+            raise FatalStartupError(f"auth: cannot load the token keys: {error}") from None
         created = verifier.ensure_admin_token(settings.data_dir)
         if created is not None:
             log.warning(
@@ -622,7 +680,7 @@ class Daemon:
         try:
             context.load_cert_chain(tls.cert, tls.key)
         except (OSError, ssl.SSLError) as error:
-            raise StartupError(f"tls: cannot load {tls.cert} / {tls.key}: {error}") from None
+            raise FatalStartupError(f"tls: cannot load {tls.cert} / {tls.key}: {error}") from None
         return context
 
     def _runner(self, app: web.Application) -> web.AppRunner:
@@ -716,10 +774,12 @@ class Daemon:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and commits, then close the store."""
         notify("STOPPING=1")
+        started = self.health is not None and self.health.ready
         if self.health:
             self.health.ready = False
         await self._stack.aclose()
-        log.info("fpcd stopped")
+        if started:  # a start that failed said why in one line; nothing more to add
+            log.info("fpcd stopped")
 
     # -- signals ----------------------------------------------------------------
 

@@ -108,6 +108,9 @@ class StorageSettings(Section, frozen=True, kw_only=True):
     #: SQLite `synchronous` level. "full" makes every acknowledged write survive power
     #: loss (about 180 µs a commit here); "normal" survives a crash of fpcd only.
     synchronous: Literal["normal", "full", "extra"] = "full"
+    #: How often `PRAGMA quick_check` re-reads the database while running (it always runs
+    #: at start); a damaged file degrades /health and stops writes. 0 turns it off.
+    integrity_check_interval: Duration = Duration(3600.0)
 
 
 class UpstreamSettings(Section, frozen=True, kw_only=True):

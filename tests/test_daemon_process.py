@@ -90,10 +90,11 @@ def test_port_in_use_is_a_clear_error(spawn: Any) -> None:
 
 def test_second_daemon_on_same_runtime_dir_is_refused(spawn: Any, tmp_path: Path) -> None:
     first: DaemonProcess = spawn("same").start()
-    clash = DaemonProcess(first.data_dir)
+    # Another data dir (the same one is refused by its lock: test_storage_safety.py).
+    clash = DaemonProcess(tmp_path / "other", args=["--runtime-dir", str(first.data_dir)])
     clash.start(wait=False)
     assert clash.proc is not None and clash.proc.wait(20) == 1
-    assert "is in use" in clash.log()
+    assert "is in use: is another fpcd running with this runtime dir?" in clash.log()
     assert request("GET", first.url + "/health")[0] == 200  # the first one is unharmed
 
 

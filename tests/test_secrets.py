@@ -567,6 +567,7 @@ async def test_tampering_is_detected_and_never_returned(
 
 async def test_migration_scrubs_plaintext_from_earlier_releases(tmp_path: Path) -> None:
     """The first release stored config secrets as-is; migration 3 removes them."""
+    from fpcd.domain.configs import content_checksum
     from fpcd.store.migrations import MIGRATIONS
     from fpcd.store.sqlite import Store
 
@@ -578,7 +579,7 @@ async def test_migration_scrubs_plaintext_from_earlier_releases(tmp_path: Path) 
             "environment": "e",
             "version": 1,
             "config": {"a": 1},
-            "checksum": "x",
+            "checksum": content_checksum({"a": 1}, {}),  # reads verify it
             "secrets": {"PW": value},
             "created_at": "2026-01-01T00:00:00Z",
             "created_by": "me",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -22,7 +22,8 @@ from fpcd.api.http import (
 )
 from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
-from fpcd.domain.flags import FlagDefinition, parse_instant
+from fpcd.domain.flags import FlagDefinition
+from fpcd.domain.instants import checked_utc, parse_iso
 from fpcd.services.flags import FlagService, flag_document
 from fpcd.wire import EvaluateRequest, EvaluateResponse, EvaluationCounts
 
@@ -112,13 +113,13 @@ def _date(request: web.Request, name: str) -> datetime | None:
     raw = request.query.get(name)
     if not raw:
         return None
-    instant = parse_instant(raw)
-    if instant is None:
+    moment = parse_iso(raw)
+    if moment is None:
         raise BadRequest(
             f"query parameter {name} must be an ISO 8601 date or time",
             errors=[FieldError(f"query.{name}", "expected a date such as 2026-11-01")],
         )
-    return datetime.fromtimestamp(instant, UTC)
+    return checked_utc(moment, f"query.{name}")
 
 
 async def flag_analytics(request: web.Request) -> web.Response:

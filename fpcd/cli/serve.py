@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from typing import Any
 
@@ -12,10 +11,9 @@ from fpcd.cli.common import CliError
 from fpcd.domain.errors import SettingsError
 from fpcd.settings import load_settings
 
-#: sysexits' EX_CONFIG: systemd units use it to stop restarting on a bad settings file.
+#: sysexits' EX_CONFIG: systemd units use it to stop restarting on a bad settings file
+#: (and on every other start-up failure a restart cannot fix: see app.FatalStartupError).
 EXIT_SETTINGS = 78
-
-log = logging.getLogger("fpcd")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -59,13 +57,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with _event_loop_runner() as runner:
             runner.run(daemon.run())
     except StartupError as error:
-        log.error("start-up failed", extra={"error": str(error)})
+        # One line, on stderr (the journal under systemd); 78 when a restart cannot help.
         print(f"fpcd: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from fpcd.store.lock import DataDirInUse, DataDirLock
     from fpcd.store.sqlite import migrate
 
     try:
@@ -73,7 +72,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise CliError(str(error), code=EXIT_SETTINGS) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    before, after = asyncio.run(migrate(settings.database))
+    lock = DataDirLock(settings.data_dir)  # never change the schema under a running daemon
+    try:
+        lock.acquire()
+    except DataDirInUse as error:
+        raise CliError(f"{error} (the daemon migrates its database at start)", code=1) from None
+    try:
+        before, after = asyncio.run(migrate(settings.database))
+    finally:
+        lock.release()
     if before == after:
         print(f"{settings.database}: schema is current (version {after})")
     else:

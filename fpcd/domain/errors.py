@@ -111,6 +111,23 @@ class Unavailable(FpcdError):
     title = "Service unavailable"
 
 
+class IntegrityProblem(FpcdError):
+    """Stored data failed an integrity check (a checksum, SQLite's own check): it is never
+    served as good; the operator restores or rewrites it."""
+
+    status = 500
+    slug = "integrity"
+    title = "Stored data failed its integrity check"
+
+
+class DiskFull(FpcdError):
+    """The disk under the local database is full: nothing was written; reads still work."""
+
+    status = 507
+    slug = "disk-full"
+    title = "Insufficient storage"
+
+
 class SettingsError(Exception):
     """A settings file or variable is wrong; the message is one line naming the key."""
 

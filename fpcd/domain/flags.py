@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import mmh3
 import msgspec
 
 from fpcd.domain.errors import FieldError, Invalid
+from fpcd.domain.instants import RANGE, in_range, iso_utc, parse_iso, to_utc
 
 Percentage = Annotated[float, msgspec.Meta(ge=0, le=100)]
 Weight = Annotated[float, msgspec.Meta(ge=0)]
@@ -178,16 +178,64 @@ def semver_key(value: str) -> tuple[Any, ...] | None:
 
 
 def parse_instant(value: Any) -> float | None:
-    """Epoch seconds of an ISO 8601 date or date-time (naive means UTC); None if not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    """Epoch seconds of an ISO 8601 date or date-time (naive means UTC); None if not one.
+
+    Unbounded (a stored date from before the range checks still evaluates); writes are
+    checked against `fpcd.domain.instants` by `validate_definition`.
+    """
+    moment = parse_iso(value)
+    return moment.timestamp() if moment is not None else None
+
+
+def _instant_problem(value: Any, what: str) -> str | None:
+    """Why `value` is not a usable instant for `what`, or None if it is one."""
+    instant = parse_instant(value)
+    if instant is None:
+        return f"{what} an ISO 8601 date or time"
+    if not in_range(instant):
+        return f"out of range: must be {RANGE}"
+    return None
+
+
+def _normalized(value: Any) -> Any:
+    """An in-range ISO 8601 string in its UTC form; anything else unchanged (and refused by
+    validation)."""
+    moment = parse_iso(value)
+    if moment is None:
+        return value
+    utc = to_utc(moment)
+    return iso_utc(utc) if utc is not None else value
+
+
+def normalize_dates(definition: FlagDefinition) -> FlagDefinition:
+    """Every date of a definition (start and end dates, before/after rule values) in UTC."""
+
+    def rollout_dates(rollout: Any) -> Any:
+        changes = {
+            field: _normalized(getattr(rollout, field))
+            for field in ("start_date", "end_date")
+            if isinstance(getattr(rollout, field), str)
+        }
+        return msgspec.structs.replace(rollout, **changes) if changes else rollout
+
+    rules = [
+        msgspec.structs.replace(rule, values=[_normalized(v) for v in rule.values])
+        if rule.operator in ("before", "after")
+        else rule
+        for rule in definition.rules
+    ]
+    environments = {
+        env: msgspec.structs.replace(override, rollout=rollout_dates(override.rollout))
+        if override.rollout is not None
+        else override
+        for env, override in definition.environments.items()
+    }
+    return msgspec.structs.replace(
+        definition,
+        rollout=rollout_dates(definition.rollout),
+        rules=rules,
+        environments=environments,
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -217,8 +265,9 @@ def _check_rollout(
         raw = getattr(rollout, field)
         if isinstance(raw, str):
             instant = parse_instant(raw)
-            if instant is None:
-                errors.append(FieldError(f"{path}.{name}", "expected an ISO 8601 date or time"))
+            problem = _instant_problem(raw, "expected")
+            if problem is not None:
+                errors.append(FieldError(f"{path}.{name}", problem))
             elif field == "start_date":
                 start = instant
             else:
@@ -258,8 +307,8 @@ def _check_rule(rule: Rule, path: str, errors: list[FieldError]) -> None:
             errors.append(FieldError(where, f"{op} compares numbers"))
         elif op.startswith("semver_") and (not isinstance(value, str) or not semver_key(value)):
             errors.append(FieldError(where, f"{op} needs a semantic version like 1.2.3"))
-        elif op in ("before", "after") and parse_instant(value) is None:
-            errors.append(FieldError(where, f"{op} needs an ISO 8601 date or time"))
+        elif op in ("before", "after") and (problem := _instant_problem(value, f"{op} needs")):
+            errors.append(FieldError(where, problem))
         elif op in ("contains", "starts_with", "ends_with") and not isinstance(value, str):
             errors.append(FieldError(where, f"{op} compares strings"))
 

@@ -274,6 +274,29 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
             ["op"],
             [(["read"], s.store.read_latency), (["write"], s.store.write_latency)],
         )
+        yield _gauge(
+            "fpcd_sqlite_damaged",
+            "1 once SQLite found the database file damaged (writes are refused)",
+            int(s.store.corrupt is not None),
+        )
+        yield _counter(
+            "fpcd_integrity_failures",
+            "Reads of stored data that failed its checksum (never served)",
+            s.store.integrity_failures,
+        )
+        yield _gauge(
+            "fpcd_record_problems",
+            "Stored records that cannot be loaded, scheduled or verified now (see /health)",
+            len(s.store.problems.open),
+        )
+        reported = CounterMetricFamily(
+            "fpcd_record_problems_reported",
+            "Problems with stored records reported since start, by kind",
+            labels=["kind"],
+        )
+        for kind, n in sorted(s.store.problems.reported.items()):
+            reported.add_metric([kind], n)
+        yield reported
 
         # Replication
         if s.replicator is not None:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from fpcd.domain.audit import ChainVerifier
 from fpcd.domain.model import AuditEntry
+from fpcd.services.integrity import verify_state
 from fpcd.store.sqlite import Store
 from fpcd.wire import AuditBreak, AuditVerifyResult, AuditView, Page
 
@@ -38,11 +39,15 @@ async def verify_store(store: Store, *, batch: int = VERIFY_BATCH) -> AuditVerif
     verifier = ChainVerifier()
     head = await asyncio.to_thread(store.scan_audit, verifier.feed, batch=batch)
     breaks = verifier.finish(head)
-    return AuditVerifyResult(
-        ok=not breaks,
-        entries=verifier.entries,
-        breaks=[AuditBreak(id=b.id, reason=b.reason) for b in breaks],
-    )
+    found = [AuditBreak(id=b.id, reason=b.reason) for b in breaks]
+    found += await verify_stored_state(store)
+    return AuditVerifyResult(ok=not found, entries=verifier.entries, breaks=found)
+
+
+async def verify_stored_state(store: Store) -> list[AuditBreak]:
+    """The stored config versions against the chain (fpcd.services.integrity), batch-wise."""
+    _, breaks = await verify_state(store)
+    return [AuditBreak(id=b.id, reason=b.reason) for b in breaks]
 
 
 class AuditService:

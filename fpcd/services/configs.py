@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
@@ -30,6 +30,7 @@ from fpcd.domain.configs import (
 )
 from fpcd.domain.crypto import Secret
 from fpcd.domain.errors import FieldError, Invalid, NotFound, PreconditionFailed
+from fpcd.domain.instants import utc_from_epoch
 from fpcd.domain.model import (
     Caller,
     Change,
@@ -231,7 +232,7 @@ class ConfigService:
             secrets = {
                 name: SecretMeta(
                     version=row.version,
-                    expires_at=datetime.fromtimestamp(row.expires_at, UTC)
+                    expires_at=utc_from_epoch(row.expires_at)
                     if row.expires_at is not None
                     else None,
                     value=values[name].reveal() if name in values else None,
@@ -287,7 +288,7 @@ class ConfigService:
 
     async def versions_after(self, service: str, environment: str, version: int) -> list[int]:
         """Version numbers of a layer after `version`, oldest first (a WebSocket replay)."""
-        head = await self._store.config_head(service, environment)
+        head = await self._store.config_head(service, environment, verify=False)
         return list(range(version + 1, head.version + 1)) if head else []
 
     async def history(
@@ -325,7 +326,7 @@ class ConfigService:
         """Difference between two versions of one layer (default: head and the one before)."""
         check_name("service", service)
         if to is None:
-            head = await self._store.config_head(service, environment)
+            head = await self._store.config_head(service, environment, verify=False)
             if head is None:
                 raise NotFound(f"no configuration for {service}/{environment}")
             to = head.version
@@ -430,7 +431,7 @@ class ConfigService:
         if record is None or record.schema is None:
             return SchemaCheck((), {})  # nothing to check (and no layers to read)
         if layers is None:
-            layers = await self._store.config_layers(service)
+            layers = await self._store.config_layers(service, verify=False)
         basis = self._basis(record, key, layers)
         docs = list(
             effective_configs(environment, config, {e: v.config for e, v in layers.items()})
@@ -462,7 +463,7 @@ class ConfigService:
         record, key = await self._schema(service)
         if record is None and not self.required_configs(service, environment):
             return
-        layers = await self._store.config_layers(service)
+        layers = await self._store.config_layers(service, verify=False)
         schema_errors: dict[str, list[FieldError]] = {}
         if record is not None:
             if checked is not None and checked.basis == self._basis(record, key, layers):
@@ -530,7 +531,7 @@ class ConfigService:
         checked = await self._schema_check(service, environment, config)
 
         async def plan() -> list[Change]:
-            head = await self._store.config_head(service, environment)
+            head = await self._store.config_head(service, environment, verify=False)
             self._check_expected(service, environment, head, expected_version)
             secret_changes: list[Change] = []
             refs = dict(head.secret_versions) if head else {}
@@ -610,7 +611,7 @@ class ConfigService:
             checked = await self._schema_check(service, environment, old_layer.config)
 
         async def plan() -> list[Change]:
-            head = await self._store.config_head(service, environment)
+            head = await self._store.config_head(service, environment, verify=False)
             self._check_expected(service, environment, head, expected_version)
             target = await self._layer(service, environment, version)
             assert head is not None
@@ -727,7 +728,7 @@ class ConfigService:
     async def _violations(self, service: str, schema: dict[str, Any]) -> list[dict[str, Any]]:
         """Where the service's current configurations break a new schema (reported, not
         refused); validation past its budget refuses the schema, as it would every write."""
-        layers = await self._store.config_layers(service)
+        layers = await self._store.config_layers(service, verify=False)
         docs = {env: v.config for env, v in layers.items()}
         effective = {
             env: deep_merge(docs.get(BASE_ENVIRONMENT, {}), docs[env])

@@ -36,9 +36,11 @@ from fpcd.domain.flags import (
     dependency_keys,
     derive_key,
     evaluate,
+    normalize_dates,
     parse_instant,
     validate_definition,
 )
+from fpcd.domain.instants import RANGE, in_range
 from fpcd.domain.model import Caller, Change, FlagRecord
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.analytics import FlagAnalytics
@@ -118,13 +120,30 @@ class FlagService:
         bus.subscribe(self._on_event)
 
     async def load(self) -> None:
+        """Every stored flag; one that cannot be compiled or scheduled is reported (health,
+        metrics, a log line) and skipped, never a reason not to start."""
         records = await self._store.flags_current()
         self._records = {r.key: r for r in records}
-        self._compiled = {
-            r.key: compile_flag(r.key, r.version, r.definition) for r in records if not r.archived
-        }
+        compiled: dict[str, CompiledFlag] = {}
+        for record in records:
+            if not record.archived and (flag := self._compile(record)) is not None:
+                compiled[record.key] = flag
+        self._compiled = compiled
         for key in self._records:
             self._schedule(key)
+
+    def _compile(self, record: FlagRecord) -> CompiledFlag | None:
+        self._store.problems.clear_prefix(f"flag:{record.key}:")
+        try:
+            return compile_flag(record.key, record.version, record.definition)
+        except Exception as error:  # a stored record from an older or foreign release
+            self._store.problems.report(
+                f"flag:{record.key}:compile",
+                f"version {record.version} cannot be evaluated ({error.__class__.__name__}:"
+                f" {error}); fix it with PUT /api/features/{record.key}",
+                kind="load",
+            )
+            return None
 
     def _on_event(self, event: Event) -> None:
         if not isinstance(event, ChangeApplied) or not isinstance(event.change.payload, FlagRecord):
@@ -133,10 +152,12 @@ class FlagService:
         records = dict(self._records)
         records[record.key] = record
         compiled = dict(self._compiled)
-        if record.archived:
+        self._store.problems.clear_prefix(f"flag:{record.key}:")  # a new version replaces it
+        flag = None if record.archived else self._compile(record)
+        if flag is None:
             compiled.pop(record.key, None)
         else:
-            compiled[record.key] = compile_flag(record.key, record.version, record.definition)
+            compiled[record.key] = flag
         self._records, self._compiled = records, compiled  # swap whole snapshots
         self._schedule(record.key)
 
@@ -158,6 +179,15 @@ class FlagService:
             for boundary, raw in (("start", rollout.start_date), ("end", rollout.end_date)):
                 instant = parse_instant(raw) if isinstance(raw, str) else None
                 if instant is not None and instant > now:
+                    if not in_range(instant):  # stored before the range checks, or replicated
+                        where = "rollout" if env is None else f"environments.{env}.rollout"
+                        self._store.problems.report(
+                            f"flag:{key}:{env or '*'}:{boundary}",
+                            f"{where}.{boundary}Date {raw!r} is out of range ({RANGE}) and is"
+                            f" not scheduled; fix it with PATCH /api/features/{key}",
+                            kind="schedule",
+                        )
+                        continue
                     self._scheduler.at(
                         f"flag:{key}:{env or '*'}:{boundary}",
                         datetime.fromtimestamp(instant, UTC),
@@ -334,7 +364,7 @@ class FlagService:
                 "the key in the body differs from the key in the path",
                 errors=[FieldError("$.key", f"expected {key!r}")],
             )
-        definition = msgspec.structs.replace(definition, key=key)
+        definition = normalize_dates(msgspec.structs.replace(definition, key=key))
         unchanged: list[FlagRecord] = []
 
         async def plan() -> list[Change]:

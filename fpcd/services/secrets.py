@@ -29,6 +29,7 @@ from fpcd.domain.errors import (
     NotFound,
     Unavailable,
 )
+from fpcd.domain.instants import RANGE, checked_utc, in_range, utc_from_epoch
 from fpcd.domain.model import (
     Caller,
     Change,
@@ -62,7 +63,8 @@ class IntegrityError(FpcdError):
 
 
 def _iso(epoch: float | None) -> datetime | None:
-    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+    """A stored epoch for display; clamped, so an out-of-range one never breaks a read."""
+    return utc_from_epoch(epoch) if epoch is not None else None
 
 
 def secret_view(row: SecretRow, value: Secret | None = None) -> SecretView:
@@ -189,6 +191,9 @@ class SecretService:
                     self._scheduler.cancel_prefix(
                         f"secret:{d.service}/{d.environment}/{d.name}/{version}"
                     )
+                    self._store.problems.clear(
+                        f"secret:{d.service}/{d.environment}/{d.name} v{version}"
+                    )
 
     def _change(self, key: str, op: str, payload: Payload, caller: Caller) -> Change:
         return Change.by(
@@ -297,7 +302,11 @@ class SecretService:
                 errors=[FieldError("$.ttlSeconds", "conflicts with expiresAt")],
             )
         if ttl_seconds is not None:
-            expires_at = datetime.fromtimestamp(self._time() + ttl_seconds, UTC)
+            expires_at = checked_utc(
+                datetime.fromtimestamp(self._time() + ttl_seconds, UTC), "$.ttlSeconds"
+            )
+        elif expires_at is not None:
+            expires_at = checked_utc(expires_at, "$.expiresAt")
         if expires_at is not None and expires_at.timestamp() <= self._time():
             raise Invalid(
                 "expiresAt is in the past", errors=[FieldError("$.expiresAt", "in the past")]
@@ -539,6 +548,15 @@ class SecretService:
         self, service: str, environment: str, name: str, version: int, at: float | None
     ) -> None:
         if at is None:
+            return
+        record = f"secret:{service}/{environment}/{name} v{version}"
+        if not in_range(at):  # stored before the range checks, or shipped by a replica
+            self._store.problems.report(
+                record,
+                f"expiresAt is out of range ({RANGE}), so no expiry is scheduled; write a new"
+                " version of the secret or delete it",
+                kind="schedule",
+            )
             return
         self._scheduler.at(
             f"secret:{service}/{environment}/{name}/{version}",

@@ -19,7 +19,8 @@ import aiosqlite
 import msgspec
 
 from fpcd.domain.audit import GENESIS_HASH, next_entry
-from fpcd.domain.errors import FpcdError, Unavailable
+from fpcd.domain.configs import content_checksum
+from fpcd.domain.errors import DiskFull, FpcdError, IntegrityProblem, Unavailable
 from fpcd.domain.model import (
     AuditEntry,
     AuditNote,
@@ -36,6 +37,7 @@ from fpcd.domain.model import (
     ServiceRegistration,
     rfc3339,
 )
+from fpcd.observe.problems import RecordProblems
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.store.migrations import LATEST, MIGRATIONS
 
@@ -55,6 +57,64 @@ _details_decoder = msgspec.json.Decoder(dict[str, Any])
 
 class StoreClosed(FpcdError):
     """Use after `close()` is a bug in the caller's lifecycle, not a user error."""
+
+
+class DatabaseCorrupt(IntegrityProblem):
+    """SQLite reports the database file damaged (quick_check, SQLITE_CORRUPT, SQLITE_NOTADB)."""
+
+
+_CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _error_code(error: BaseException) -> int:
+    """SQLite's primary result code of an error (0 when it carries none)."""
+    return int(getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def database_error(error: sqlite3.Error) -> FpcdError:
+    """What a caller is told about a SQLite failure: disk full, damage, or unavailable."""
+    code = _error_code(error)
+    if code == sqlite3.SQLITE_FULL:
+        return DiskFull(
+            "the disk holding the local database is full: nothing was written;"
+            " free some space and retry (reads keep working)"
+        )
+    if code in _CORRUPT_CODES:
+        return DatabaseCorrupt(f"the local database is damaged ({error}); restore it from a backup")
+    return Unavailable(f"local database error: {error.__class__.__name__}")
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is still open: SQLite ends one by itself on some errors
+    (SQLITE_FULL), and a second ROLLBACK's error must not hide the first one."""
+    if not db.in_transaction:
+        return
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        log.warning("rollback failed", extra={"error": str(error)})
+
+
+async def quick_check(path: Path, *, limit: int = 5) -> list[str]:
+    """`PRAGMA quick_check` on its own read-only connection: [] when the file is sound,
+    else SQLite's first complaints. Never raises for a damaged file."""
+    try:
+        db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as error:
+        return [str(error)]
+    try:
+        async with db.execute(f"PRAGMA quick_check({int(limit)})") as cur:
+            rows = [str(r[0]) for r in await cur.fetchall()]
+    except sqlite3.DatabaseError as error:
+        if _error_code(error) not in _CORRUPT_CODES:
+            raise
+        return [str(error)]
+    finally:
+        await db.close()
+    if rows == ["ok"]:
+        return []
+    lines = (line.strip() for row in rows for line in row.splitlines())
+    return [line for line in lines if line and not line.startswith("***")]
 
 
 class SecretRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,7 +230,7 @@ async def migrate(path: Path) -> tuple[int, int]:
                 await db.execute(f"PRAGMA user_version = {step + 1}")
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
         return before, LATEST
     finally:
@@ -187,6 +247,12 @@ class Store:
         self._audit_head: tuple[int, str] = (0, GENESIS_HASH)
         self._cursor = 0
         self._closed = False
+        #: Set when SQLite found the file damaged while running: writes are refused.
+        self.corrupt: str | None = None
+        #: Stored records that could not be loaded, scheduled or verified (in /health).
+        self.problems = RecordProblems()
+        #: Reads that found stored data failing its checksum (for /metrics).
+        self.integrity_failures = 0
         #: Seconds per read query and per write transaction (apply), for /metrics.
         self.read_latency = LatencyHistogram()
         self.write_latency = LatencyHistogram()
@@ -194,8 +260,22 @@ class Store:
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
+        """Check the file (`PRAGMA quick_check`), migrate, connect; a damaged file raises
+        DatabaseCorrupt before anything is written to it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await migrate(self.path)
+        if self.path.exists():
+            problems = await quick_check(self.path)
+            if problems:
+                raise DatabaseCorrupt(
+                    f"{self.path} is damaged (PRAGMA quick_check: {'; '.join(problems[:3])});"
+                    " restore it from a backup (fpcd backup) or from the upstream"
+                )
+        try:
+            await migrate(self.path)
+        except sqlite3.DatabaseError as error:
+            if _error_code(error) in _CORRUPT_CODES:
+                raise DatabaseCorrupt(f"{self.path} is damaged: {error}") from None
+            raise
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await self._writer.execute("PRAGMA journal_mode=WAL")
         await self._writer.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -226,17 +306,18 @@ class Store:
     async def mark_upstream(self, pairs: Sequence[tuple[int, int]]) -> None:
         """(upstream seq, local seq) for a standalone history just pushed upstream."""
         async with self._write_lock:
-            if self._writer is None:
-                raise StoreClosed("the store is closed")
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
+            db = self._writable()
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 await db.executemany("UPDATE changes SET upstream_seq = ? WHERE seq = ?", pairs)
                 cursor = max(upstream for upstream, _ in pairs)
                 await _set_meta(db, "upstream_cursor", str(cursor))
                 await db.execute("COMMIT")
+            except sqlite3.Error as error:
+                await _rollback(db)
+                raise self._failed(error, "write") from error
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
             self._cursor = cursor
 
@@ -275,7 +356,7 @@ class Store:
             rows = await self._read().execute_fetchall(sql, args)
             return next(iter(rows), None)
         except sqlite3.Error as error:
-            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+            raise self._failed(error, "read") from error
         finally:
             self.read_latency.observe(perf_counter() - started)
 
@@ -284,12 +365,49 @@ class Store:
         try:
             return list(await self._read().execute_fetchall(sql, args))
         except sqlite3.Error as error:
-            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+            raise self._failed(error, "read") from error
         finally:
             self.read_latency.observe(perf_counter() - started)
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1")
+
+    def _failed(self, error: sqlite3.Error, what: str) -> FpcdError:
+        """Log SQLite's own error (never a generic one) and say what it means to a caller."""
+        mapped = database_error(error)
+        if isinstance(mapped, DatabaseCorrupt):
+            self._mark_corrupt(str(error))
+        log.error(
+            f"local database {what} failed: {error}",
+            extra={
+                "error": str(error),
+                "code": getattr(error, "sqlite_errorname", ""),
+                "database": str(self.path),
+            },
+        )
+        return mapped
+
+    def _mark_corrupt(self, detail: str) -> None:
+        if self.corrupt is None:
+            self.corrupt = detail
+            self.problems.report("database", f"{self.path.name} is damaged: {detail}")
+
+    async def check_integrity(self) -> list[str]:
+        """The periodic `PRAGMA quick_check`: a damaged file degrades health and stops writes."""
+        problems = await quick_check(self.path)
+        if problems:
+            self._mark_corrupt("; ".join(problems[:3]))
+        return problems
+
+    def _writable(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreClosed("the store is closed")
+        if self.corrupt is not None:
+            raise DatabaseCorrupt(
+                f"the local database failed its integrity check ({self.corrupt});"
+                " writes are refused until it is restored from a backup"
+            )
+        return self._writer
 
     # -- local bookkeeping (node id, cursors): not changes, never replicated -------
 
@@ -299,9 +417,11 @@ class Store:
 
     async def meta_set(self, key: str, value: str) -> None:
         async with self._write_lock:
-            if self._writer is None:
-                raise StoreClosed("the store is closed")
-            await _set_meta(self._writer, key, value)
+            db = self._writable()
+            try:
+                await _set_meta(db, key, value)
+            except sqlite3.Error as error:
+                raise self._failed(error, "write") from error
 
     # -- the one write path ----------------------------------------------------
 
@@ -316,15 +436,13 @@ class Store:
         if not changes:
             return []
         async with self._write_lock:
-            if self._writer is None:
-                raise StoreClosed("the store is closed")
-            db = self._writer
+            db = self._writable()
             audit_id, audit_hash = self._audit_head
             cursor = self._cursor
             stored: list[Change] = []
             started = perf_counter()
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 for change in changes:
                     upstream_seq = None
                     if upstream:
@@ -370,14 +488,17 @@ class Store:
                     audit_id, audit_hash = entry.id, entry.hash
                     stored.append(change)
                 if not stored:
-                    await db.execute("ROLLBACK")
+                    await _rollback(db)
                     return []
                 await _set_meta(db, "audit_head", f"{audit_id}:{audit_hash}")
                 if upstream:
                     await _set_meta(db, "upstream_cursor", str(cursor))
                 await db.execute("COMMIT")
+            except sqlite3.Error as error:
+                await _rollback(db)
+                raise self._failed(error, "write") from error
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
             finally:
                 self.write_latency.observe(perf_counter() - started)
@@ -478,13 +599,41 @@ class Store:
 
     # -- configuration reads ---------------------------------------------------
 
-    async def config_head(self, service: str, environment: str) -> ConfigVersion | None:
+    def _version(self, raw: bytes | str, *, verify: bool = True) -> ConfigVersion:
+        """A stored config version; with `verify`, one whose content does not match its
+        checksum (an edited row) raises IntegrityProblem and is reported, never served."""
+        try:
+            version = _version_decoder.decode(raw)
+        except msgspec.DecodeError as error:
+            self.integrity_failures += 1
+            self.problems.report("config_versions", f"a row does not decode: {error}")
+            raise IntegrityProblem(
+                f"a stored config version does not decode ({error}); it is not served"
+            ) from None
+        if verify and content_checksum(version.config, version.secret_versions) != (
+            version.checksum
+        ):
+            self.integrity_failures += 1
+            record = f"config:{version.service}/{version.environment} v{version.version}"
+            problem = "stored content does not match its checksum (edited row)"
+            self.problems.report(record, problem)
+            raise IntegrityProblem(
+                f"{record}: {problem}; it is not served. Write a new version or roll back"
+                " to a good one"
+            )
+        return version
+
+    async def config_head(
+        self, service: str, environment: str, *, verify: bool = True
+    ) -> ConfigVersion | None:
+        """The latest version; `verify=False` for writers that need only its number and
+        checksum (so a damaged head can be replaced through the API)."""
         row = await self._fetchone(
             "SELECT record FROM config_versions WHERE service = ? AND environment = ?"
             " ORDER BY version DESC LIMIT 1",
             (service, environment),
         )
-        return _version_decoder.decode(row[0]) if row else None
+        return self._version(row[0], verify=verify) if row else None
 
     async def config_version(
         self, service: str, environment: str, version: int
@@ -495,7 +644,7 @@ class Store:
             " WHERE service = ? AND environment = ? AND version = ?",
             (service, environment, version),
         )
-        return (_version_decoder.decode(row[0]), row[1]) if row else None
+        return (self._version(row[0]), row[1]) if row else None
 
     async def config_version_at(
         self, service: str, environment: str, seq: int
@@ -506,7 +655,7 @@ class Store:
             " AND change_seq <= ? ORDER BY version DESC LIMIT 1",
             (service, environment, seq),
         )
-        return _version_decoder.decode(row[0]) if row else None
+        return self._version(row[0]) if row else None
 
     async def config_history(
         self, service: str, environment: str, *, limit: int, offset: int
@@ -520,9 +669,9 @@ class Store:
             "SELECT count(*) FROM config_versions WHERE service = ? AND environment = ?",
             (service, environment),
         )
-        return [_version_decoder.decode(r[0]) for r in rows], total[0]
+        return [self._version(r[0]) for r in rows], total[0]
 
-    async def config_layers(self, service: str) -> dict[str, ConfigVersion]:
+    async def config_layers(self, service: str, *, verify: bool = True) -> dict[str, ConfigVersion]:
         """The head of every environment of a service."""
         rows = await self._fetchall(
             "SELECT v.record FROM config_versions v JOIN ("
@@ -532,7 +681,7 @@ class Store:
             " WHERE v.service = ?",
             (service, service),
         )
-        heads = [_version_decoder.decode(r[0]) for r in rows]
+        heads = [self._version(r[0], verify=verify) for r in rows]
         return {v.environment: v for v in heads}
 
     async def services(self) -> list[ServiceSummary]:
@@ -569,11 +718,19 @@ class Store:
     async def flags_current(self) -> list[FlagRecord]:
         """The latest version of every flag, archived ones included."""
         rows = await self._fetchall(
-            "SELECT v.record FROM flag_versions v JOIN ("
+            "SELECT v.record, v.key, v.version FROM flag_versions v JOIN ("
             "  SELECT key, max(version) AS version FROM flag_versions GROUP BY key"
             ") h ON v.key = h.key AND v.version = h.version ORDER BY v.key"
         )
-        return [_flag_decoder.decode(r[0]) for r in rows]
+        records: list[FlagRecord] = []
+        for raw, key, version in rows:
+            try:
+                records.append(_flag_decoder.decode(raw))
+            except msgspec.DecodeError as error:  # reported and skipped: never stops start-up
+                self.problems.report(
+                    f"flag:{key}:record", f"version {version} does not decode: {error}", kind="load"
+                )
+        return records
 
     async def flag_history(
         self, key: str, *, limit: int, offset: int
@@ -590,11 +747,9 @@ class Store:
         if not rows:
             return
         async with self._write_lock:
-            if self._writer is None:
-                raise StoreClosed("the store is closed")
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
+            db = self._writable()
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 await db.executemany(
                     "INSERT INTO flag_analytics (flag, hour, variant, enabled, reason, count)"
                     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (flag, hour, variant, enabled, reason)"
@@ -602,8 +757,11 @@ class Store:
                     rows,
                 )
                 await db.execute("COMMIT")
+            except sqlite3.Error as error:
+                await _rollback(db)
+                raise self._failed(error, "write") from error
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
 
     async def analytics(
@@ -620,8 +778,16 @@ class Store:
     # -- service registry ---------------------------------------------------------
 
     async def registrations(self) -> list[ServiceRegistration]:
-        rows = await self._fetchall("SELECT record FROM services ORDER BY name")
-        return [_service_decoder.decode(r[0]) for r in rows]
+        rows = await self._fetchall("SELECT record, name FROM services ORDER BY name")
+        found: list[ServiceRegistration] = []
+        for raw, name in rows:
+            try:
+                found.append(_service_decoder.decode(raw))
+            except msgspec.DecodeError as error:  # reported and skipped: never stops start-up
+                self.problems.report(
+                    f"service:{name}", f"registration does not decode: {error}", kind="load"
+                )
+        return found
 
     # -- secrets ----------------------------------------------------------------
 
@@ -678,12 +844,10 @@ class Store:
         its audited `SecretRead` change later, and the access counts (so they include this
         read). Returns name -> (access count, last access) after it."""
         async with self._write_lock:
-            if self._writer is None:
-                raise StoreClosed("the store is closed")
-            db = self._writer
+            db = self._writable()
             started = perf_counter()
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 await db.execute(
                     "INSERT INTO secret_reads (id, at, actor, request_id, peer, service,"
                     " environment, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -708,8 +872,11 @@ class Store:
                 ) as cur:
                     counts = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
                 await db.execute("COMMIT")
+            except sqlite3.Error as error:
+                await _rollback(db)
+                raise self._failed(error, "write") from error
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
             finally:
                 self.write_latency.observe(perf_counter() - started)
@@ -836,9 +1003,32 @@ class Store:
                 consume([self._audit_row(r) for r in rows])
             return head
         except sqlite3.Error as error:
-            raise Unavailable(f"local database error: {error.__class__.__name__}") from error
+            raise self._failed(error, "read") from error
         finally:
             conn.close()
+
+    async def config_state_batch(
+        self, after: tuple[str, str, int], limit: int
+    ) -> list[tuple[str, str, int, int, bytes, bytes | None, int | None, str | None, str | None]]:
+        """Config version rows after `after` (service, environment, version), each with the
+        journal payload and the audit entry of the change that wrote it (`audit verify`)."""
+        rows = await self._fetchall(
+            "SELECT c.service, c.environment, c.version, c.change_seq, c.record, j.payload,"
+            " a.id, a.target, a.details FROM config_versions c"
+            " LEFT JOIN changes j ON j.seq = c.change_seq"
+            " LEFT JOIN audit_log a ON a.id = c.change_seq"
+            " WHERE (c.service, c.environment, c.version) > (?, ?, ?)"
+            " ORDER BY c.service, c.environment, c.version LIMIT ?",
+            (*after, limit),
+        )
+        return [tuple(r) for r in rows]
+
+    async def audit_entries_for(self, target: str) -> list[tuple[int, str, str]]:
+        """(id, action, details) of every audit entry for `target`, oldest first."""
+        rows = await self._fetchall(
+            "SELECT id, action, details FROM audit_log WHERE target = ? ORDER BY id", (target,)
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
 
     @property
     def audit_head(self) -> tuple[int, str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fpcd.domain.configs import BASE_ENVIRONMENT
-from fpcd.domain.errors import FpcdError, NotFound
+from fpcd.domain.errors import FpcdError, IntegrityProblem, NotFound
 from fpcd.domain.model import (
     AuditNote,
     Caller,
@@ -269,6 +269,14 @@ class FileSync:
                         "service": spec.service,
                         "environment": spec.environment,
                     },
+                )
+                return
+            except IntegrityProblem as error:  # a damaged stored version: keep the old file
+                self.write_failures += 1
+                target.error = f"not written: {error.detail}"
+                log.error(
+                    "stored config failed its integrity check; the old file stays",
+                    extra={"file": spec.path, "error": error.detail},
                 )
                 return
             secrets = {n: m.value for n, m in doc.secrets.items() if m.value is not None}
