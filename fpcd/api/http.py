@@ -197,7 +197,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
-        caller = PUBLIC_CALLER if info.public else await _admit(request, info)
+        caller = PUBLIC_CALLER if info.public else _admit(request, info)
         request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
         response = await handler(request)
     except FpcdError as error:
@@ -293,7 +293,7 @@ def install_pipeline(app: web.Application) -> None:
     app.router.register_resource(_NoRoute(app.router))
 
 
-async def _admit(request: web.Request, info: RouteInfo) -> Caller:
+def _admit(request: web.Request, info: RouteInfo) -> Caller:
     """Who is calling, and may they: 401, 403 and 429 are decided here."""
     rule = info.rule
     if rule is None:
@@ -303,7 +303,7 @@ async def _admit(request: web.Request, info: RouteInfo) -> Caller:
     if rule.action is None and not rule.websocket:
         return PUBLIC_CALLER
     authenticator = info.authenticator
-    found = await authenticator.authenticate(request, optional=rule.websocket)
+    found = authenticator.identify(request, optional=rule.websocket)
     caller = found if found is not None else PUBLIC_CALLER
     service = request.match_info.get(rule.service) if rule.service else None
     if rule.action is not None:
