@@ -62,6 +62,7 @@ from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
 from fpcd.services.keyring import MasterKeyError, open_keyring
 from fpcd.services.live import LiveHub
+from fpcd.services.portability import PortabilityService
 from fpcd.services.registry import RegistryService
 from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
@@ -97,6 +98,10 @@ class FatalStartupError(StartupError):
     by another daemon): `fpcd serve` exits 78 so that systemd stops restarting it."""
 
     exit_code = EXIT_UNFIXABLE
+
+
+class KeyStartupError(FatalStartupError):
+    """The master key is missing, weak or wrong: a restart cannot fix it (exit 78)."""
 
 
 def utcnow() -> datetime:
@@ -245,7 +250,7 @@ class Daemon:
                 store, committer, settings, clock=self._clock, node_id=node_id
             )
         except MasterKeyError as error:
-            raise FatalStartupError(str(error)) from None
+            raise KeyStartupError(str(error)) from None
         self.secrets = SecretService(
             store,
             committer,
@@ -276,8 +281,11 @@ class Daemon:
             default_environment=settings.server.default_environment,
             limits=config_limits(settings),
             secrets=self.secrets,
+            environments=settings.environments,
+            max_service_labels=settings.metrics.max_service_labels,
         )
         self._stack.push_async_callback(self.configs.close)  # its schema validator process
+        await self.configs.load()
         analytics = FlagAnalytics(store, time.time, upstream=upstream, node_id=node_id)
         self.flags = FlagService(
             store,
@@ -301,6 +309,8 @@ class Daemon:
             clock=self._clock,
             check_interval=settings.registry.check_interval,
             check_timeout=settings.registry.check_timeout,
+            health_check_hosts=list(settings.registry.health_check_hosts),
+            enforce_required_configs=settings.registry.enforce_required_configs,
             time_source=lambda: self._clock().timestamp(),
         )
         await self.registry.start()
@@ -366,6 +376,7 @@ class Daemon:
                 alerts=alerts,
                 replicator=self.replicator,
                 flag_socket=flag_socket.stats,
+                registry=self.registry,
             )
         )
         self._add_health_checks(health, source)
@@ -379,7 +390,9 @@ class Daemon:
             )
         bus.subscribe(log_change)
 
-        authenticator = Authenticator(self._token_verifier())
+        authenticator = Authenticator(
+            self._token_verifier(), anonymous_role=settings.auth.anonymous_role or None
+        )
         api_app = build_api_app(
             configs=self.configs,
             flags=self.flags,
@@ -393,6 +406,16 @@ class Daemon:
             limits=self.request_limits,
             rate_limiter=self.rate_limiter,
             metrics=self.metrics,
+            public_metrics=settings.metrics.public,
+            portability=PortabilityService(
+                store,
+                committer,
+                self.flags,
+                analytics,
+                node_id=node_id,
+                clock=self._clock,
+                limits=config_limits(settings),
+            ),
         )
         await self._serve_api(api_app)
         await self._serve_ws(
@@ -404,6 +427,7 @@ class Daemon:
                 authenticator=authenticator,
                 rate_limiter=self.rate_limiter,
                 http_stats=http_stats,
+                environments=self.configs.environments,
             )
         )
         await self._serve_flag_socket(flag_socket)

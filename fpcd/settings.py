@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from fpcd.domain.access import ROLES
 from fpcd.domain.errors import SettingsError
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -65,6 +66,12 @@ class ServerSettings(Section, frozen=True, kw_only=True):
     socket_group: str = ""
     #: Environment used when a request names none (the seed's NODE_ENV).
     default_environment: str = "development"
+    #: The environments that exist (besides `default`, the base layer, and
+    #: default_environment): reading any other is 404 and writing it 422, each naming the
+    #: known ones. An environment that holds data (written here or replicated) stays
+    #: known. A list, or a comma-separated string (FPCD_SERVER__ENVIRONMENTS); "*" allows
+    #: every name.
+    environments: list[str] | str = "development,staging,production"
     #: How long shutdown waits for in-flight requests.
     shutdown_timeout: Duration = Duration(10.0)
     #: TCP connections one port (API, WebSocket) holds at once; past it a connection is
@@ -136,6 +143,9 @@ class UpstreamSettings(Section, frozen=True, kw_only=True):
 class SecretSettings(Section, frozen=True, kw_only=True):
     #: 32 bytes as base64 or hex, or a passphrase (the seed's CONFIG_ENCRYPTION_KEY).
     encryption_key: str = ""
+    #: The master key before a rotation: started with it and a new `encryption_key`, fpcd
+    #: re-wraps every data key under the new key; then it is no longer needed.
+    previous_encryption_key: str = ""
     #: A keyring file to use instead of the key: {"key": "<32 bytes, base64>"}, mode 0600.
     keyring_file: str = ""
     #: Largest secret value, in bytes.
@@ -192,6 +202,13 @@ class RegistrySettings(Section, frozen=True, kw_only=True):
     check_interval: Duration = Duration(10.0)
     #: How long one health probe may take before it counts as unhealthy.
     check_timeout: Duration = Duration(2.0)
+    #: Hosts health checks may reach besides a registration's own endpoint: `host`
+    #: (any port) or `host:port`; "*" allows any URL (registrants are then trusted).
+    health_check_hosts: list[str] = []
+    #: true: a config write that leaves out a registered service's requiredConfigs (found
+    #: neither in the config nor among its secrets) is refused with 422. false: it is
+    #: stored, and the registry reports missingConfigs (view, status, /metrics).
+    enforce_required_configs: bool = False
 
 
 class WaitSettings(Section, frozen=True, kw_only=True):
@@ -256,6 +273,11 @@ class AuthSettings(Section, frozen=True, kw_only=True):
     audience: str = ""
     #: Clock skew allowed for exp, nbf and iat.
     leeway: Duration = Duration(30.0)
+    #: A role (viewer, editor, service, admin) given to requests that carry no token, on
+    #: every door (REST, both WebSocket ports): for the original service's clients, which
+    #: send no credentials. Empty: such requests get 401 (WebSocket: UNAUTHENTICATED). A
+    #: token that is given but invalid is refused either way.
+    anonymous_role: str = ""
 
 
 class RateLimitSettings(Section, frozen=True, kw_only=True):
@@ -297,6 +319,17 @@ class AlertSettings(Section, frozen=True, kw_only=True):
     ws_delivery_p99_ms: Threshold = 1000.0
 
 
+class MetricsSettings(Section, frozen=True, kw_only=True):
+    """/metrics (Prometheus)."""
+
+    #: true: /metrics answers without a token (a plain Prometheus scrape); /api/status
+    #: still needs one.
+    public: bool = False
+    #: Config reads are counted per service for at most this many known services; reads
+    #: of the others (and of unknown names) count under service="_other".
+    max_service_labels: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+
+
 class Settings(Section, frozen=True, kw_only=True):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
@@ -312,12 +345,20 @@ class Settings(Section, frozen=True, kw_only=True):
     rate_limit: RateLimitSettings = RateLimitSettings()
     tls: TlsSettings = TlsSettings()
     alerts: AlertSettings = AlertSettings()
+    metrics: MetricsSettings = MetricsSettings()
     files: list[FileSettings] = []
 
     @property
     def data_dir(self) -> Path:
         chosen = self.server.data_dir or os.environ.get("STATE_DIRECTORY", "") or "./fpcd-data"
         return Path(chosen.split(":")[0]).absolute()
+
+    @property
+    def environments(self) -> list[str]:
+        """server.environments as a list (it may be given as a comma-separated string)."""
+        given = self.server.environments
+        names = given.split(",") if isinstance(given, str) else given
+        return [name.strip() for name in names if name.strip()]
 
     @property
     def runtime_dir(self) -> Path:
@@ -484,6 +525,13 @@ def _check(settings: Settings, label: str) -> None:
         raise SettingsError(f"{label}: alerts.interval: at least 100ms")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
+    for name in settings.environments:
+        if name != "*" and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
+            raise SettingsError(f"{label}: server.environments: {name!r} is not a valid name")
+    if settings.auth.anonymous_role and settings.auth.anonymous_role not in ROLES:
+        raise SettingsError(
+            f"{label}: auth.anonymous_role: one of {', '.join(sorted(ROLES))}, or empty"
+        )
     for i, entry in enumerate(settings.files):
         _check_file(entry, f"{label}: files[{i}]")
     if bool(settings.tls.cert) != bool(settings.tls.key):

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import msgspec
 
 from fpcd.domain.flags import EvaluationContext, EvaluationResult
+from fpcd.domain.model import ConfigVersion, FlagRecord, SchemaRecord, ServiceRegistration
 
 T = TypeVar("T")
 
@@ -112,6 +113,9 @@ class RotationStatus(View, kw_only=True):
 class KeyringStatus(View, kw_only=True):
     keys: list[KeyStatus]
     rotation: RotationStatus
+    #: Some data key is still wrapped under `secrets.previous_encryption_key` only
+    #: (a master key rotation has not finished): the previous key is still needed.
+    previous_master_key_needed: bool = False
 
 
 class SecretMeta(View, kw_only=True, omit_defaults=True):
@@ -352,43 +356,146 @@ class HealthCheckSpec(Body, kw_only=True):
     url: str
 
 
-class ServiceRegister(Body, kw_only=True):
-    """`POST /api/services/register` (the seed's body, plus `ttlSeconds`)."""
+#: Bounds of a registration's fields (docs/limits.md, "Service registry").
+_Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+_ConfigKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_ConfigKeys = Annotated[list[_ConfigKey], msgspec.Meta(max_length=256)]
 
-    name: str
-    version: str = ""
-    host: str = ""
+
+class ServiceRegister(Body, kw_only=True):
+    """`POST /api/services/register`: the original's body (`serviceName`, `displayName`,
+    `description`, `version`, `endpoints`, `healthCheck`, `requiredConfigs`,
+    `optionalConfigs`, `environment`, `tags`), or fpcd's earlier one (`name`, `host`,
+    `port`), plus `metadata` and `ttlSeconds`."""
+
+    service_name: str | None = None
+    #: fpcd's earlier name for `serviceName` (give one of the two).
+    name: str | None = None
+    display_name: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    description: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    version: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    endpoints: Annotated[list[_Url], msgspec.Meta(max_length=32)] = []
+    host: Annotated[str, msgspec.Meta(max_length=253)] = ""
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     #: A URL, or `{"url": ...}`.
-    health_check: str | HealthCheckSpec | None = None
-    tags: list[str] = []
+    health_check: Annotated[str, msgspec.Meta(max_length=2048)] | HealthCheckSpec | None = None
+    tags: Annotated[list[_Label], msgspec.Meta(max_length=32)] = []
     environment: str | None = None
-    required_configs: list[str] = []
-    metadata: dict[str, Any] = {}
+    required_configs: _ConfigKeys = []
+    optional_configs: _ConfigKeys = []
+    metadata: Annotated[dict[str, Any], msgspec.Meta(max_length=64)] = {}
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=315_360_000)] | None = None
 
 
 class ServiceView(View, kw_only=True, omit_defaults=True):
-    name: str
+    """A registered service: the original's field names, then fpcd's extras."""
+
+    service_name: str
+    display_name: str = ""
+    description: str = ""
     version: str = ""
+    endpoints: list[str] = []
+    health_check: str = ""
+    required_configs: list[str] = []
+    optional_configs: list[str] = []
+    environment: str
+    tags: list[str] = []
+    is_active: bool
     host: str = ""
     port: int | None = None
-    health_check: str = ""
-    tags: list[str] = []
-    environment: str
-    required_configs: list[str] = []
     metadata: dict[str, Any] = {}
     ttl_seconds: int | None = None
     registered_at: datetime
     registered_by: str
-    #: healthy, unhealthy, unknown or stale.
+    #: healthy, degraded (requiredConfigs missing), unhealthy, unknown or stale.
     status: str
     last_heartbeat: datetime | None = None
     last_check: datetime | None = None
     last_error: str | None = None
+    #: How long the last health probe took, in milliseconds.
+    latency_ms: float | None = None
+    #: requiredConfigs found neither in the effective config nor among the secrets.
+    missing_configs: list[str]
+    #: optionalConfigs found in neither: reported, never a problem.
+    missing_optional_configs: list[str]
 
 
 class RegisterResult(View, kw_only=True):
     service: ServiceView
-    #: requiredConfigs absent from the service's current config.
+    #: requiredConfigs absent from the service's current config and secrets.
     missing_configs: list[str]
+    #: optionalConfigs absent likewise (missing but optional).
+    missing_optional_configs: list[str]
+
+
+# -- export and import (fpcd export / import / import-fineprint) ---------------------
+# Records travel as fpcd's own change payloads (fpcd.domain.model, snake_case), the form
+# the upstream change log carries: new fields added by later releases come along.
+
+#: At most this many records per import request (the CLI sends batches).
+IMPORT_BATCH = 500
+ImportSource = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+
+
+class ImportConfigVersions(Body, kw_only=True):
+    """`POST /api/import/configs`: versions with their numbers, authors and times."""
+
+    items: Annotated[list[ConfigVersion], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportSchemas(Body, kw_only=True):
+    items: Annotated[list[SchemaRecord], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportFlagVersions(Body, kw_only=True):
+    items: Annotated[list[FlagRecord], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportServices(Body, kw_only=True):
+    items: Annotated[list[ServiceRegistration], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportedCount(Body, kw_only=True):
+    """Evaluations counted elsewhere (another fpcd, the original service) in one cell."""
+
+    flag: FlagKey
+    variant: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    enabled: bool
+    #: An OpenFeature reason; `UNKNOWN` when the source did not record one.
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[A-Z_]{1,32}$")]
+    hour: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+    count: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
+class ImportAnalytics(Body, kw_only=True):
+    """`POST /api/import/analytics`: each cell's total in `source`; a second import of the
+    same source adds only what grew since the first."""
+
+    source: ImportSource
+    counts: Annotated[list[ImportedCount], msgspec.Meta(max_length=10_000)]
+
+
+class ImportedNote(Body, kw_only=True):
+    """A history entry from elsewhere, kept as an audit note (its own time in details)."""
+
+    action: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    #: Unique per note: a note whose target is already in the audit log is skipped.
+    target: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    details: dict[str, Any] = {}
+
+
+class ImportNotes(Body, kw_only=True):
+    items: Annotated[list[ImportedNote], msgspec.Meta(max_length=IMPORT_BATCH)]
+
+
+class ImportSkip(View, kw_only=True):
+    key: str
+    reason: str
+
+
+class ImportResult(View, kw_only=True):
+    """What an import request did: records written, and the others with the reason."""
+
+    imported: int
+    skipped: list[ImportSkip]

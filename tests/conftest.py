@@ -136,9 +136,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The environments the tests write to (server.environments refuses writes to others);
+#: tests of that rule use the default declaration instead.
+TEST_ENVIRONMENTS = "development,staging,production,prod,dev,e,a"
+
+
 def make_settings(data_dir: Path, **sections: Any) -> Settings:
     overrides: dict[str, Any] = {
-        "server": {"data_dir": str(data_dir), "api_port": 0, "ws_port": 0},
+        "server": {
+            "data_dir": str(data_dir),
+            "api_port": 0,
+            "ws_port": 0,
+            "environments": TEST_ENVIRONMENTS,
+        },
         "log": {"access": False},
     }
     for name, values in sections.items():
@@ -200,7 +210,7 @@ class DaemonProcess:
         self.port = free_port()
         self.ws_port = free_port()
         self.args = args or []
-        self.env = {**os.environ, **(env or {})}
+        self.env = {"FPCD_SERVER__ENVIRONMENTS": TEST_ENVIRONMENTS, **os.environ, **(env or {})}
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         LOG_FILES.append(self.log_path)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -212,8 +212,10 @@ async def test_eleven_hundred_idle_connections_under_1024_descriptors(spawn: Any
         resource.setrlimit(resource.RLIMIT_NOFILE, old)
     assert 'fpcd_tcp_connection_limit{port="api"} 384.0' in metrics
     refused = metric(metrics, 'fpcd_tcp_connections_refused_total{port="api"}')
-    assert refused >= 1100 - 384
-    assert metric(metrics, 'fpcd_tcp_header_timeouts_total{port="api"}') >= 384
+    timed_out = metric(metrics, 'fpcd_tcp_header_timeouts_total{port="api"}')
+    # Each of the 1,100 was refused at the cap or closed after the header timeout (on a
+    # slow machine the first ones time out while the last are still being opened).
+    assert refused >= 1 and refused + timed_out >= 1100, (refused, timed_out)
     assert "refusing TCP connections" in proc.log()
     assert "lowered to fit the descriptor limit" in proc.log()
 

@@ -50,10 +50,11 @@ def test_env_flattening_and_quoting() -> None:
         "DB__HOST=db1",
         "DB__OPTS__SSL=true",
         "DB__PORT=5432",
-        'LIST="[1,\\"two\\"]"',
-        'NAME="web app"',
+        "LIST='[1,\"two\"]'",
+        "NAME='web app'",
         "NOTHING=",
-        'QUOTE="say \\"hi\\" \\$HOME\\nbye"',
+        'QUOTE=\'say "hi" $HOME',
+        "bye'",
     ]
     assert flatten({"a-b": {"c.d": 1}}, {"DB_PASSWORD": "x"}) == {
         "A_B__C_D": "1",

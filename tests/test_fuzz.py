@@ -115,7 +115,7 @@ HUGE = st.one_of(
     st.integers(min_value=-(10**400), max_value=-(2**63)),
     st.sampled_from([10**400, -(10**400), 2**64, 10**308 * 10]),
 )
-PATH_VALUES = {"service": "web", "key": "f1", "name": "FZ"}
+PATH_VALUES = {"service": "web", "key": "f1", "name": "FZ", "kind": "configs", "key_id": "k1"}
 
 
 def _integer_query_params() -> list[tuple[str, str, str]]:

@@ -220,6 +220,7 @@ ACTION_REQUESTS: list[tuple[str, str, str, Any]] = [
     (access.REGISTRY_READ, "GET", "/api/services", None),
     (access.REGISTRY_WRITE, "POST", "/api/services/web/heartbeat", None),
     (access.METRICS_READ, "GET", "/api/status", None),
+    (access.DATA_ADMIN, "GET", "/api/export/flags", None),
 ]
 
 

@@ -24,6 +24,18 @@ def http(url: str, method: str, body: Any) -> None:
 
 
 def test_seed_node_example(spawn: Any, tmp_path: Path) -> None:
+    proc = spawn().start()
+    # Only the address changes (and the token rides in the query, as for any browser).
+    run_example(proc, tmp_path, f"ws://127.0.0.1:{proc.ws_port}/?token={proc.token}")
+
+
+def test_seed_node_example_without_credentials(spawn: Any, tmp_path: Path) -> None:
+    """With auth.anonymous_role, the example runs as the original documents it: no token."""
+    proc = spawn(env={"FPCD_AUTH__ANONYMOUS_ROLE": "viewer"}).start()
+    run_example(proc, tmp_path, f"ws://127.0.0.1:{proc.ws_port}")
+
+
+def run_example(proc: Any, tmp_path: Path, address: str) -> None:
     npm, node = shutil.which("npm"), shutil.which("node")
     assert npm and node, "node and npm are needed (.ci/run installs them)"
     subprocess.run(
@@ -33,13 +45,9 @@ def test_seed_node_example(spawn: Any, tmp_path: Path) -> None:
         capture_output=True,
         timeout=180,
     )
-    proc = spawn().start()
     example = (ROOT / "docs" / "examples" / "seed-ws-client.js").read_text()
     script = tmp_path / "client.js"
-    # Only the address changes (and the token rides in the query, as for any browser).
-    script.write_text(
-        example.replace("ws://localhost:8080", f"ws://127.0.0.1:{proc.ws_port}/?token={proc.token}")
-    )
+    script.write_text(example.replace("ws://localhost:8080", address))
     client = subprocess.Popen(
         [node, str(script)],
         cwd=tmp_path,

@@ -93,7 +93,7 @@ def test_second_daemon_on_the_same_data_dir_exits_78_with_one_line(
 def test_wrong_master_key_exits_78(spawn: Any, tmp_path: Path) -> None:
     proc: DaemonProcess = spawn("keyed", env={"CONFIG_ENCRYPTION_KEY": KEY}).start()
     assert proc.stop() == 0
-    other = "z" * 40  # a passphrase: a different master key
+    other = "another-long-Passphrase-7#kq"  # strong enough, but a different master key
     r = serve_once(proc.data_dir, env={"CONFIG_ENCRYPTION_KEY": other})
     assert r.returncode == 78, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "does not match" in r.stderr

@@ -37,6 +37,8 @@ log = logging.getLogger("fpcd.auth")
 AUTH_KEY_FILE = "auth.key"
 ADMIN_TOKEN_FILE = "admin.token"
 _ALL = frozenset({"*"})
+#: The subject of a request without a token under auth.anonymous_role (audit, rate limits).
+ANONYMOUS = "anonymous"
 
 
 @lru_cache(maxsize=256)
@@ -203,6 +205,7 @@ class TokenVerifier:
             environments=_listish(claims.get("environments"), "environments"),
             scopes=frozenset(_listish(claims.get("scopes", claims.get("scope")), "scopes") or ())
             - {"*"},
+            expires_at=float(claims["exp"]) + self.leeway if "exp" in claims else None,
         )
         if len(self._cache) > 4096:
             self._cache.clear()
@@ -224,9 +227,13 @@ class TokenVerifier:
 class Authenticator:
     """The request pipeline's one question: who is this?"""
 
-    def __init__(self, verifier: TokenVerifier | None) -> None:
+    def __init__(
+        self, verifier: TokenVerifier | None, *, anonymous_role: str | None = None
+    ) -> None:
         #: None: auth is off (TCP callers are anonymous editors, never given secret values).
         self.verifier = verifier
+        #: auth.anonymous_role: the role of a TCP request that carries no token at all.
+        self.anonymous_role = anonymous_role
 
     def unix_caller(self, request: web.Request) -> Caller | None:
         if request.remote:  # an address: TCP (a Unix socket peer has none)
@@ -255,6 +262,8 @@ class Authenticator:
             return Caller(subject="anonymous", peer=peer, roles=("editor",))
         token = bearer_token(request)
         if token is None:
+            if self.anonymous_role is not None:
+                return Caller(subject=ANONYMOUS, peer=peer, roles=(self.anonymous_role,))
             if optional:
                 return None
             raise Unauthenticated(

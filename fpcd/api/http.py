@@ -22,7 +22,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from yarl import URL
 
 from fpcd.api.auth import Authenticator
-from fpcd.api.permissions import RateLimiter, Rule, rule_for
+from fpcd.api.permissions import METRICS_SCRAPE, RateLimiter, Rule, rule_for
 from fpcd.domain.access import authorize, unrestricted
 from fpcd.domain.configs import ANY_VERSION, check_limits
 from fpcd.domain.errors import (
@@ -68,6 +68,8 @@ PUBLIC_CALLER = Caller(subject="public")
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_LIMITS = web.AppKey("request_limits", RequestLimits)
 HTTP_STATS = web.AppKey("http_stats", HttpStats)
+#: metrics.public: /metrics answers without a token.
+PUBLIC_METRICS = web.AppKey("public_metrics", bool)
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -301,6 +303,8 @@ def _admit(request: web.Request, info: RouteInfo) -> Caller:
             return PUBLIC_CALLER  # no such route: the handler raises 404/405
         raise Forbidden("this route has no permission rule")  # a bug, refused safely
     if rule.action is None and not rule.websocket:
+        return PUBLIC_CALLER
+    if rule is METRICS_SCRAPE and request.app.get(PUBLIC_METRICS, False):
         return PUBLIC_CALLER
     authenticator = info.authenticator
     found = authenticator.identify(request, optional=rule.websocket)

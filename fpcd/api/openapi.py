@@ -29,6 +29,13 @@ from fpcd.wire import (
     EvaluationCountsResult,
     FlagAnalyticsDocument,
     HealthDocument,
+    ImportAnalytics,
+    ImportConfigVersions,
+    ImportFlagVersions,
+    ImportNotes,
+    ImportResult,
+    ImportSchemas,
+    ImportServices,
     KeyringStatus,
     RegisterResult,
     ReloadResult,
@@ -49,6 +56,8 @@ _TYPES: list[Any] = [
     HealthDocument, KeyringStatus, RegisterResult, ReloadResult, SchemaDocument, SecretPut,
     SecretView, ServiceRegister, ServiceView, StatusDocument, VersionView, WriteResult,
     Problem,
+    ImportAnalytics, ImportConfigVersions, ImportFlagVersions, ImportNotes, ImportResult,
+    ImportSchemas, ImportServices,
 ]  # fmt: skip
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
@@ -157,6 +166,42 @@ def _ofrep_paths() -> dict[str, dict[str, Any]]:
                 evaluation,
                 params=[_path("key", {"type": "string"})],
                 body=request,
+            )
+        },
+    }
+
+
+def _portability_paths() -> dict[str, dict[str, Any]]:
+    """Export, import and backup (admin only; docs/export-format.md)."""
+    kinds = ["configs", "schemas", "flags", "services", "analytics", "secrets"]
+    bodies = [
+        ImportConfigVersions, ImportSchemas, ImportFlagVersions, ImportServices,
+        ImportAnalytics, ImportNotes,
+    ]  # fmt: skip
+    return {
+        "/api/export/{kind}": {
+            "get": _op(
+                "A page of every record of one kind, as fpcd stores it",
+                _page({}),
+                params=[_path("kind", {"type": "string", "enum": kinds}), LIMIT, OFFSET],
+            )
+        },
+        "/api/import/{kind}": {
+            "post": _op(
+                "Import records (idempotent: present ones are skipped)",
+                _ref(ImportResult),
+                params=[
+                    _path("kind", {"type": "string", "enum": [*kinds[:-1], "notes"]}),
+                    _query("dryRun", BOOL),
+                ],
+                body={"oneOf": [_ref(kind) for kind in bodies]},
+            )
+        },
+        "/api/backup": {
+            "get": _op(
+                "A consistent copy of the SQLite database",
+                {"type": "string", "format": "binary"},
+                content_type="application/vnd.sqlite3",
             )
         },
     }
@@ -390,6 +435,7 @@ def build_document() -> dict[str, Any]:
             "post": _op("A heartbeat", _ref(ServiceView), params=[_path("name", NAME)])
         },
         **_ofrep_paths(),
+        **_portability_paths(),
     }
     return {
         "openapi": "3.1.0",

@@ -28,6 +28,8 @@ class Rule:
 
 
 PUBLIC = Rule(None)
+#: /metrics: public with metrics.public (a plain Prometheus scrape), else a viewer's.
+METRICS_SCRAPE = Rule(a.METRICS_READ)
 S = "service"
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -35,7 +37,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health/live"): PUBLIC,
     ("GET", "/health/ready"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
-    ("GET", "/metrics"): Rule(a.METRICS_READ),
+    ("GET", "/metrics"): METRICS_SCRAPE,
     ("GET", "/api/status"): Rule(a.METRICS_READ),
     ("GET", "/"): Rule(None, websocket=True),
     ("GET", "/ws"): Rule(None, websocket=True),
@@ -77,6 +79,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/services/{name}"): Rule(a.REGISTRY_READ),
     ("DELETE", "/api/services/{name}"): Rule(a.REGISTRY_WRITE, "name"),
     ("POST", "/api/services/{name}/heartbeat"): Rule(a.REGISTRY_WRITE, "name"),
+    # Whole-database operations (routes_portability): every service at once.
+    ("GET", "/api/export/{kind}"): Rule(a.DATA_ADMIN, unrestricted=True),
+    ("POST", "/api/import/{kind}"): Rule(a.DATA_ADMIN, unrestricted=True),
+    ("GET", "/api/backup"): Rule(a.DATA_ADMIN, unrestricted=True),
     # The OpenFeature Remote Evaluation Protocol (routes_ofrep).
     ("GET", "/ofrep/v1/configuration"): Rule(a.FLAGS_EVALUATE),
     ("POST", "/ofrep/v1/evaluate/flags"): Rule(a.FLAGS_EVALUATE),

@@ -22,7 +22,8 @@ from fpcd.api.http import (
     query_int,
     read_body,
 )
-from fpcd.domain.access import CONFIG_READ, CONFIG_RELOAD, CONFIG_WRITE, may
+from fpcd.domain.access import CONFIG_READ, CONFIG_RELOAD, CONFIG_WRITE, SCHEMA_WRITE, may
+from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.services.configs import ConfigService
 from fpcd.wire import ConfigPut, ConfigReload, ConfigRollback
 
@@ -85,6 +86,7 @@ async def get_config(request: web.Request) -> web.Response:
     service = _service(request)
     params = _read_params(request)
     allow(request, CONFIG_READ, service=service, environment=params.environment)
+    configs.environments.check_read(params.environment)
     if params.include_secrets:
         doc = await configs.document(
             service,
@@ -166,6 +168,7 @@ async def config_history(request: web.Request) -> web.Response:
     limit, offset = page_params(request)
     environment = configs.environment(request.query.get("environment"))
     allow(request, CONFIG_READ, service=_service(request), environment=environment)
+    configs.environments.check_read(environment)
     page = await configs.history(_service(request), environment, limit=limit, offset=offset)
     return json_response(page)
 
@@ -174,6 +177,7 @@ async def config_diff(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     environment = configs.environment(request.query.get("environment"))
     allow(request, CONFIG_READ, service=_service(request), environment=environment)
+    configs.environments.check_read(environment)
     doc = await configs.diff(
         _service(request),
         environment,
@@ -183,12 +187,19 @@ async def config_diff(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
+def _every_environment(request: web.Request) -> None:
+    """A schema binds every environment of the service, as the `default` layer does: a
+    token limited to some environments may not change it unless `default` is one."""
+    allow(request, SCHEMA_WRITE, service=_service(request), environment=BASE_ENVIRONMENT)
+
+
 async def get_schema(request: web.Request) -> web.Response:
     return json_response(await request.app[CONFIGS].schema(_service(request)))
 
 
 async def put_schema(request: web.Request) -> web.Response:
     """Takes `{"schema": {...}}` or the schema document itself."""
+    _every_environment(request)
     doc = decode_json(await read_body(request), dict[str, Any], request.app[REQUEST_LIMITS])
     schema = doc["schema"] if set(doc) == {"schema"} and isinstance(doc["schema"], dict) else doc
     result = await request.app[CONFIGS].put_schema(
@@ -198,6 +209,7 @@ async def put_schema(request: web.Request) -> web.Response:
 
 
 async def delete_schema(request: web.Request) -> web.Response:
+    _every_environment(request)
     result = await request.app[CONFIGS].put_schema(_service(request), None, caller=caller(request))
     return json_response(result)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from fpcd.api.http import allow, body_as, caller, json_response, query_int
+from fpcd.api.routes_config import CONFIGS
 from fpcd.domain.access import SECRETS_LIST, SECRETS_WRITE
 from fpcd.domain.configs import check_name
 from fpcd.domain.crypto import Secret
@@ -20,6 +21,11 @@ def _where(request: web.Request, action: str = SECRETS_LIST) -> tuple[str, str]:
     check_name("environment", environment)
     service = request.match_info["service"]
     allow(request, action, service=service, environment=environment)
+    known = request.app[CONFIGS].environments
+    if request.method == "PUT":
+        known.check_write(environment, "query.environment")
+    else:
+        known.check_read(environment)
     return service, environment
 
 

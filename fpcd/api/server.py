@@ -11,6 +11,7 @@ from fpcd.api import (
     routes_health,
     routes_metrics,
     routes_ofrep,
+    routes_portability,
     routes_secrets,
     routes_services,
     ws,
@@ -20,6 +21,7 @@ from fpcd.api.http import (
     AUTHENTICATOR,
     HTTP_STATS,
     JSON,
+    PUBLIC_METRICS,
     RATE_LIMITER,
     REQUEST_LIMITS,
     RequestLimits,
@@ -32,8 +34,10 @@ from fpcd.observe.metrics import Metrics
 from fpcd.observe.stats import HttpStats
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
+from fpcd.services.environments import Environments
 from fpcd.services.flags import FlagService
 from fpcd.services.live import LiveHub
+from fpcd.services.portability import PortabilityService
 from fpcd.services.registry import RegistryService
 from fpcd.services.secrets import SecretService
 
@@ -55,9 +59,12 @@ def build_api_app(
     limits: RequestLimits,
     rate_limiter: RateLimiter,
     metrics: Metrics,
+    public_metrics: bool = False,
+    portability: PortabilityService | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
+    app[PUBLIC_METRICS] = public_metrics
     app[HTTP_STATS] = metrics.sources.http
     app[routes_metrics.METRICS] = metrics
     app[REQUEST_LIMITS] = limits
@@ -75,9 +82,19 @@ def build_api_app(
     routes_ofrep.add_routes(app)
     routes_secrets.add_routes(app)
     routes_services.add_routes(app)
-    ws.add_routes(app, hub, ws_limits, configs.default_environment, paths=("/ws",))
+    ws.add_routes(
+        app,
+        hub,
+        ws_limits,
+        configs.default_environment,
+        paths=("/ws",),
+        environments=configs.environments,
+    )
     routes_audit.add_routes(app)
     routes_metrics.add_routes(app)
+    if portability is not None:
+        app[routes_portability.PORTABILITY] = portability
+        routes_portability.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
     install_pipeline(app)
     return app
@@ -96,6 +113,7 @@ def build_ws_app(
     authenticator: Authenticator,
     rate_limiter: RateLimiter,
     http_stats: HttpStats | None = None,
+    environments: Environments | None = None,
 ) -> web.Application:
     """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
     app = web.Application()
@@ -105,6 +123,8 @@ def build_ws_app(
     app[RATE_LIMITER] = rate_limiter
     app[routes_health.HEALTH] = health
     routes_health.add_routes(app)
-    ws.add_routes(app, hub, ws_limits, default_environment, paths=("/", "/ws"))
+    ws.add_routes(
+        app, hub, ws_limits, default_environment, paths=("/", "/ws"), environments=environments
+    )
     install_pipeline(app)
     return app

@@ -27,10 +27,12 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
+from fpcd.api.ws_frames import StrictWebSocketResponse
 from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import FpcdError
 from fpcd.domain.model import Caller
+from fpcd.services.environments import Environments
 from fpcd.services.live import (
     CONFIG_UPDATES,
     FEATURE_FLAGS,
@@ -48,6 +50,9 @@ log = logging.getLogger("fpcd.ws")
 #: Close codes (4000-4999 are the application's own).
 CLOSE_SLOW_CONSUMER = 4001
 CLOSE_IDLE = 4002
+#: The token behind the session expired (4000 + HTTP 401); reconnect with a fresh one.
+CLOSE_TOKEN_EXPIRED = 4401
+TOKEN_EXPIRED_REASON = b"token expired: reconnect with a fresh token"
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ _decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping | Auth).decode
 HUB = web.AppKey("live_hub", LiveHub)
 WS_LIMITS = web.AppKey("ws_limits", WebSocketLimits)
 DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
+ENVIRONMENTS = web.AppKey("ws_environments", Environments)
 
 
 class Connection:
@@ -145,9 +151,28 @@ class Connection:
         self.subscribes = Pace(limits.subscribe_rate, limits.subscribe_burst)
         #: Seconds the handler waits before reading the next message (set by `_handle`).
         self.pause = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+
+    def watch_expiry(self) -> None:
+        """Close when the caller's token expires; a later AUTH calls this again."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires_at = self.caller.expires_at
+        if expires_at is not None:
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()),
+                self.close_soon,
+                CLOSE_TOKEN_EXPIRED,
+                TOKEN_EXPIRED_REASON,
+            )
+
+    def expired(self) -> bool:
+        expires_at = self.caller.expires_at
+        return expires_at is not None and expires_at <= time.time()
 
     def deliver(self, data: bytes) -> None:
         if self._closing:
@@ -178,6 +203,8 @@ class Connection:
 
     async def stop(self) -> None:
         self._closing = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -192,7 +219,18 @@ def _error(code: str, message: str) -> bytes:
     return encode(ErrorMessage(code=code, message=message))
 
 
-def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
+def same_identity(old: Caller, new: Caller) -> bool:
+    """What a token allows, all but when it expires."""
+    return (old.subject, old.roles, old.services, old.environments, old.scopes) == (
+        new.subject,
+        new.roles,
+        new.services,
+        new.environments,
+        new.scopes,
+    )
+
+
+def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
     """Act on one frame; True when it was a subscription (the connection is not idle)."""
     hub, default_environment = app[HUB], app[DEFAULT_ENVIRONMENT]
     try:
@@ -207,16 +245,29 @@ def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
     match message:
         case Auth():
             try:
-                conn.caller = app[AUTHENTICATOR].verify_token(message.token, peer=conn.caller.peer)
+                fresh = app[AUTHENTICATOR].verify_token(message.token, peer=conn.caller.peer)
             except FpcdError as error:
                 conn.deliver(_error("UNAUTHENTICATED", error.detail))
                 return False
+            if conn.caller.subject != PUBLIC_CALLER.subject and not same_identity(
+                conn.caller, fresh
+            ):
+                # Subscriptions were allowed for the first identity; a new one reconnects.
+                conn.deliver(
+                    _error("FORBIDDEN", "a new token must carry the same identity; reconnect")
+                )
+                return False
+            conn.caller = fresh
+            conn.watch_expiry()
             conn.deliver(encode(Authenticated(subject=conn.caller.subject)))
             return False
         case Ping():
             conn.deliver(encode(Pong(timestamp=int(time.time() * 1000))))
             return False
         case Subscribe() | Unsubscribe():
+            if conn.expired():  # before the timer fires: nothing more under this token
+                conn.close_soon(CLOSE_TOKEN_EXPIRED, TOKEN_EXPIRED_REASON)
+                return False
             conn.pause = conn.subscribes.take()
             environment = message.environment or default_environment
             if not valid_name(message.service_name) or not valid_name(environment):
@@ -256,6 +307,10 @@ def _handle(conn: Connection, app: web.Application, data: bytes) -> bool:
                         )
                     )
                     return False
+            known = app.get(ENVIRONMENTS)
+            if known is not None and not known.is_known(environment):
+                conn.deliver(_error("UNKNOWN_ENVIRONMENT", known.unknown(environment)))
+                return False
             hub.subscribe(
                 conn, message.service_name, environment, message.subscriptions, message.last_version
             )
@@ -268,17 +323,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limits, hub, connections = app[WS_LIMITS], app[HUB], app[CONNECTIONS]
     if len(connections) >= limits.max_connections:
         raise web.HTTPServiceUnavailable(reason="too many WebSocket connections")
-    ws = web.WebSocketResponse(
+    # Unmasked client frames are refused (1002), and text that is not UTF-8 (1007).
+    ws = StrictWebSocketResponse(
         heartbeat=limits.heartbeat,
         max_msg_size=limits.max_message_bytes,
         compress=False,  # every subscriber gets the same bytes, encoded once
-        decode_text=False,
     )
     await ws.prepare(request)
     conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits)
     connections.add(conn)
     hub.connect(conn)
     conn.start()
+    conn.watch_expiry()
     # A timer, not a receive timeout: aiohttp restarts that on every pong, so a client
     # answering pings would never count as idle.
     idle = asyncio.get_running_loop().call_later(
@@ -327,11 +383,14 @@ def add_routes(
     limits: WebSocketLimits,
     default_environment: str,
     paths: tuple[str, ...],
+    environments: Environments | None = None,
 ) -> None:
     app[HUB] = hub
     app[WS_LIMITS] = limits
     app[CONNECTIONS] = weakref.WeakSet()
     app[DEFAULT_ENVIRONMENT] = default_environment
+    if environments is not None:
+        app[ENVIRONMENTS] = environments
     for path in paths:
         app.router.add_get(path, websocket)
     app.on_shutdown.append(close_all)

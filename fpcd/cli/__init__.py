@@ -9,7 +9,9 @@ from fpcd import __version__
 from fpcd.cli import (
     audit_cmds,
     config_cmds,
+    fineprint_cmd,
     flag_cmds,
+    portable_cmds,
     render_cmd,
     secret_cmds,
     serve,
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.register(sub)
     token_cmd.register(sub)
     audit_cmds.register(sub)
+    portable_cmds.register(sub)
+    fineprint_cmd.register(sub)
     return parser
 
 

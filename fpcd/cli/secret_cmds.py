@@ -135,6 +135,8 @@ def _print_status(status: dict[str, Any]) -> None:
         f"rewrap: {state}, {rotation['remaining']} ciphertext(s) under older keys,"
         f" {rotation['failed']} failed"
     )
+    if status.get("previousMasterKeyNeeded"):
+        print("master key: data keys still wrapped under secrets.previous_encryption_key")
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:

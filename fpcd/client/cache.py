@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from fpcd.client.model import CacheFile
-from fpcd.fileio import atomic_write
+from fpcd.fileio import atomic_write, pinned
 
 log = logging.getLogger("fpcd.client")
 
@@ -44,5 +44,6 @@ def read_cache(path: Path, service_name: str, environment: str) -> CacheFile | N
 
 
 def write_cache(path: Path, cache: CacheFile) -> None:
-    """Replace the file atomically: readers see the old or the new content, never a part."""
-    atomic_write(path, _encode(cache), 0o600)
+    """Replace the file atomically: readers see the old or the new content, never a part.
+    The cache file's own directory must not be a symbolic link (fpcd.fileio)."""
+    atomic_write(pinned(path), _encode(cache), 0o600)

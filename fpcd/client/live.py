@@ -83,6 +83,9 @@ class FpcdClientError(Exception):
         self.detail = detail
 
 
+#: The daemon's close code for a session whose token expired (fpcd.api.ws).
+TOKEN_EXPIRED = 4401
+
 #: Failures the client retries later (the daemon may come back, or be fixed).
 _RETRYABLE: tuple[type[BaseException], ...] = (*UNREACHABLE, FpcdClientError)
 
@@ -104,7 +107,7 @@ class ConfigurationClient:
         environment: str,
         api_url: str | None = None,
         ws_url: str | None = None,
-        token: str | None = None,
+        token: str | Callable[[], str] | None = None,
         unix_socket: str | os.PathLike[str] | None = None,
         cache_file: str | os.PathLike[str] | None = None,
         subscribe_flags: bool = True,
@@ -123,7 +126,10 @@ class ConfigurationClient:
         base = "http://fpcd" if self._unix_socket else (api_url or "http://127.0.0.1:3001")
         self._api_url = base.rstrip("/")
         self._ws_url = ws_url or self._api_url + "/ws"
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        #: A callable is asked again before every request and reconnect, so a token
+        #: that is renewed (a file rewritten by an agent, say) is picked up.
+        self._token = token
+        self._headers = {"Authorization": f"Bearer {token}"} if isinstance(token, str) else {}
         self._cache_path = Path(cache_file) if cache_file is not None else None
         self._subscribe_flags = subscribe_flags
         self._reconnect_delay = reconnect_delay
@@ -403,8 +409,14 @@ class ConfigurationClient:
 
     # -- talking to the daemon ----------------------------------------------------------------
 
+    def _fresh_token(self) -> None:
+        """With a token callable: the current token, into the session's headers."""
+        if callable(self._token) and self._session is not None:
+            self._session.headers["Authorization"] = f"Bearer {self._token()}"
+
     async def _get(self, path: str) -> tuple[int, Any]:
         assert self._session is not None
+        self._fresh_token()
         async with self._session.get(self._api_url + path, timeout=self._timeout) as response:
             body = await response.read()
             if response.status >= 400 and response.status != 404:
@@ -447,6 +459,7 @@ class ConfigurationClient:
         )
         while True:
             try:
+                self._fresh_token()
                 async with self._session.ws_connect(
                     self._ws_url,
                     heartbeat=self._heartbeat,
@@ -460,11 +473,21 @@ class ConfigurationClient:
                         "lastVersion": self._config.version if self._config else 0,
                     }
                     await ws.send_str(_encode(subscribe).decode())
-                    async for message in ws:
+                    while True:
+                        message = await ws.receive()
                         if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                             break
                         if await self._on_message(message.data):
                             delay = self._reconnect_delay
+                if message.type == aiohttp.WSMsgType.CLOSE and message.data == TOKEN_EXPIRED:
+                    # The daemon closes a session when its token expires: reconnect now,
+                    # with the token asked for again (a plain string is simply reused).
+                    log.info(
+                        "fpcd session token expired; reconnecting", extra={"where": self._where}
+                    )
+                    self._set_connected(False)
+                    delay = self._reconnect_delay
+                    continue
             except asyncio.CancelledError:
                 raise
             except _RETRYABLE as error:
@@ -566,6 +589,7 @@ class ConfigurationClient:
         ]
         sent = 0
         try:
+            self._fresh_token()
             for i in range(0, len(cells), _COUNTS_PER_REQUEST):
                 chunk = cells[i : i + _COUNTS_PER_REQUEST]
                 async with self._session.post(

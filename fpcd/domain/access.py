@@ -28,11 +28,13 @@ REGISTRY_READ = "registry:read"
 REGISTRY_WRITE = "registry:write"
 #: Operational views: /metrics and /api/status.
 METRICS_READ = "metrics:read"
+#: Whole-database operations: export, import, backup (admin only).
+DATA_ADMIN = "data:admin"
 
 ACTIONS = (
     CONFIG_READ, CONFIG_WRITE, SCHEMA_WRITE, CONFIG_RELOAD, FLAGS_READ, FLAGS_WRITE,
     FLAGS_EVALUATE, SECRETS_LIST, SECRETS_WRITE, SECRETS_READ, KEYRING_ADMIN, AUDIT_READ,
-    REGISTRY_READ, REGISTRY_WRITE, METRICS_READ,
+    REGISTRY_READ, REGISTRY_WRITE, METRICS_READ, DATA_ADMIN,
 )  # fmt: skip
 
 #: Actions scoped to one service: a token's `services` claim limits them.

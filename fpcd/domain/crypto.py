@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import secrets as random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -132,6 +134,41 @@ def parse_master_key(text: str) -> MasterKeySource:
             " least 12 characters"
         )
     return MasterKeySource(passphrase=text)
+
+
+#: The value shipped in deploy/kubernetes/secret.yaml: public, so never a key.
+PLACEHOLDER_KEYS = frozenset({"REPLACE-WITH-THE-OUTPUT-OF-fpcd-keygen"})
+#: A passphrase shorter than this, or with less estimated entropy, is refused.
+MIN_PASSPHRASE_CHARS = 16
+MIN_PASSPHRASE_BITS = 64.0
+#: A random 32-byte key has about 30 distinct byte values; fewer than this is a pattern.
+MIN_DISTINCT_KEY_BYTES = 16
+
+
+def passphrase_bits(text: str) -> float:
+    """A conservative entropy estimate: length times the per-character Shannon entropy of
+    the text itself (repeats and small alphabets score low)."""
+    if not text:
+        return 0.0
+    counts = Counter(text)
+    per_char = -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+    return max(per_char * len(text), 0.0)
+
+
+def weak_key_reason(text: str, source: MasterKeySource) -> str | None:
+    """Why the key given as `text` must not be used, or None when it may."""
+    if text.strip() in PLACEHOLDER_KEYS or text.strip().upper().startswith("REPLACE-WITH"):
+        return "it is the placeholder shipped in deploy/kubernetes/secret.yaml"
+    if source.raw is not None:
+        if len(set(source.raw)) < MIN_DISTINCT_KEY_BYTES:
+            return "its 32 bytes are a pattern, not random"
+        return None
+    assert source.passphrase is not None
+    if len(source.passphrase) < MIN_PASSPHRASE_CHARS:
+        return f"a passphrase needs at least {MIN_PASSPHRASE_CHARS} characters"
+    if passphrase_bits(source.passphrase) < MIN_PASSPHRASE_BITS:
+        return "the passphrase is too predictable (repeated or few distinct characters)"
+    return None
 
 
 def derive_master_key(source: MasterKeySource, salt: bytes) -> AESGCM:

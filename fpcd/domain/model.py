@@ -159,15 +159,23 @@ class ServiceRegistration(Record, frozen=True, kw_only=True, tag="service"):
     """A service in the registry; `deregistered` marks its removal (history is kept)."""
 
     name: str
+    #: The original service's descriptive fields.
+    display_name: str = ""
+    description: str = ""
     version: str = ""
+    #: URLs the service answers on (the original's `endpoints`).
+    endpoints: list[str] = []
     host: str = ""
     port: int | None = None
     #: URL polled for health (2xx/3xx: healthy); empty: no polling.
     health_check: str = ""
     tags: list[str] = []
     environment: str
-    #: Dotted config paths the service needs in its environment's effective config.
+    #: Dotted config paths (or secret names) the service needs in its environment: reported
+    #: when missing, and refused on writes only with registry.enforce_required_configs.
     required_configs: list[str] = []
+    #: Paths or secret names the service can use: reported as missing-but-optional.
+    optional_configs: list[str] = []
     metadata: dict[str, Any] = {}
     #: Heartbeats must arrive at least this often, or the service turns stale.
     ttl_seconds: int | None = None
@@ -262,3 +270,6 @@ class Caller(Record, frozen=True, kw_only=True):
     services: tuple[str, ...] | None = None
     #: Environments the caller may touch; None: all.
     environments: tuple[str, ...] | None = None
+    #: When the credential stops being valid (epoch seconds: the token's `exp` plus the
+    #: leeway); None: it does not expire. WebSocket sessions close at this instant.
+    expires_at: float | None = None

@@ -23,9 +23,10 @@ from fpcd.api.connections import ConnectionStats
 from fpcd.api.flag_socket import SocketStats
 from fpcd.observe.alerts import Alerts
 from fpcd.observe.stats import HttpStats, LatencyHistogram
-from fpcd.services.configs import ConfigService
+from fpcd.services.configs import OTHER_SERVICE, ConfigService
 from fpcd.services.flags import FlagService
 from fpcd.services.live import LiveHub
+from fpcd.services.registry import RegistryService
 from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
 from fpcd.store.sqlite import Store
@@ -72,6 +73,7 @@ class Sources:
     flag_socket: SocketStats | None = None
     #: TCP connections per port (set when the ports open).
     connections: ConnectionStats | None = None
+    registry: RegistryService | None = None
     #: Ciphertexts still under an old key (refreshed before each scrape: it needs a query).
     rotation_remaining: int = 0
     rotation_running: bool = False
@@ -128,6 +130,29 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
 
+    @staticmethod
+    def _missing_configs(registry: RegistryService, cap: int) -> GaugeMetricFamily:
+        """Registered services' missing configs: the first `cap` services by name get
+        their own label, the rest are summed under service="_other"."""
+        family = GaugeMetricFamily(
+            "fpcd_service_missing_configs",
+            "requiredConfigs (kind=required) and optionalConfigs (kind=optional) a registered"
+            " service lacks in its environment's config and secrets",
+            labels=["service", "kind"],
+        )
+        other = [0, 0]
+        for i, (service, counts) in enumerate(sorted(registry.missing_counts().items())):
+            if i < cap:
+                family.add_metric([service, "required"], counts[0])
+                family.add_metric([service, "optional"], counts[1])
+            else:
+                other[0] += counts[0]
+                other[1] += counts[1]
+        if any(other):
+            family.add_metric([OTHER_SERVICE, "required"], other[0])
+            family.add_metric([OTHER_SERVICE, "optional"], other[1])
+        return family
+
     def collect(self) -> Iterator[Metric]:
         s = self.sources
         info = GaugeMetricFamily("fpcd_build_info", "fpcd version", labels=["version"])
@@ -167,6 +192,17 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
         validations.add_metric(["done"], s.configs.schema_runner.validations)
         validations.add_metric(["timeout"], s.configs.schema_runner.timeouts)
         yield validations
+        by_service = CounterMetricFamily(
+            "fpcd_config_service_reads",
+            "Config GETs by service (known services up to metrics.max_service_labels;"
+            " the rest, and unknown names, as _other)",
+            labels=["service"],
+        )
+        for service, n in sorted(s.configs.reads_by_service.items()):
+            by_service.add_metric([service], n)
+        yield by_service
+        if s.registry is not None:
+            yield self._missing_configs(s.registry, s.configs.max_service_labels)
 
         # Flags
         evaluations = CounterMetricFamily(

@@ -7,7 +7,7 @@ arrives, so a cached GET neither touches SQLite nor encodes JSON.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -39,8 +39,11 @@ from fpcd.domain.model import (
     SchemaRecord,
     SecretDestroyed,
     SecretVersion,
+    ServiceRegistration,
 )
 from fpcd.services.changes import Committer
+from fpcd.services.environments import ANY as ANY_ENVIRONMENT
+from fpcd.services.environments import Environments
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.services.schema_worker import SchemaRunner
 from fpcd.services.secrets import READ_SECRETS, SecretService
@@ -60,6 +63,9 @@ from fpcd.wire import (
 )
 
 _encoder = msgspec.json.Encoder()
+#: The label of config reads of services beyond the cap (or unknown): service names
+#: start with a letter or digit, so it never names one.
+OTHER_SERVICE = "_other"
 
 
 class ConfigLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +139,8 @@ class ConfigService:
         default_environment: str,
         limits: ConfigLimits,
         secrets: SecretService | None = None,
+        environments: Iterable[str] = (ANY_ENVIRONMENT,),
+        max_service_labels: int = 100,
     ) -> None:
         self._store = store
         self._secrets = secrets
@@ -153,14 +161,44 @@ class ConfigService:
         #: Encoded reads served from the cache and built afresh (the /metrics hit ratio).
         self.cache_hits = 0
         self.cache_misses = 0
+        #: Declared and written environments: reads and writes of others are refused.
+        self.environments = Environments(environments, default_environment)
+        #: Services with stored configuration, secrets or a registration.
+        self.known_services: set[str] = set()
+        #: GETs per service label (a known service, while there are fewer than
+        #: `max_service_labels` of them; every other read counts under OTHER_SERVICE).
+        self.reads_by_service: dict[str, int] = {}
+        self.max_service_labels = max_service_labels
         bus.subscribe(self._on_event)
+
+    async def load(self) -> None:
+        """What exists already: services and environments with stored data."""
+        layers = [(row.service, row.environment) for row in await self._store.services()]
+        layers += await self._store.secret_layers()
+        self.known_services.update(service for service, _ in layers)
+        self.environments.add_written(environment for _, environment in layers)
+
+    def _count_read(self, service: str) -> None:
+        counts = self.reads_by_service
+        if service in counts:
+            counts[service] += 1
+        elif service in self.known_services and len(counts) < self.max_service_labels:
+            counts[service] = 1
+        else:
+            counts[OTHER_SERVICE] = counts.get(OTHER_SERVICE, 0) + 1
 
     # -- events ------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
         if not isinstance(event, ChangeApplied):
             return
-        match event.change.payload:
+        payload = event.change.payload
+        if isinstance(payload, ConfigVersion | SecretVersion):
+            self.environments.written.add(payload.environment)
+            self.known_services.add(payload.service)
+        elif isinstance(payload, ServiceRegistration) and not payload.deregistered:
+            self.known_services.add(payload.name)
+        match payload:
             case (
                 ConfigVersion(service=service)
                 | SecretVersion(service=service)
@@ -262,9 +300,24 @@ class ConfigService:
         route's hot path, with no coroutine to run."""
         bucket = self._cache.get(service)
         if bucket is not None and (hit := bucket.get((environment, raw, version))) is not None:
+            self._count_read(service)
             self.cache_hits += 1
             return hit
         return None
+
+    async def present(self, service: str, environment: str) -> tuple[dict[str, Any], set[str]]:
+        """The effective config of (service, environment) (empty when there is none) and
+        the names of its live secrets (its own and the `default` layer's): what a
+        registration's requiredConfigs are checked against."""
+        try:
+            doc = await self.document(service, environment)
+        except NotFound:
+            if self._secrets is None:
+                return {}, set()
+            layers = [BASE_ENVIRONMENT, environment] if environment != BASE_ENVIRONMENT else []
+            rows = await self._secrets.layered(service, layers or [environment])
+            return {}, set(rows)
+        return doc.config, set(doc.secrets)
 
     async def document_bytes(
         self, service: str, environment: str, *, version: int | None = None, raw: bool = False
@@ -273,6 +326,7 @@ class ConfigService:
         hit = self.cached_document_bytes(service, environment, version=version, raw=raw)
         if hit is not None:
             return hit
+        self._count_read(service)
         key = (environment, raw, version)
         self.cache_misses += 1
         generation = self._generation.get(service, 0)
@@ -453,9 +507,11 @@ class ConfigService:
         environment: str,
         config: dict[str, Any],
         checked: SchemaCheck | None = None,
+        secret_names: Iterable[str] = (),
     ) -> None:
-        """The service's schema and its registered requiredConfigs, on every document the
-        write produces (all environments over `default` when `default` is written).
+        """The service's schema and (with registry.enforce_required_configs) its registered
+        requiredConfigs, on every document the write produces (all environments over
+        `default` when `default` is written); a secret of a required name satisfies it.
 
         `checked` is a schema check made before the commit lock was taken; it stands when
         neither the schema nor any layer changed since, so the slow part of validation
@@ -471,13 +527,17 @@ class ConfigService:
             else:
                 check = await self._schema_check(service, environment, config, layers)
                 schema_errors = check.errors
+        secrets = {env: set(v.secret_versions) for env, v in layers.items()}
+        secrets[environment] = set(secret_names)
         errors: list[FieldError] = []
         docs = {env: v.config for env, v in layers.items()}
         for env, document in effective_configs(environment, config, docs):
             found = list(schema_errors.get(env, []))
+            present = secrets.get(BASE_ENVIRONMENT, set()) | secrets.get(env, set())
             found += [
                 FieldError(f"$.config.{path}", "required by the registered service")
                 for path in missing_paths(document, self.required_configs(service, env))
+                if path not in present
             ]
             for error in found:
                 if env != environment:
@@ -515,6 +575,7 @@ class ConfigService:
         action: str = "update",
     ) -> WriteResult:
         check_name("service", service)
+        self.environments.check_write(environment)
         secrets = secrets or {}
         tags = tags or []
         self._check_document(config, secrets, description, tags)
@@ -546,7 +607,7 @@ class ConfigService:
             if head is not None and head.checksum == content:
                 unchanged.append(head)
                 return []
-            await self._validate(service, environment, config, checked)
+            await self._validate(service, environment, config, checked, refs)
             version = ConfigVersion(
                 service=service,
                 environment=environment,
@@ -621,7 +682,7 @@ class ConfigService:
             if head.checksum == content:
                 unchanged.append(head)
                 return []
-            await self._validate(service, environment, target.config, checked)
+            await self._validate(service, environment, target.config, checked, head.secret_versions)
             restored = ConfigVersion(
                 service=service,
                 environment=environment,

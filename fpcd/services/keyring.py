@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fpcd.domain.crypto import (
@@ -30,6 +31,7 @@ from fpcd.domain.crypto import (
     new_key_id,
     parse_master_key,
     unwrap_data_key,
+    weak_key_reason,
     wrap_data_key,
 )
 from fpcd.domain.model import Change, DataKey
@@ -43,7 +45,9 @@ KEYRING_FILE = "keyring.json"
 
 
 class MasterKeyError(Exception):
-    """The master key is missing, unreadable or wrong; the message says what to do."""
+    """The master key is missing, unreadable, weak or wrong; the message says what to do.
+
+    A restart cannot fix any of these: `fpcd serve` exits 78 (EX_CONFIG)."""
 
 
 def _read_key_file(path: Path, *, what: str) -> MasterKeySource:
@@ -61,6 +65,9 @@ def _read_key_file(path: Path, *, what: str) -> MasterKeySource:
         raise MasterKeyError(f'{what} {path}: expected {{"key": "<32 bytes, base64>"}}') from None
     if len(raw) != 32:
         raise MasterKeyError(f"{what} {path}: the key must be 32 bytes")
+    reason = weak_key_reason(doc["key"], MasterKeySource(raw=raw))
+    if reason is not None:
+        raise MasterKeyError(f"{what} {path} refused: {reason}; {HOW_TO_MAKE_A_KEY}")
     return MasterKeySource(raw=raw)
 
 
@@ -83,15 +90,28 @@ def _write_key_file(path: Path, key: bytes) -> None:
         os.close(dir_fd)
 
 
+HOW_TO_MAKE_A_KEY = "make one with `fpcd keygen` and give it as CONFIG_ENCRYPTION_KEY"
+
+
+def _given_key(text: str, *, what: str, strict: bool) -> MasterKeySource:
+    try:
+        source = parse_master_key(text)
+    except ValueError as error:
+        raise MasterKeyError(f"{what}: {error}; {HOW_TO_MAKE_A_KEY}") from None
+    reason = weak_key_reason(text, source)
+    if reason is not None:
+        if strict:
+            raise MasterKeyError(f"{what} refused: {reason}; {HOW_TO_MAKE_A_KEY}")
+        log.warning("the previous encryption key is weak; it is only used to re-wrap data keys")
+    return source
+
+
 def master_key_source(settings: Settings, *, have_data_keys: bool) -> MasterKeySource:
     given = settings.secrets
     if given.encryption_key:
-        try:
-            return parse_master_key(given.encryption_key)
-        except ValueError as error:
-            raise MasterKeyError(
-                f"CONFIG_ENCRYPTION_KEY / secrets.encryption_key: {error}"
-            ) from None
+        return _given_key(
+            given.encryption_key, what="CONFIG_ENCRYPTION_KEY / secrets.encryption_key", strict=True
+        )
     if given.keyring_file:
         return _read_key_file(Path(given.keyring_file), what="keyring file")
     path = settings.data_dir / KEYRING_FILE
@@ -112,6 +132,49 @@ def master_key_source(settings: Settings, *, have_data_keys: bool) -> MasterKeyS
     return MasterKeySource(raw=key)
 
 
+class MasterKeys:
+    """The master key that wraps data keys, and during a master key rotation the previous
+    one, which only ever unwraps (each derived once per stored scrypt salt)."""
+
+    def __init__(
+        self, current: AESGCM, salt: bytes, previous: MasterKeySource | None = None
+    ) -> None:
+        self.current = current
+        #: The scrypt salt `current` was derived with (b"": a raw key); stored with every
+        #: data key it wraps.
+        self.salt = salt
+        self.previous = previous
+        self._previous: dict[bytes, AESGCM] = {}
+
+    def previous_for(self, salt: bytes) -> AESGCM:
+        assert self.previous is not None
+        if salt not in self._previous:
+            self._previous[salt] = derive_master_key(self.previous, salt)
+        return self._previous[salt]
+
+    def under_current(self, record: DataKey) -> bool:
+        try:
+            unwrap_data_key(self.current, record.id, record.nonce, record.wrapped)
+        except KeyMismatch:
+            return False
+        return True
+
+    def unwrap(self, record: DataKey) -> tuple[bytes, bool]:
+        """(material, whether only the previous key opened it); KeyMismatch if neither."""
+        try:
+            return unwrap_data_key(self.current, record.id, record.nonce, record.wrapped), False
+        except KeyMismatch:
+            if self.previous is None:
+                raise
+        previous = self.previous_for(record.salt)
+        return unwrap_data_key(previous, record.id, record.nonce, record.wrapped), True
+
+    def rewrapped(self, record: DataKey, material: bytes) -> DataKey:
+        """The same data key, wrapped under the current master key."""
+        nonce, wrapped = wrap_data_key(self.current, record.id, material)
+        return msgspec.structs.replace(record, nonce=nonce, wrapped=wrapped, salt=self.salt)
+
+
 async def open_keyring(
     store: Store,
     committer: Committer,
@@ -119,10 +182,17 @@ async def open_keyring(
     *,
     clock: Callable[[], datetime],
     node_id: str,
-) -> tuple[Keyring, AESGCM]:
+) -> tuple[Keyring, MasterKeys]:
     """Unwrap every live data key, creating the first one on a new store (or cluster)."""
     stored = await store.data_keys()
     source = master_key_source(settings, have_data_keys=bool(stored))
+    previous = None
+    if settings.secrets.previous_encryption_key:
+        previous = _given_key(
+            settings.secrets.previous_encryption_key,
+            what="secrets.previous_encryption_key",
+            strict=False,
+        )
     salt = next((k.salt for k in stored if k.salt), b"")
     if source.needs_salt and not salt:
         salt = random.token_bytes(16)
@@ -150,23 +220,37 @@ async def open_keyring(
         stored = await store.data_keys()
         theirs = next((k.salt for k in stored if k.salt), b"")
         if source.needs_salt and theirs and theirs != salt:
+            salt = theirs
             master = await asyncio.to_thread(derive_master_key, source, theirs)
+    masters = MasterKeys(master, salt if source.needs_salt else b"", previous)
+    if previous is not None:
+        for found in {k.salt for k in stored if k.state != "retired"}:
+            await asyncio.to_thread(masters.previous_for, found)  # scrypt, once per salt
     keyring = Keyring()
     for record in stored:
         if record.state == "retired":
             continue
+        if not record.wrapped:
+            # Only while catching up on a key that was superseded meanwhile (redacted).
+            log.warning("data key without material skipped", extra={"key": record.id})
+            continue
         try:
-            keyring.keys[record.id] = AESGCM(
-                unwrap_data_key(master, record.id, record.nonce, record.wrapped)
-            )
+            material, _ = masters.unwrap(record)
         except KeyMismatch:
+            hint = (
+                "neither the key nor secrets.previous_encryption_key opens it"
+                if previous is not None
+                else "to change the master key, start with the new key and the old one as"
+                " secrets.previous_encryption_key"
+            )
             raise MasterKeyError(
                 "the encryption key does not match the one these secrets were stored with"
-                " (data key " + record.id + " does not unwrap); nothing was changed"
+                f" (data key {record.id} does not unwrap; {hint}); nothing was changed"
             ) from None
+        keyring.keys[record.id] = AESGCM(material)
         if record.state == "primary":
             keyring.primary = record.id
-    return keyring, master
+    return keyring, masters
 
 
 def new_data_key(master: AESGCM, salt: bytes, now: datetime) -> DataKey:

@@ -17,8 +17,14 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fpcd.domain.access import SECRETS_READ, may
-from fpcd.domain.configs import check_name
-from fpcd.domain.crypto import Keyring, Secret, TamperedError, secret_aad, unwrap_data_key
+from fpcd.domain.configs import BASE_ENVIRONMENT, check_name
+from fpcd.domain.crypto import (
+    KeyMismatch,
+    Keyring,
+    Secret,
+    TamperedError,
+    secret_aad,
+)
 from fpcd.domain.errors import (
     Conflict,
     FieldError,
@@ -44,7 +50,7 @@ from fpcd.domain.model import (
 )
 from fpcd.services.changes import Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus
-from fpcd.services.keyring import new_data_key
+from fpcd.services.keyring import MasterKeys, new_data_key
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import PendingRead, SecretRow, Store
 from fpcd.wire import KeyringStatus, KeyStatus, Page, RotationStatus, SecretView
@@ -94,7 +100,7 @@ class SecretService:
         bus: EventBus,
         *,
         keyring: Keyring,
-        master: AESGCM,
+        master: MasterKeys,
         scheduler: Scheduler,
         node_id: str,
         clock: Callable[[], datetime],
@@ -114,6 +120,9 @@ class SecretService:
         self.max_value_bytes = max_value_bytes
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
+        self._rekey_task: asyncio.Task[None] | None = None
+        #: Data keys from other hosts that this host's master key(s) cannot unwrap.
+        self.key_errors = 0
         self._rewrap_failed: set[tuple[str, str, str, int]] = set()
         self._push_batch = push_batch
         self._push_lock = asyncio.Lock()
@@ -149,8 +158,18 @@ class SecretService:
             self._start_rewrap()
         if await self._store.pending_secret_reads(1):
             self._kick_push()
+        if self._master.previous is not None and await self._previous_needed():
+            try:
+                await self.rekey_master()
+            except Unavailable:
+                log.warning("the upstream is down: data keys will be re-wrapped once it is back")
+                self._start_rekey()
 
     async def stop(self) -> None:
+        rekey, self._rekey_task = self._rekey_task, None
+        if rekey is not None:
+            rekey.cancel()
+            await asyncio.gather(rekey, return_exceptions=True)
         task, self._rewrap_task = self._rewrap_task, None
         if task is not None:
             task.cancel()
@@ -177,9 +196,23 @@ class SecretService:
                 if key.state == "retired":
                     self.keyring.keys.pop(key.id, None)
                     return
+                if not key.wrapped:
+                    return  # redacted while this host caught up: a newer change follows
                 if key.id not in self.keyring.keys:
-                    material = unwrap_data_key(self._master, key.id, key.nonce, key.wrapped)
+                    try:
+                        material, under_previous = self._master.unwrap(key)
+                    except KeyMismatch:
+                        self.key_errors += 1
+                        log.error(
+                            "a data key from another host does not unwrap with this host's"
+                            " master key: give every host the same CONFIG_ENCRYPTION_KEY (and"
+                            " secrets.previous_encryption_key during a master key rotation)",
+                            extra={"key": key.id},
+                        )
+                        return
                     self.keyring.keys[key.id] = AESGCM(material)
+                    if under_previous:
+                        self._start_rekey()
                 if key.state == "primary":
                     self.keyring.primary = key.id
             case SecretVersion() as v if v.expires_at is not None:
@@ -349,6 +382,14 @@ class SecretService:
             check_name(kind, given)
         self.require_read(caller, service, environment)
         row = await self._store.secret_version(service, environment, name, version)
+        if (
+            version is None
+            and environment != BASE_ENVIRONMENT
+            and (row is None or row.ciphertext is None or self._is_expired(row))
+        ):
+            # What the effective configuration of `environment` shows: a secret it has no
+            # live value of its own for is the `default` layer's (docs/security.md).
+            row = (await self.layered(service, [BASE_ENVIRONMENT])).get(name, row)
         if row is None:
             raise NotFound(f"no secret {name} in {service}/{environment}")
         if row.destroyed == "deleted":
@@ -358,7 +399,7 @@ class SecretService:
         if row.ciphertext is None:
             raise Gone(f"secret {name} in {service}/{environment} has no value")
         value = self._decrypt(row)
-        counts = await self._record_read(service, environment, [name], caller)
+        counts = await self._record_read(service, row.environment, [name], caller)
         count, last_at = counts.get(name, (row.access_count + 1, row.last_accessed_at))
         return secret_view(
             msgspec.structs.replace(row, access_count=count, last_accessed_at=last_at), value
@@ -602,8 +643,7 @@ class SecretService:
 
         async def plan() -> list[Change]:
             records = await self._store.data_keys()
-            salt = next((k.salt for k in records if k.salt), b"")
-            fresh = new_data_key(self._master, salt, self._clock())
+            fresh = new_data_key(self._master.current, self._master.salt, self._clock())
             changes = [self._change(fresh.id, "rotate", fresh, caller)]
             for record in records:
                 if record.state == "primary":
@@ -677,6 +717,62 @@ class SecretService:
             await asyncio.sleep(0)  # let requests in between batches
         log.info("secret rewrap finished", extra={"failed": len(self._rewrap_failed)})
 
+    # -- master key rotation -------------------------------------------------------------
+
+    def _start_rekey(self) -> None:
+        if self._rekey_task is None or self._rekey_task.done():
+            self._rekey_task = asyncio.create_task(self._rekey_until_done(), name="master-rekey")
+
+    async def _rekey_until_done(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.rekey_master()
+                return
+            except Unavailable:
+                await asyncio.sleep(delay)  # the upstream is down: writes wait for it
+                delay = min(delay * 2, 30.0)
+
+    async def rekey_master(self) -> int:
+        """Re-wrap every data key that only the previous master key opens under the current
+        one: one commit (all or nothing, so an interrupted start simply does it again),
+        audited as `keyring.rekey`, replicated like every change. Returns how many."""
+        system = Caller(subject="fpcd:master-key")
+
+        async def plan() -> list[Change]:
+            changes: list[Change] = []
+            for record in await self._store.data_keys():
+                if record.state == "retired" or not record.wrapped:
+                    continue
+                if self._master.under_current(record):
+                    continue
+                try:
+                    material, _ = self._master.unwrap(record)
+                except KeyMismatch:
+                    continue  # counted when it arrived; nothing this host can do
+                rewrapped = self._master.rewrapped(record, material)
+                changes.append(self._change(record.id, "rekey", rewrapped, system))
+            return changes
+
+        done = len(await self._committer.commit(plan))
+        if done:
+            log.info(
+                "data keys re-wrapped under the new master key",
+                extra={"keys": done},
+            )
+        if self._master.previous is not None and not await self._previous_needed():
+            log.info(
+                "every data key is wrapped under the new master key: the previous key"
+                " (secrets.previous_encryption_key) is no longer needed"
+            )
+        return done
+
+    async def _previous_needed(self) -> bool:
+        return any(
+            r.state != "retired" and r.wrapped and not self._master.under_current(r)
+            for r in await self._store.data_keys()
+        )
+
     async def status(self) -> KeyringStatus:
         counts = await self._store.ciphertexts_by_key()
         records = await self._store.data_keys()
@@ -694,6 +790,7 @@ class SecretService:
                 remaining=remaining,
                 failed=len(self._rewrap_failed),
             ),
+            previous_master_key_needed=await self._previous_needed(),
         )
 
     async def retire(self, key_id: str, caller: Caller) -> KeyringStatus:

@@ -127,6 +127,37 @@ MIGRATIONS: list[str] = [
         names       TEXT NOT NULL
     );
     """,
+    # 6: which journal rows hold a copy of a secret version's ciphertext, so destroying
+    # the version can redact every copy (fpcd.domain.shred). The redaction of what was
+    # destroyed before this step runs in Python right after it (store.sqlite.migrate).
+    """
+    CREATE TABLE secret_copies (
+        service     TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        key_id      TEXT NOT NULL,
+        PRIMARY KEY (service, environment, name, version, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX secret_copies_key ON secret_copies (key_id);
+    INSERT OR IGNORE INTO secret_copies (service, environment, name, version, seq, key_id)
+        SELECT json_extract(CAST(payload AS TEXT), '$.payload.service'),
+               json_extract(CAST(payload AS TEXT), '$.payload.environment'),
+               json_extract(CAST(payload AS TEXT), '$.payload.name'),
+               json_extract(CAST(payload AS TEXT), '$.payload.version'), seq,
+               json_extract(CAST(payload AS TEXT), '$.payload.key_id')
+        FROM changes WHERE entity = 'secret';
+    INSERT OR IGNORE INTO secret_copies (service, environment, name, version, seq, key_id)
+        SELECT json_extract(j.value, '$.service'), json_extract(j.value, '$.environment'),
+               json_extract(j.value, '$.name'), json_extract(j.value, '$.version'), c.seq,
+               json_extract(CAST(c.payload AS TEXT), '$.payload.key_id')
+        FROM changes c, json_each(CAST(c.payload AS TEXT), '$.payload.items') j
+        WHERE c.entity = 'secret_rewrap';
+    """,
 ]
+
+#: The step that introduced redaction: stores older than it are scrubbed once.
+REDACTION_STEP = 6
 
 LATEST = len(MIGRATIONS)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
@@ -37,9 +38,11 @@ from fpcd.domain.model import (
     ServiceRegistration,
     rfc3339,
 )
+from fpcd.domain.shred import VersionRef, redact, scrub_history
 from fpcd.observe.problems import RecordProblems
 from fpcd.observe.stats import LatencyHistogram
-from fpcd.store.migrations import LATEST, MIGRATIONS
+from fpcd.store.files import secure_data_dir
+from fpcd.store.migrations import LATEST, MIGRATIONS, REDACTION_STEP
 
 log = logging.getLogger("fpcd.store")
 
@@ -196,6 +199,46 @@ async def _count_reads(
     )
 
 
+def _scrub_destroyed(db: sqlite3.Connection) -> None:
+    """In a copy: drop the ciphertexts of destroyed secret versions from the journal too
+    (the versions' rows already hold none), so no copy keeps what was destroyed."""
+    gone = set(
+        db.execute(
+            "SELECT service, environment, name, version FROM secret_versions"
+            " WHERE ciphertext IS NULL"
+        ).fetchall()
+    )
+    if not gone:
+        return
+    updates: list[tuple[bytes, int]] = []
+    rows = db.execute(
+        "SELECT seq, payload FROM changes WHERE entity IN ('secret', 'secret_rewrap')"
+    ).fetchall()
+    for seq, payload in rows:
+        change = _change_decoder.decode(payload)
+        match change.payload:
+            case SecretVersion() as v if (v.service, v.environment, v.name, v.version) in gone:
+                scrubbed: Any = msgspec.structs.replace(v, nonce=b"", ciphertext=b"")
+            case SecretRewrap() as r:
+                scrubbed = msgspec.structs.replace(
+                    r,
+                    items=[
+                        msgspec.structs.replace(i, nonce=b"", ciphertext=b"")
+                        if (i.service, i.environment, i.name, i.version) in gone
+                        else i
+                        for i in r.items
+                    ],
+                )
+            case _:
+                continue
+        updates.append(
+            (_change_encoder.encode(msgspec.structs.replace(change, payload=scrubbed)), seq)
+        )
+    db.execute("BEGIN")
+    db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
+    db.execute("COMMIT")
+
+
 class ServiceSummary(msgspec.Struct, frozen=True):
     service: str
     environment: str
@@ -213,9 +256,11 @@ async def _set_meta(db: aiosqlite.Connection, key: str, value: str) -> None:
 
 async def migrate(path: Path) -> tuple[int, int]:
     """Bring the database at `path` to the latest schema; returns (before, after)."""
+    secure_data_dir(path)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA secure_delete=ON")
         before = (await (await db.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
         if before > LATEST:
             raise FpcdError(
@@ -227,14 +272,41 @@ async def migrate(path: Path) -> tuple[int, int]:
                 for statement in MIGRATIONS[step].split(";"):
                     if statement.strip():
                         await db.execute(statement)
+                if step + 1 == REDACTION_STEP and before:
+                    await _scrub_journal(db)
                 await db.execute(f"PRAGMA user_version = {step + 1}")
                 await db.execute("COMMIT")
             except BaseException:
                 await _rollback(db)
                 raise
+        if 0 < before < REDACTION_STEP:
+            # Pages freed before secure_delete was on may still hold destroyed material:
+            # rebuild the file once, then empty the WAL that held the old pages.
+            await db.execute("VACUUM")
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before, LATEST
     finally:
         await db.close()
+
+
+async def _scrub_journal(db: aiosqlite.Connection) -> None:
+    """Redact what a store from before redaction destroyed but kept in its journal."""
+    rows = list(
+        await db.execute_fetchall(
+            "SELECT seq, payload FROM changes WHERE entity IN"
+            " ('secret', 'secret_rewrap', 'secret_destroyed', 'data_key') ORDER BY seq"
+        )
+    )
+    redacted = scrub_history([_change_decoder.decode(r[1]) for r in rows])
+    await db.executemany(
+        "UPDATE changes SET payload = ? WHERE seq = ?",
+        [(_change_encoder.encode(c), rows[i][0]) for i, c in redacted],
+    )
+    if redacted:
+        log.info(
+            "redacted destroyed secret material from the journal",
+            extra={"changes": len(redacted)},
+        )
 
 
 class Store:
@@ -262,7 +334,7 @@ class Store:
     async def open(self) -> None:
         """Check the file (`PRAGMA quick_check`), migrate, connect; a damaged file raises
         DatabaseCorrupt before anything is written to it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         if self.path.exists():
             problems = await quick_check(self.path)
             if problems:
@@ -278,6 +350,8 @@ class Store:
             raise
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await self._writer.execute("PRAGMA journal_mode=WAL")
+        # Deleted and overwritten content is zeroed in the file (destroyed secrets).
+        await self._writer.execute("PRAGMA secure_delete=ON")
         await self._writer.execute(f"PRAGMA synchronous={self._synchronous}")
         await self._writer.execute("PRAGMA busy_timeout=5000")
         await self._writer.execute("PRAGMA foreign_keys=ON")
@@ -440,6 +514,7 @@ class Store:
             audit_id, audit_hash = self._audit_head
             cursor = self._cursor
             stored: list[Change] = []
+            shredded = False
             started = perf_counter()
             try:
                 await db.execute("BEGIN IMMEDIATE")
@@ -468,7 +543,7 @@ class Store:
                     )
                     assert cur.lastrowid is not None
                     change = msgspec.structs.replace(change, seq=cur.lastrowid)
-                    await self._materialize(db, change)
+                    shredded = await self._materialize(db, change) or shredded
                     entry = next_entry(audit_id, audit_hash, change)
                     await db.execute(
                         "INSERT INTO audit_log (id, at, actor, action, target, details,"
@@ -504,6 +579,8 @@ class Store:
                 self.write_latency.observe(perf_counter() - started)
             self._audit_head = (audit_id, audit_hash)
             self._cursor = cursor
+            if shredded:
+                await self._checkpoint(db)
             return stored
 
     @property
@@ -511,7 +588,8 @@ class Store:
         """The last upstream change applied here (0: none)."""
         return self._cursor
 
-    async def _materialize(self, db: aiosqlite.Connection, change: Change) -> None:
+    async def _materialize(self, db: aiosqlite.Connection, change: Change) -> bool:
+        """Write the change's effect; True when it destroyed stored material."""
         match change.payload:
             case ConfigVersion() as v:
                 await db.execute(
@@ -537,7 +615,35 @@ class Store:
                     " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
                     (k.id, _change_encoder.encode(k)),
                 )
+                # Only this newest change of the key keeps its material.
+                shredded = await self._redact(
+                    db,
+                    "SELECT seq, payload FROM changes WHERE entity = 'data_key' AND key = ?"
+                    " AND seq < ?",
+                    (k.id, change.seq),
+                    keys={k.id},
+                )
+                if k.state == "retired":
+                    # Ciphertexts made under it: only it could open them.
+                    shredded = (
+                        await self._redact(
+                            db,
+                            "SELECT seq, payload FROM changes WHERE seq IN"
+                            " (SELECT seq FROM secret_copies WHERE key_id = ?)",
+                            (k.id,),
+                            retired={k.id},
+                        )
+                        or shredded
+                    )
+                    await db.execute("DELETE FROM secret_copies WHERE key_id = ?", (k.id,))
+                return shredded
             case SecretVersion() as v:
+                if v.ciphertext:
+                    await db.execute(
+                        "INSERT OR IGNORE INTO secret_copies (service, environment, name,"
+                        " version, seq, key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                        (v.service, v.environment, v.name, v.version, change.seq, v.key_id),
+                    )
                 await db.execute(
                     "INSERT INTO secret_versions (service, environment, name, version, change_seq,"
                     " key_id, nonce, ciphertext, description, expires_at, created_at, created_by)"
@@ -549,8 +655,8 @@ class Store:
                         v.version,
                         change.seq,
                         v.key_id,
-                        v.nonce,
-                        v.ciphertext,
+                        v.nonce or None,  # empty: redacted upstream, destroyed meanwhile
+                        v.ciphertext or None,
                         v.description,
                         v.expires_at.timestamp() if v.expires_at else None,
                         rfc3339(v.created_at),
@@ -564,11 +670,34 @@ class Store:
                     " AND destroyed IS NULL",
                     [(d.reason, d.service, d.environment, d.name, n) for n in d.versions],
                 )
+                marks = ", ".join("?" * len(d.versions))
+                where = (
+                    f" WHERE service = ? AND environment = ? AND name = ? AND version IN ({marks})"
+                )
+                args = (d.service, d.environment, d.name, *d.versions)
+                shredded = await self._redact(
+                    db,
+                    "SELECT seq, payload FROM changes WHERE seq IN"
+                    f" (SELECT seq FROM secret_copies{where})",
+                    args,
+                    versions={(d.service, d.environment, d.name, n) for n in d.versions},
+                )
+                await db.execute(f"DELETE FROM secret_copies{where}", args)
+                return shredded
             case SecretRewrap() as r:
+                live = [i for i in r.items if i.ciphertext]  # empty: destroyed meanwhile
+                await db.executemany(
+                    "INSERT OR IGNORE INTO secret_copies (service, environment, name, version,"
+                    " seq, key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (i.service, i.environment, i.name, i.version, change.seq, r.key_id)
+                        for i in live
+                    ],
+                )
                 await db.executemany(
                     "UPDATE secret_versions SET key_id = ?, nonce = ?, ciphertext = ?"
                     " WHERE service = ? AND environment = ? AND name = ? AND version = ?"
-                    " AND ciphertext IS NOT NULL",
+                    " AND destroyed IS NULL",
                     [
                         (
                             r.key_id,
@@ -579,14 +708,14 @@ class Store:
                             i.name,
                             i.version,
                         )
-                        for i in r.items
+                        for i in live
                     ],
                 )
             case SecretRead() as read:
                 if read.read_id:
                     cur = await db.execute("DELETE FROM secret_reads WHERE id = ?", (read.read_id,))
                     if cur.rowcount > 0:
-                        return  # this host's own read: counted when it happened
+                        return False  # this host's own read: counted when it happened
                 await _count_reads(db, read.service, read.environment, read.names, change.at)
             case ServiceRegistration() as reg:
                 await db.execute(
@@ -596,6 +725,78 @@ class Store:
                 )
             case AuditNote() | ReloadRequest():
                 pass
+        return False
+
+    async def _redact(
+        self,
+        db: aiosqlite.Connection,
+        sql: str,
+        args: Sequence[Any],
+        *,
+        versions: AbstractSet[VersionRef] = frozenset(),
+        keys: AbstractSet[str] = frozenset(),
+        retired: AbstractSet[str] = frozenset(),
+    ) -> bool:
+        """Redact the journal rows `sql` selects (seq, payload); True if any changed."""
+        async with db.execute(sql, args) as cur:
+            rows = list(await cur.fetchall())
+        updates = []
+        for seq, payload in rows:
+            redacted = redact(
+                _change_decoder.decode(payload), versions=versions, keys=keys, retired=retired
+            )
+            if redacted is not None:
+                updates.append((_change_encoder.encode(redacted), seq))
+        await db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
+        return bool(updates)
+
+    async def upstream_copies(
+        self,
+        versions: AbstractSet[VersionRef],
+        keys: AbstractSet[str],
+        retired: AbstractSet[str] = frozenset(),
+    ) -> list[int]:
+        """Upstream seqs of the journal rows holding material of `versions`, of data keys
+        `keys`, or ciphertexts made under `retired` keys."""
+        seqs: set[int] = set()
+        for service, environment, name, version in versions:
+            rows = await self._fetchall(
+                "SELECT c.upstream_seq FROM secret_copies s JOIN changes c ON c.seq = s.seq"
+                " WHERE s.service = ? AND s.environment = ? AND s.name = ? AND s.version = ?"
+                " AND c.upstream_seq IS NOT NULL",
+                (service, environment, name, version),
+            )
+            seqs.update(r[0] for r in rows)
+        for key_id in keys:
+            rows = await self._fetchall(
+                "SELECT upstream_seq FROM changes WHERE entity = 'data_key' AND key = ?"
+                " AND upstream_seq IS NOT NULL",
+                (key_id,),
+            )
+            seqs.update(r[0] for r in rows)
+        for key_id in retired:
+            rows = await self._fetchall(
+                "SELECT c.upstream_seq FROM secret_copies s JOIN changes c ON c.seq = s.seq"
+                " WHERE s.key_id = ? AND c.upstream_seq IS NOT NULL",
+                (key_id,),
+            )
+            seqs.update(r[0] for r in rows)
+        return sorted(seqs)
+
+    async def checkpoint(self) -> None:
+        """Move the WAL into the database file and truncate it: the WAL's old page images
+        (which may hold destroyed material) are gone once this returns."""
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            await self._checkpoint(self._writer)
+
+    @staticmethod
+    async def _checkpoint(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            busy = await cur.fetchone()
+        if busy and busy[0]:
+            log.warning("WAL checkpoint did not complete (a reader held it); it will be retried")
 
     # -- configuration reads ---------------------------------------------------
 
@@ -707,6 +908,11 @@ class Store:
         )
         return {r[0]: _version_decoder.decode(r[1]) for r in rows if r[1] is not None}
 
+    async def secret_layers(self) -> list[tuple[str, str]]:
+        """Every (service, environment) that holds secret versions."""
+        rows = await self._fetchall("SELECT DISTINCT service, environment FROM secret_versions")
+        return [(row[0], row[1]) for row in rows]
+
     async def schema(self, service: str) -> SchemaRecord | None:
         row = await self._fetchone(
             "SELECT record FROM config_schemas WHERE service = ?", (service,)
@@ -788,6 +994,122 @@ class Store:
                     f"service:{name}", f"registration does not decode: {error}", kind="load"
                 )
         return found
+
+    # -- export, import and backup (fpcd export / import / backup) ----------------
+
+    async def export_config_versions(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[ConfigVersion], int]:
+        """Every config version in the order the changes were applied (so `default` layers
+        and rollbacks come back in the same order on import)."""
+        rows = await self._fetchall(
+            "SELECT record FROM config_versions"
+            " ORDER BY change_seq, service, environment, version LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM config_versions")
+        return [_version_decoder.decode(r[0]) for r in rows], total[0]
+
+    async def export_flag_versions(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[FlagRecord], int]:
+        """Every flag version in change order (a dependency is always defined before use)."""
+        rows = await self._fetchall(
+            "SELECT record FROM flag_versions ORDER BY change_seq, key, version LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM flag_versions")
+        return [_flag_decoder.decode(r[0]) for r in rows], total[0]
+
+    async def export_schemas(self) -> list[SchemaRecord]:
+        rows = await self._fetchall("SELECT record FROM config_schemas ORDER BY service")
+        return [_schema_decoder.decode(r[0]) for r in rows]
+
+    async def export_analytics(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[tuple[str, int, str, int, str, int]], int]:
+        """(flag, hour, variant, enabled, reason, count) rows of this host."""
+        rows = await self._fetchall(
+            "SELECT flag, hour, variant, enabled, reason, count FROM flag_analytics"
+            " ORDER BY flag, hour, variant, enabled, reason LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone("SELECT count(*) FROM flag_analytics")
+        return [tuple(r) for r in rows], total[0]
+
+    async def export_secret_versions(
+        self, *, limit: int, offset: int
+    ) -> tuple[list[SecretRow], int]:
+        """Metadata of every secret version whose value still exists (values stay here)."""
+        rows = await self._fetchall(
+            f"SELECT {_SECRET_COLUMNS}{_SECRET_FROM} WHERE v.ciphertext IS NOT NULL"
+            " ORDER BY v.service, v.environment, v.name, v.version LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        total = await self._fetchone(
+            "SELECT count(*) FROM secret_versions WHERE ciphertext IS NOT NULL"
+        )
+        return [_secret_row(r) for r in rows], total[0]
+
+    async def flag_version(self, key: str, version: int) -> FlagRecord | None:
+        row = await self._fetchone(
+            "SELECT record FROM flag_versions WHERE key = ? AND version = ?", (key, version)
+        )
+        return _flag_decoder.decode(row[0]) if row else None
+
+    async def meta_get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            rows = await self._fetchall(
+                f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update({r[0]: r[1] for r in rows})
+        return found
+
+    async def meta_set_many(self, items: Sequence[tuple[str, str]]) -> None:
+        """Local bookkeeping rows in one transaction (import marks: never replicated)."""
+        if not items:
+            return
+        async with self._write_lock:
+            if self._writer is None:
+                raise StoreClosed("the store is closed")
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, value in items:
+                    await _set_meta(db, key, value)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def backup_to(self, target: Path) -> None:
+        """A consistent copy of the database at `target`, taken while writes go on.
+
+        SQLite's online backup API, in one step from a read-only connection of its own:
+        under WAL that step holds one read transaction, so the copy is the database as
+        of one commit and writers are never blocked. The copy is then vacuumed, which
+        drops free pages: bytes of destroyed secrets left in freed pages stay behind.
+        """
+        if self._reader is None:
+            raise StoreClosed("the store is closed")
+
+        def copy() -> None:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            dest = sqlite3.connect(target, isolation_level=None)
+            try:
+                source.execute("PRAGMA busy_timeout=5000")
+                source.backup(dest, pages=-1)
+                dest.execute("PRAGMA journal_mode=DELETE")
+                _scrub_destroyed(dest)
+                dest.execute("VACUUM")
+            finally:
+                dest.close()
+                source.close()
+
+        await asyncio.to_thread(copy)
 
     # -- secrets ----------------------------------------------------------------
 

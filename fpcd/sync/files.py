@@ -34,7 +34,7 @@ from fpcd.domain.model import (
     SecretVersion,
 )
 from fpcd.domain.render import RenderError, render
-from fpcd.fileio import atomic_write
+from fpcd.fileio import atomic_write, pinned
 from fpcd.services.changes import Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus
@@ -84,6 +84,12 @@ class Target:
     #: The one drift check running for this file, and whether events arrived during it.
     drift_task: asyncio.Task[None] | None = None
     drift_again: bool = False
+    #: `path` with links above its directory resolved at start: writes go here, and a
+    #: directory on the way that turns into a link later is refused (fpcd.fileio).
+    write_path: Path = Path()
+
+    def __post_init__(self) -> None:
+        self.write_path = pinned(self.path)
 
 
 #: Requests for one command this close together share one run (files of one burst).
@@ -298,7 +304,7 @@ class FileSync:
                 return
             try:
                 changed = await asyncio.to_thread(
-                    atomic_write, target.path, data, target.mode, target.uid, target.gid
+                    atomic_write, target.write_path, data, target.mode, target.uid, target.gid
                 )
             except OSError as error:
                 self.write_failures += 1
@@ -444,7 +450,7 @@ class FileSync:
             )
             if restore:
                 await asyncio.to_thread(
-                    atomic_write, target.path, expected, target.mode, target.uid, target.gid
+                    atomic_write, target.write_path, expected, target.mode, target.uid, target.gid
                 )
                 target.seen = await asyncio.to_thread(file_identity, target.path)
                 self.drift_repairs += 1

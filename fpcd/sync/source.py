@@ -9,10 +9,12 @@ stays. Deleting a file deletes nothing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,52 @@ def parse(path: Path, data: bytes) -> Any:
         ) from None
 
 
+class NotRegular(Exception):
+    """A source path that is a symlink, or is not a regular file: never imported."""
+
+
+def read_regular(root: Path, path: Path) -> bytes:
+    """The bytes of `path` under `root`, opened without following a symlink at any step
+    below `root`: a link planted in the source dir (say, to the daemon's keyring.json)
+    must not turn the importer, which runs as fpcd's user, into a reader of other files.
+    FileNotFoundError when the file is gone; NotRegular for anything but a regular file."""
+    parts = path.relative_to(root).parts
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                # O_NONBLOCK: a FIFO planted here must not hang the import on open.
+                step = flags | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+                nxt = os.open(part, step, dir_fd=fd)
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+                    raise NotRegular(_what(fd, part)) from None
+                raise
+            os.close(fd)
+            fd = nxt
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegular("not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _what(dir_fd: int, name: str) -> str:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return "not a regular file"
+    if stat.S_ISLNK(info.st_mode):
+        return f"{name} is a symbolic link"
+    return f"{name} is not a regular file" if not stat.S_ISDIR(info.st_mode) else "not a file"
+
+
 class _Events(FileSystemEventHandler):
     def __init__(self, loop: asyncio.AbstractEventLoop, importer: SourceImporter) -> None:
         self._loop = loop
@@ -125,13 +173,22 @@ class SourceImporter:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
-        for path in sorted(await asyncio.to_thread(lambda: list(self.root.rglob("*")))):
-            if path.is_file():
-                await self.import_file(path)
+        for path in await asyncio.to_thread(self._entries):
+            await self.import_file(path)
         observer = Observer()
         observer.schedule(_Events(asyncio.get_running_loop(), self), str(self.root), recursive=True)
         observer.start()
         self._observer = observer
+
+    def _entries(self) -> list[Path]:
+        """Everything below the root but directories, never descending through a link."""
+        found: list[Path] = []
+        for top, dirs, files in os.walk(self.root, followlinks=False):
+            base = Path(top)
+            links = [d for d in dirs if (base / d).is_symlink()]
+            dirs[:] = [d for d in dirs if d not in links and not d.startswith(".")]
+            found += [base / name for name in files + links]
+        return sorted(found)
 
     async def stop(self) -> None:
         if self._observer is not None:
@@ -160,13 +217,21 @@ class SourceImporter:
     async def import_file(self, path: Path) -> bool:
         source = classify(self.root, path)
         if source is None:
+            await self._refuse_if_special(path)
             return False
         async with self._lock:
-            try:
-                data = await asyncio.to_thread(path.read_bytes)
-            except FileNotFoundError:
-                return False  # deleted: nothing is deleted upstream
             rel = str(path.relative_to(self.root))
+            try:
+                data = await asyncio.to_thread(read_regular, self.root, path)
+            except FileNotFoundError:
+                self.rejected.pop(rel, None)
+                return False  # deleted: nothing is deleted upstream
+            except NotRegular as error:
+                self._reject(rel, f"{error}; only regular files are imported", None)
+                return False
+            except OSError as error:
+                self._reject(rel, f"cannot read: {error.strerror}", None)
+                return False
             caller = Caller(subject=f"file:{rel}")
             try:
                 document = parse(path, data)
@@ -204,6 +269,25 @@ class SourceImporter:
                     extra={"path": rel, "kind": source.kind, "entity": source.name},
                 )
             return True
+
+    async def _refuse_if_special(self, path: Path) -> None:
+        """A link or a device is reported wherever it is (a link to a directory can
+        stand for a whole service); plain files that are not sources are ignored."""
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return
+        if any(p.startswith(".") for p in rel.parts):
+            return
+        try:
+            info = await asyncio.to_thread(os.lstat, path)
+        except OSError:
+            self.rejected.pop(str(rel), None)
+            return
+        if stat.S_ISLNK(info.st_mode):
+            self._reject(str(rel), "a symbolic link; only regular files are imported", None)
+        elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            self._reject(str(rel), "not a regular file; only regular files are imported", None)
 
     def _reject(self, rel: str, problem: str, line: int | None) -> None:
         where = f"{rel}:{line}" if line else rel

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from fpcd.domain.model import Change
+from fpcd.domain.shred import VersionRef, redact, scrub_history
 
 log = logging.getLogger("fpcd.upstream")
 
@@ -59,8 +61,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (node, flag, hour, variant, enabled, reason)
     );
     """,
+    # 2: destroyed secret material leaves the log (fpcd.domain.shred); what was destroyed
+    # before this step is redacted by `migrate` right after it.
+    """
+    CREATE INDEX IF NOT EXISTS fpcd_changes_entity ON fpcd_changes (entity, key);
+    """,
 ]
 LATEST = len(MIGRATIONS)
+#: The step that introduced redaction: logs older than it are scrubbed once.
+REDACTION_STEP = 2
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Change).decode
@@ -110,12 +119,57 @@ class UpstreamLog:
                 )
             for step in range(before, LATEST):
                 await conn.execute(MIGRATIONS[step])
+                if step + 1 == REDACTION_STEP and before:
+                    await self._scrub(conn)
             await conn.execute(
                 "INSERT INTO fpcd_meta (key, value) VALUES ('schema', $1)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 str(LATEST),
             )
             return before, LATEST
+
+    @staticmethod
+    async def _scrub(conn: asyncpg.Connection) -> None:
+        """Redact what a log from before redaction destroyed but still holds."""
+        rows = await conn.fetch(
+            "SELECT seq, payload FROM fpcd_changes WHERE entity IN"
+            " ('secret', 'secret_rewrap', 'secret_destroyed', 'data_key') ORDER BY seq"
+        )
+        redacted = scrub_history([_decode(r["payload"]) for r in rows])
+        await conn.executemany(
+            "UPDATE fpcd_changes SET payload = $1 WHERE seq = $2",
+            [(_encode(c), rows[i]["seq"]) for i, c in redacted],
+        )
+        if redacted:
+            log.info(
+                "redacted destroyed secret material from the upstream log",
+                extra={"changes": len(redacted)},
+            )
+
+    @staticmethod
+    async def redact(
+        conn: asyncpg.Connection,
+        seqs: Sequence[int],
+        *,
+        versions: AbstractSet[VersionRef],
+        keys: AbstractSet[str],
+        retired: AbstractSet[str],
+    ) -> int:
+        """Inside `locked()`: remove the material of `versions` and `keys` from those rows."""
+        if not seqs:
+            return 0
+        rows = await conn.fetch(
+            "SELECT seq, payload FROM fpcd_changes WHERE seq = ANY($1::bigint[])", list(seqs)
+        )
+        updates = []
+        for row in rows:
+            redacted = redact(
+                _decode(row["payload"]), versions=versions, keys=keys, retired=retired
+            )
+            if redacted is not None:
+                updates.append((_encode(redacted), row["seq"]))
+        await conn.executemany("UPDATE fpcd_changes SET payload = $1 WHERE seq = $2", updates)
+        return len(updates)
 
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[asyncpg.Connection]:

@@ -21,6 +21,7 @@ import asyncpg
 
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
+from fpcd.domain.shred import destroyed_versions, retired_keys, superseded_keys
 from fpcd.services.changes import Plan
 from fpcd.services.events import ChangeApplied, EventBus
 from fpcd.store.sqlite import Store
@@ -82,6 +83,7 @@ class Replicator:
                     drafts = await plan()
                     if not drafts:
                         return []
+                    await self._shred_upstream(conn, drafts)
                     appended = await self.upstream.append(conn, drafts)
             except UPSTREAM_ERRORS as error:
                 self._down(error)
@@ -96,6 +98,17 @@ class Replicator:
         if self.doorbell is not None:
             self.doorbell.ring(appended[-1].seq)
         return applied
+
+    async def _shred_upstream(self, conn: asyncpg.Connection, drafts: list[Change]) -> None:
+        """Destroyed values and superseded key material leave the upstream log in the same
+        transaction as the change that destroys them (this host holds every earlier row,
+        having just caught up under the lock)."""
+        versions = destroyed_versions(drafts)
+        keys = superseded_keys(drafts)
+        if versions or keys:
+            retired = retired_keys(drafts)
+            seqs = await self._store.upstream_copies(versions, keys, retired)
+            await self.upstream.redact(conn, seqs, versions=versions, keys=keys, retired=retired)
 
     # -- pulling ---------------------------------------------------------------------------
 
