@@ -36,10 +36,10 @@ PROBE = textwrap.dedent(
             token = (settings.data_dir / "admin.token").read_text().strip()
             headers = {{"Authorization": "Bearer " + token}}
             async with aiohttp.ClientSession(daemon.addresses["api"], headers=headers) as http:
-                r = await http.put("/api/config/web", json={{"environment": "prod",
+                r = await http.put("/api/config/web", json={{"environment": "production",
                                                              "config": {{"port": 80}}}})
                 assert r.status == 200, await r.text()
-                assert (await http.get("/api/config/web?environment=prod")).status == 200
+                assert (await http.get("/api/config/web?environment=production")).status == 200
                 r = await http.post("/api/features", json={{"name": "beta", "enabled": True}})
                 assert r.status == 201, await r.text()
                 idle = sorted(m for m in OPTIONAL if m in sys.modules)
