@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import threading
 import time
 
 
@@ -35,24 +36,35 @@ def one_at_a_time(path: str, n: int) -> dict[str, float]:
     }
 
 
-def pipelined(path: str, seconds: float, batch: int = 1000) -> dict[str, float]:
+def pipelined(path: str, seconds: float, batch: int = 1000, window: int = 2) -> dict[str, float]:
+    """Batches of `batch` lines, `window` of them in flight: a sender thread writes the next
+    batch as soon as one is answered, so the daemon never waits for the client."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     payload = b"".join(line(i) for i in range(batch))
-    done = 0
-    buffer = b""
+    credits = threading.Semaphore(window)
+    stop = threading.Event()
+
+    def sender() -> None:
+        while credits.acquire() and not stop.is_set():
+            try:
+                sock.sendall(payload)
+            except OSError:
+                return
+
+    threading.Thread(target=sender, daemon=True).start()
+    done = answered = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        sock.sendall(payload)
-        received = 0
-        while received < batch:
-            chunk = sock.recv(1 << 20)
-            buffer += chunk
-            count = buffer.count(b"\n")
-            received += count
-            buffer = buffer[buffer.rfind(b"\n") + 1 :]
-        done += batch
+        answered += sock.recv(1 << 20).count(b"\n")
+        while answered >= batch:
+            answered -= batch
+            done += batch
+            credits.release()
     elapsed = time.perf_counter() - start
+    stop.set()
+    credits.release()
+    sock.close()
     return {
         "evaluations": done,
         "seconds": round(elapsed, 2),

@@ -82,6 +82,27 @@ def test_bucket_matches_the_reference_formula(key: str, user: str) -> None:
     )
 
 
+@given(
+    key=st.text(min_size=1, max_size=20),
+    user=st.text(min_size=1, max_size=20),
+    percentage=st.floats(0.001, 99.999),
+    weights=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+)
+def test_evaluate_decides_by_the_reference_formula(
+    key: str, user: str, percentage: float, weights: list[int]
+) -> None:
+    """evaluate() hashes inline on its hot path: its decisions must stay the formula's."""
+    variants = [{"id": f"v{i}", "weight": w} for i, w in enumerate(weights)]
+    f = flag(key, rollout={"percentage": percentage}, variants=variants)
+    result = evaluate(f, ctx(userId=user), NOW, {key: f}.get)
+    inside = murmur3_x86_32(f"{key}:{user}".encode()) % 100_000 < round(percentage * 1000)
+    assert result.enabled is inside
+    if inside:
+        slot = murmur3_x86_32(f"{key}:variant:{user}".encode()) % (sum(weights) * 1000)
+        cumulative = [sum(weights[: i + 1]) * 1000 for i in range(len(weights))]
+        assert result.variant == f"v{next(i for i, c in enumerate(cumulative) if slot < c)}"
+
+
 def test_fixed_vectors_for_other_sdks() -> None:
     # Published in docs/flags.md so other SDKs can check their implementation.
     assert murmur3_x86_32(b"") == 0

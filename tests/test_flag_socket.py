@@ -150,3 +150,49 @@ async def test_unknown_group_stops_startup(tmp_path: Path) -> None:
     daemon = Daemon(make_settings(tmp_path, flags={"socket_group": "no-such-group-xyz"}))
     with pytest.raises(StartupError, match="no-such-group-xyz"):
         await daemon.start()
+
+
+async def test_a_pipelined_chunk_is_counted_like_lookups_one_at_a_time(daemon: Daemon) -> None:
+    """Each chunk is evaluated as one batch: analytics, error counts and socket counters must
+    still see every line (what /analytics and /metrics report)."""
+    await create(
+        daemon,
+        {
+            "name": "half",
+            "enabled": True,
+            "rollout": {"percentage": 50},
+            "variants": [{"id": "a", "weight": 1}, {"id": "b", "weight": 1}],
+        },
+    )
+    lines: list[bytes] = []
+    for i in range(600):
+        if i % 100 == 7:
+            lines.append(b'{"id": %d, "flag": 12}' % i)  # INVALID_REQUEST
+        elif i % 10 == 3:
+            lines.append(b'{"id":%d,"flags":["half","gone"],"context":{"userId":"u%d"}}' % (i, i))
+        else:
+            lines.append(b'{"id":%d,"flag":"half","context":{"userId":"u%d"}}' % (i, i))
+    lines.insert(300, b"   ")  # a blank line is not answered
+    out = await exchange(daemon.addresses["flags"], b"\n".join(lines) + b"\n", 600)
+    assert [line["id"] for line in out] == list(range(600))
+    answers = [r for line in out for r in ([line["result"]] if "result" in line else [])]
+    answers += [line["results"]["half"] for line in out if "results" in line]
+    assert len(answers) == 594
+    assert all(
+        line["results"]["gone"]["errorCode"] == "FLAG_NOT_FOUND"
+        for line in out
+        if "results" in line
+    )
+    assert daemon.flags is not None
+    async with api_session(daemon) as http:
+        async with http.get("/api/features/half/analytics") as r:
+            report = await r.json()
+        async with http.get("/metrics") as r:
+            metrics = await r.text()
+    assert report["total"] == 594
+    assert report["enabled"] == sum(a["enabled"] for a in answers)
+    for variant in ("a", "b"):
+        assert report["variants"][variant] == sum(a["variant"] == variant for a in answers)
+    assert "fpcd_flag_socket_lookups_total 594.0" in metrics
+    assert "fpcd_flag_socket_rejected_total 6.0" in metrics
+    assert 'fpcd_flag_evaluation_errors_total{code="FLAG_NOT_FOUND"} 60.0' in metrics

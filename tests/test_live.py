@@ -435,3 +435,56 @@ async def test_checksum_means_the_effective_config_in_writes_reads_and_updates(
     update = await client.next()
     assert rolled["checksum"] == update["checksum"] == moved["checksum"]
     assert rolled["layerChecksum"] == written["layerChecksum"]
+
+
+async def test_updates_of_every_frame_size_arrive_whole_and_in_order(
+    daemon: Daemon, session: aiohttp.ClientSession
+) -> None:
+    """Updates are framed once and written straight to each socket: short, 16-bit and 64-bit
+    length frames must decode the same on every subscriber, in order, over either port."""
+    clients = [await connect(session, ws_url(daemon)) for _ in range(3)]
+    clients.append(
+        await connect(
+            session, daemon.addresses["api"] + "/ws?token=" + admin_token(daemon.settings.data_dir)
+        )
+    )
+    for client in clients:
+        await client.subscribe("sizes", topics=["config-updates"])
+    sizes = [0, 50, 120, 125, 126, 1000, 65_400, 65_536, 70_000, 300_000]
+    for n, size in enumerate(sizes):
+        await put(session, daemon, "sizes", "prod", {"n": n, "blob": "y" * size})
+    for client in clients:
+        for n, size in enumerate(sizes):
+            update = await client.next()
+            assert update["config"] == {"n": n, "blob": "y" * size}
+            assert update["version"] == n + 1
+        await client.quiet()
+
+
+async def test_a_flag_change_reaches_each_subscriber_once_per_environment(
+    daemon: Daemon, session: aiohttp.ClientSession
+) -> None:
+    """Three streams in two environments: one FEATURE_FLAG_UPDATE for each environment, with
+    that environment's state; a config-only stream and a second connection count apart."""
+    client = await connect(session, ws_url(daemon))
+    await client.subscribe("a", "prod", topics=["feature-flags"])
+    await client.subscribe("b", "prod", topics=["feature-flags"])
+    await client.subscribe("c", "staging", topics=["feature-flags"])
+    await client.subscribe("d", "dev", topics=["config-updates"])
+    other = await connect(session, ws_url(daemon))
+    await other.subscribe("a", "prod", topics=["feature-flags"])
+    async with session.post(
+        daemon.addresses["api"] + "/api/features",
+        headers=auth(daemon),
+        json={"name": "beta", "enabled": True, "environments": {"staging": {"enabled": False}}},
+    ) as r:
+        assert r.status == 201
+    updates = [await client.next(), await client.next()]
+    await client.quiet()
+    assert {(u["environment"], u["enabled"]) for u in updates} == {
+        ("prod", True),
+        ("staging", False),
+    }
+    assert all(u["type"] == "FEATURE_FLAG_UPDATE" and u["flagKey"] == "beta" for u in updates)
+    assert (await other.next())["environment"] == "prod"
+    await other.quiet()

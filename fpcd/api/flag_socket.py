@@ -6,8 +6,11 @@
 `{"id":..,"error":{"code":..,"message":..}}` and the connection lives on.
 
 Built on an asyncio Protocol rather than streams: each chunk received is split into
-lines, answered synchronously and written back with one write (measured in the design
-brief: about 3x the throughput of `readline`). Access is governed by the socket file's
+lines, answered synchronously at one instant and written back with one write (measured
+in the design brief: about 3x the throughput of `readline`). The answers are encoded
+into one buffer with reusable msgspec encoder and decoder, and a chunk's evaluations
+are counted together (`FlagService.batch`), so a line costs its decode, its evaluation
+and its encode, and little else. Access is governed by the socket file's
 owner, group and mode; there is no token.
 """
 
@@ -53,7 +56,9 @@ class ResultsReply(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(FlagQuery).decode
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
+_encode_into = _encoder.encode_into
 
 
 def _error(request_id: Any, code: str, message: str) -> bytes:
@@ -115,55 +120,70 @@ class FlagProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
-        buffer += data
-        out: list[bytes] = []
-        start = 0
-        now = self._flags.time()  # one instant for every line of this chunk
-        while (end := buffer.find(b"\n", start)) >= 0:
-            line = bytes(buffer[start:end])
-            start = end + 1
-            if self._discarding:  # the tail of an over-long line
-                self._discarding = False
-                continue
-            if len(line) > self._max_line:
-                self._stats.rejected += 1
-                out.append(self._too_long)
-            elif line.strip():
-                out.append(self._answer(line, now))
-        del buffer[:start]
-        if len(buffer) > self._max_line:
+        if buffer:  # the start of a line from the last chunk
+            buffer += data
+            data = bytes(buffer)
             buffer.clear()
-            if not self._discarding:
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: the start of a line still coming
+        if lines and self._discarding:  # the end of an over-long line
+            self._discarding = False
+            del lines[0]
+        out = bytearray()
+        if lines:
+            self._answer(lines, out)
+        if tail and not self._discarding:
+            if len(tail) > self._max_line:
                 self._stats.rejected += 1
-                out.append(self._too_long)
-            self._discarding = True
+                out += self._too_long
+                self._discarding = True
+            else:
+                buffer += tail
         transport = self._transport
         if out and transport is not None and not transport.is_closing():
-            transport.write(b"".join(out))
+            transport.write(out)
 
-    def _answer(self, line: bytes, now: float) -> bytes:
-        try:
-            query = _decode(line)
-        except msgspec.ValidationError as error:
-            self._stats.rejected += 1
-            return _error(_id_of(line), "INVALID_REQUEST", str(error))
-        except (msgspec.DecodeError, RecursionError):
-            self._stats.rejected += 1
-            return _error(None, "PARSE_ERROR", "not valid JSON")
+    def _answer(self, lines: list[bytes], out: bytearray) -> None:
+        """Answer complete lines in order into `out`, all evaluated at one instant."""
         flags = self._flags
-        try:
-            if query.flag is not None:
-                result = flags.evaluate_one(query.flag, query.context, now)
-                reply = _encode(ResultReply(query.id, result)) + b"\n"
-            else:
-                results = flags.evaluate(query.flags, query.context, now)
-                reply = _encode(ResultsReply(query.id, results)) + b"\n"
-        except Exception:  # never let one line end the connection
-            log.exception("flag socket query failed")
-            self._stats.rejected += 1
-            return _error(query.id, "INTERNAL", "evaluation failed")
-        self._stats.lookups += 1
-        return reply
+        batch = flags.batch(flags.time())
+        one, many = batch.one, batch.many
+        decode, encode_into, max_line = _decode, _encode_into, self._max_line
+        answered = rejected = 0
+        for line in lines:
+            if len(line) > max_line:
+                rejected += 1
+                out += self._too_long
+                continue
+            try:
+                query = decode(line)
+            except msgspec.ValidationError as error:
+                rejected += 1
+                out += _error(_id_of(line), "INVALID_REQUEST", str(error))
+                continue
+            except (msgspec.DecodeError, RecursionError):
+                if line.strip():  # a blank line gets no answer
+                    rejected += 1
+                    out += _error(None, "PARSE_ERROR", "not valid JSON")
+                continue
+            mark = len(out)
+            try:
+                if query.flag is not None:
+                    encode_into(ResultReply(query.id, one(query.flag, query.context)), out, -1)
+                else:
+                    encode_into(ResultsReply(query.id, many(query.flags, query.context)), out, -1)
+            except Exception:  # never let one line end the connection
+                log.exception("flag socket query failed")
+                del out[mark:]
+                rejected += 1
+                out += _error(query.id, "INTERNAL", "evaluation failed")
+                continue
+            out += b"\n"
+            answered += 1
+        batch.close()
+        stats = self._stats
+        stats.lookups += answered
+        stats.rejected += rejected
 
 
 class FlagSocketServer:

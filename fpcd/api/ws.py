@@ -5,8 +5,10 @@ Client: `SUBSCRIBE {serviceName, environment, subscriptions, lastVersion?}`,
 `UNSUBSCRIBE {serviceName, environment}`, `PING`. Server: `SUBSCRIBED`,
 `CONFIGURATION_UPDATE`, `FEATURE_FLAG_UPDATE`, `CONFIGURATION_RELOAD`, `UNSUBSCRIBED`,
 `PONG`, `ERROR {code, message}`. A bad frame gets ERROR and the connection lives on.
-Each connection writes from its own bounded queue; one that falls behind is closed with
-code 4001 so it never delays anyone else. Each connection is also read no faster than
+A message is framed once for all its subscribers and written straight to each socket
+that has taken everything so far; a connection whose socket is backed up writes from its
+own bounded queue instead, and one that falls behind is closed with code 4001 so it
+never delays anyone else. Each connection is also read no faster than
 its rate limits (messages, and SUBSCRIBE/UNSUBSCRIBE): a message beyond them is taken on
 credit and the connection is not read again until the debt is paid back, so a flood
 stalls in the client's own TCP buffers and costs the daemon nothing.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 import weakref
 from dataclasses import dataclass
@@ -147,13 +150,16 @@ class Connection:
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[bool] | None = None
+        #: The connection's transport (the one aiohttp's frame writer uses), for `deliver`.
+        self._transport: asyncio.Transport | None = None
         self.messages = Pace(limits.message_rate, limits.message_burst)
         self.subscribes = Pace(limits.subscribe_rate, limits.subscribe_burst)
         #: Seconds the handler waits before reading the next message (set by `_handle`).
         self.pause = 0.0
         self._expiry: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
+    def start(self, transport: asyncio.Transport | None = None) -> None:
+        self._transport = transport
         self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
 
     def watch_expiry(self) -> None:
@@ -176,6 +182,21 @@ class Connection:
 
     def deliver(self, data: bytes) -> None:
         if self._closing:
+            return
+        transport = self._transport
+        if (
+            transport is not None
+            and self._queue.empty()
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+            and not self.ws.closed
+        ):
+            # Nothing queued and the socket took everything so far: write the frame now,
+            # with no task switch (a fan-out costs each subscriber just this write).
+            transport.write(text_frame(data))
+            stats = self._stats
+            stats.messages_sent += 1
+            stats.delivery.observe(0.0)
             return
         try:
             self._queue.put_nowait((data, perf_counter()))
@@ -210,6 +231,30 @@ class Connection:
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._closer is not None:
             await asyncio.gather(self._closer, return_exceptions=True)
+
+
+#: The last payload framed and its frame: a message delivered to many connections is
+#: framed once (the hub hands every subscriber the same bytes object).
+_framed: list[bytes] = [b"", b"\x81\x00"]
+_HEADER_SHORT = struct.Struct("!BB").pack
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def text_frame(data: bytes) -> bytes:
+    """`data` as one final, unmasked, uncompressed text frame (RFC 6455 section 5.2)."""
+    if data is _framed[0]:
+        return _framed[1]
+    n = len(data)
+    if n < 126:
+        header = _HEADER_SHORT(0x81, n)
+    elif n < 1 << 16:
+        header = _HEADER_16(0x81, 126, n)
+    else:
+        header = _HEADER_64(0x81, 127, n)
+    frame = header + data
+    _framed[:] = (data, frame)
+    return frame
 
 
 CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("ws_connections")
@@ -333,7 +378,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits)
     connections.add(conn)
     hub.connect(conn)
-    conn.start()
+    conn.start(request.transport)
     conn.watch_expiry()
     # A timer, not a receive timeout: aiohttp restarts that on every pong, so a client
     # answering pings would never count as idle.

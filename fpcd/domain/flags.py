@@ -140,6 +140,9 @@ def derive_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+_hash = mmh3.hash
+
+
 def bucket(flag_key: str, stickiness_id: str) -> int:
     """The rollout bucket, 0..99,999: `murmur3_x86_32(utf8(key:id), 0) % 100000`."""
     return int(mmh3.hash(f"{flag_key}:{stickiness_id}", 0, signed=False)) % BUCKETS
@@ -434,9 +437,19 @@ def _compile_rule(rule: Rule) -> tuple[str, bool, Matcher]:
         except TypeError:  # unhashable values (objects, lists): compare one by one
             members = list(values)
         if op == "in":
-            matcher = lambda v: _member(v, members)  # noqa: E731
+
+            def matcher(v: Any) -> bool:  # _member, inline: one call per rule, not two
+                try:
+                    return v in members
+                except TypeError:
+                    return False
         else:
-            matcher = lambda v: not _member(v, members)  # noqa: E731
+
+            def matcher(v: Any) -> bool:
+                try:
+                    return v not in members
+                except TypeError:
+                    return True
     elif op == "contains":
         needles = tuple(values)
         matcher = lambda v: isinstance(v, str) and any(n in v for n in needles)  # noqa: E731
@@ -477,13 +490,6 @@ def _compile_rule(rule: Rule) -> tuple[str, bool, Matcher]:
             return t is not None and (t < instant if op == "before" else t > instant)
 
     return rule.attribute, rule.attribute in CONTEXT_ATTRIBUTES, matcher
-
-
-def _member(value: Any, members: Any) -> bool:
-    try:
-        return value in members
-    except TypeError:
-        return False
 
 
 #: Context fields a rule may name, by wire name -> EvaluationContext attribute.
@@ -638,7 +644,8 @@ def evaluate(
         if found is None or found.archived:
             return _not_found(flag)
         flag = found
-    rules = flag.rules_for(context.environment)
+    environment = context.environment
+    rules = flag.base if environment is None else flag.by_environment.get(environment, flag.base)
     # 2. disabled
     if not rules.enabled:
         return _result(flag, False, DISABLED)
@@ -684,7 +691,7 @@ def evaluate(
         return _result(flag, False, DEFAULT, "rollout_0")
     elif stickiness is None:
         return _result(flag, False, DEFAULT, "no_stickiness_id")
-    elif bucket(flag.key, stickiness) < threshold:
+    elif _hash(f"{flag.key}:{stickiness}", 0, signed=False) % BUCKETS < threshold:  # bucket()
         reason = SPLIT
     else:
         return _result(flag, False, SPLIT, "not_in_rollout")
@@ -728,7 +735,8 @@ def _with_variant(
         return _result(flag, True, reason, detail)
     chosen = variants[0]
     if len(variants) > 1:
-        slot = variant_slot(flag.key, stickiness or "", rules.total_weight)
+        # variant_slot(), inline: this is every split flag's hot path
+        slot = _hash(f"{flag.key}:variant:{stickiness or ''}", 0, signed=False) % rules.total_weight
         for candidate in variants:
             if slot < candidate.cumulative:
                 chosen = candidate

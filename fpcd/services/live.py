@@ -468,8 +468,7 @@ class LiveHub:
         else:
             keys = [(service, change.environment)]
         for key in keys:
-            streams = [(s, st) for s, st in self._streams.get(key, {}).items() if st.configs]
-            if not streams:
+            if not any(st.configs for st in self._streams.get(key, {}).values()):
                 continue
             try:
                 if key[1] == change.environment:  # exactly the version the change wrote
@@ -480,7 +479,12 @@ class LiveHub:
                 continue
             data = encode(update)
             position = (update.version, update.base_version or 0)
-            for subscriber, stream in streams:
+            # Read again after the await: only a disconnect can have changed it (subscribing
+            # is a job of this dispatcher). Iterated in place, allocating nothing per
+            # subscriber: a fan-out to thousands leaves nothing for the GC.
+            for subscriber, stream in self._streams.get(key, {}).items():
+                if not stream.configs:
+                    continue
                 if stream.held is not None:
                     self._hold(stream, position, data)
                 elif position > stream.last:
@@ -515,23 +519,27 @@ class LiveHub:
         record = self._flags.get_record(key)
         doc = flag_document(record) if record is not None else None
         now = self._time()
-        by_environment: dict[str, bytes] = {}
-        sent: set[tuple[int, str]] = set()
-        for (_, environment), streams in list(self._streams.items()):
-            for subscriber, stream in streams.items():
-                if not stream.flags or (id(subscriber), environment) in sent:
-                    continue
-                sent.add((id(subscriber), environment))
-                data = by_environment.get(environment)
-                if data is None:
-                    enabled = self._flags.active(key, environment, now)
-                    data = by_environment[environment] = encode(
-                        FeatureFlagUpdate(
-                            flag_key=key,
-                            enabled=enabled,
-                            environment=environment,
-                            flag=doc,
-                            reason=reason,
+        # One message per environment, to each subscriber once however many of its streams
+        # are in that environment; encoded only if someone gets it.
+        by_environment: dict[str, list[dict[Subscriber, Stream]]] = {}
+        for (_, environment), streams in self._streams.items():
+            by_environment.setdefault(environment, []).append(streams)
+        for environment, groups in by_environment.items():
+            data: bytes | None = None
+            sent: set[Subscriber] = set()
+            for streams in groups:
+                for subscriber, stream in streams.items():
+                    if not stream.flags or subscriber in sent:
+                        continue
+                    sent.add(subscriber)
+                    if data is None:
+                        data = encode(
+                            FeatureFlagUpdate(
+                                flag_key=key,
+                                enabled=self._flags.active(key, environment, now),
+                                environment=environment,
+                                flag=doc,
+                                reason=reason,
+                            )
                         )
-                    )
-                subscriber.deliver(data)
+                    subscriber.deliver(data)
