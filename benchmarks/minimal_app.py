@@ -16,7 +16,11 @@ def main() -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json", headers={"ETag": '"1"'})
 
+    async def live(request: web.Request) -> web.Response:  # fpcd's /health/live body
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
     app = web.Application()
+    app.router.add_get("/health/live", live)
     app.router.add_get("/api/config/{service}", handler)
     app.router.add_get("/health", handler)
     app.router.add_post("/api/features/evaluate", handler)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -69,11 +70,14 @@ from fpcd.settings import RELOADABLE, AlertSettings, Settings, changed_keys, loa
 from fpcd.store.lock import DataDirInUse, DataDirLock
 from fpcd.store.sqlite import DatabaseCorrupt, Store
 from fpcd.sync.files import FileSync
-from fpcd.sync.source import SourceImporter
-from fpcd.upstream.doorbell import Doorbell
-from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
-from fpcd.upstream.replicator import Replicator
 from fpcd.wire import ComponentHealth
+
+if TYPE_CHECKING:
+    # Imported where they are used: a standalone daemon never loads asyncpg, redis or
+    # watchdog for the source dir (issue 18: idle memory).
+    from fpcd.sync.source import SourceImporter
+    from fpcd.upstream.log import UpstreamLog
+    from fpcd.upstream.replicator import Replicator
 
 log = logging.getLogger("fpcd")
 
@@ -134,9 +138,6 @@ def _set_socket_access(path: Path, mode: int, group: str) -> None:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         except (KeyError, PermissionError) as error:
             raise FatalStartupError(f"cannot give {path} to group {group}: {error}") from None
-
-
-_UNREACHABLE: tuple[type[BaseException], ...] = (TimeoutError, *UPSTREAM_ERRORS)
 
 
 async def _ready(component: ComponentHealth) -> ComponentHealth:
@@ -351,6 +352,8 @@ class Daemon:
         self._stack.push_async_callback(self.files.stop)
         source: SourceImporter | None = None
         if settings.sync.source_dir:
+            from fpcd.sync.source import SourceImporter
+
             source = self.source = SourceImporter(
                 Path(settings.sync.source_dir), self.configs, self.flags
             )
@@ -623,6 +626,11 @@ class Daemon:
 
     async def _open_upstream(self, store: Store, bus: EventBus) -> tuple[UpstreamLog, Replicator]:
         """Connect the upstream, catch up (or start from the local copy), ring the doorbell."""
+        from fpcd.upstream.doorbell import Doorbell
+        from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
+        from fpcd.upstream.replicator import Replicator
+
+        unreachable: tuple[type[BaseException], ...] = (TimeoutError, *UPSTREAM_ERRORS)
         settings = self.settings.upstream
         upstream = UpstreamLog(settings.postgres_url, pool_size=settings.pool_size)
         try:
@@ -651,7 +659,7 @@ class Daemon:
             raise StartupError(str(error)) from None
         except FpcdError as error:  # two histories, a newer upstream schema
             raise FatalStartupError(str(error)) from None
-        except _UNREACHABLE as error:
+        except unreachable as error:
             replicator.errors += 1
             if not store.upstream_cursor:
                 raise StartupError(

@@ -229,3 +229,64 @@ async def test_limits_come_from_settings(tmp_path: Any) -> None:
                 assert r.status == 413
     finally:
         await daemon.stop()
+
+
+async def test_no_route_is_a_problem_on_both_ports_and_counted(daemon: Daemon) -> None:
+    """404 and 405 come from the pipeline (not aiohttp's plain text) on the API port and
+    the WebSocket port, with the allowed methods and a request id, and /metrics counts
+    them under the `unmatched` route."""
+    ws_port = daemon.addresses["ws"].replace("ws://", "http://")
+    async with aiohttp.ClientSession() as plain:
+        for url, method, status in (
+            (ws_port + "/", "POST", 405),
+            (ws_port + "/nothing", "GET", 404),
+            (daemon.addresses["api"] + "/health/live", "DELETE", 405),
+            (daemon.addresses["api"] + "/nothing/here", "GET", 404),
+        ):
+            async with plain.request(method, url) as r:
+                assert r.status == status
+                assert r.content_type == "application/problem+json"
+                problem = await r.json(content_type=None)
+                assert problem["status"] == status
+                assert problem["requestId"] == r.headers["X-Request-Id"]
+                if status == 405:
+                    assert "GET" in r.headers["Allow"]
+    stats = daemon.metrics.sources.http if daemon.metrics else None
+    assert stats is not None
+    assert stats.requests[("unmatched", "GET", 404)] >= 2
+    assert stats.requests[("unmatched", "POST", 405)] == 1
+
+
+def test_the_byte_count_shortcut_never_lets_a_body_past_the_limits() -> None:
+    """Bodies that skip the depth/key walk (`_within_limits`) are exactly ones the walk
+    would pass: checked on nested, wide and string-laden documents around the limits."""
+    import json
+    import random
+
+    from fpcd.api.http import RequestLimits, _within_limits
+    from fpcd.domain.configs import check_limits
+
+    limits = RequestLimits(max_json_depth=3, max_json_keys=4)
+    rng = random.Random(18)
+
+    def document(depth: int) -> Any:
+        kind = rng.random()
+        if depth > 6 or kind < 0.3:
+            return rng.choice([1, "a:{[", None, "x" * rng.randint(0, 5)])
+        if kind < 0.65:
+            return {f"k{i}": document(depth + 1) for i in range(rng.randint(0, 3))}
+        return [document(depth + 1) for _ in range(rng.randint(0, 3))]
+
+    skipped = 0
+    for _ in range(3000):
+        body = json.dumps(document(0)).encode()
+        if _within_limits(body, limits):
+            skipped += 1
+            errors = check_limits(
+                json.loads(body),
+                max_depth=limits.max_json_depth + 2,
+                max_keys=limits.max_json_keys + 64,
+                path="$",
+            )
+            assert errors == [], body
+    assert skipped > 100  # the shortcut is taken, not just safe

@@ -287,7 +287,7 @@ async def test_threshold_breach_degrades_the_component(tmp_path: Path) -> None:
 
 
 def test_json_logs_carry_the_request_id_and_change_events(spawn: Any) -> None:
-    proc = spawn().start()
+    proc = spawn(env={"FPCD_LOG__ACCESS": "true"}).start()
     import urllib.request
 
     body = json.dumps({"environment": "prod", "config": {"port": 80}}).encode()
@@ -397,3 +397,28 @@ async def test_alert_rules_in_the_docs_name_exported_metrics(tmp_path: Path, pg_
     finally:
         await daemon.stop()
     assert named <= exported, named - exported
+
+
+def test_access_log_is_off_by_default_and_complete_when_on(spawn: Any) -> None:
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    quiet, loud = spawn("quiet").start(), spawn("loud", env={"FPCD_LOG__ACCESS": "true"}).start()
+
+    def get(url: str) -> int:
+        with urllib.request.urlopen(url + "/health/live") as r:
+            return int(r.status)
+
+    for proc in (quiet, loud):
+        with ThreadPoolExecutor(8) as pool:  # concurrent: lines of one loop pass go together
+            assert set(pool.map(get, [proc.url] * 40)) == {200}
+        proc.stop()
+
+    def access_lines(proc: Any) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["msg"] == "request"]
+
+    assert access_lines(quiet) == []
+    lines = [line for line in access_lines(loud) if line["path"] == "/health/live"]
+    assert len(lines) == 40 and {line["status"] for line in lines} == {200}
+    assert len({line["request_id"] for line in lines}) == 40

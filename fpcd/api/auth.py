@@ -250,6 +250,10 @@ class Authenticator:
         )
 
     async def authenticate(self, request: web.Request, *, optional: bool = False) -> Caller | None:
+        return self.identify(request, optional=optional)
+
+    def identify(self, request: web.Request, *, optional: bool = False) -> Caller | None:
+        """`authenticate` without a coroutine (it never waits): the request pipeline's call."""
         local = self.unix_caller(request)
         if local is not None:
             return local

@@ -10,13 +10,16 @@ import itertools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
+from yarl import URL
 
 from fpcd.api.auth import Authenticator
 from fpcd.api.permissions import METRICS_SCRAPE, RateLimiter, Rule, rule_for
@@ -134,14 +137,58 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-@web.middleware
+class RouteInfo(NamedTuple):
+    """What the pipeline needs to know about a route, worked out once per route."""
+
+    #: The resource's template (`/api/config/{service}`): the metrics label.
+    template: str
+    #: The metrics label of the method.
+    method: str
+    #: The permission row (None: no route, or a route without a row).
+    rule: Rule | None
+    #: The counters of the application the route belongs to.
+    stats: HttpStats
+    #: The application's authenticator and rate limiter.
+    authenticator: Authenticator
+    limiter: RateLimiter
+    #: Open to anyone (health probes): no token, no rate limit.
+    public: bool
+
+
+#: Per route object (one per resource and method, for the app's life). Routes of
+#: applications that are gone are forgotten when the table is full.
+_ROUTE_INFO: dict[object, RouteInfo] = {}
+
+
+def _route_info(request: web.Request) -> RouteInfo:
+    route = request.match_info.route
+    resource = route.resource
+    template = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
+    app = request.app
+    rule = rule_for(method, template)
+    info = RouteInfo(
+        template,
+        method,
+        rule,
+        app[HTTP_STATS],
+        app[AUTHENTICATOR],
+        app[RATE_LIMITER],
+        rule is not None and rule.action is None and not rule.websocket,
+    )
+    if resource is not None and route.method == request.method:  # not 404/405, not "*"
+        if len(_ROUTE_INFO) >= 4096:
+            _ROUTE_INFO.clear()
+        _ROUTE_INFO[route] = info
+    return info
+
+
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, caller, permission, rate limit, errors as problem+json, metrics: the
-    same for every route and door."""
+    same for every route and door (`install_pipeline` puts it around every handler)."""
     started = perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    method = request.method if request.method in _METHODS else "OTHER"
+    info = _ROUTE_INFO.get(request.match_info.route) or _route_info(request)
+    route, method = info.template, info.method
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         request_id = given
@@ -152,8 +199,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
-        rule = rule_for(method, route)
-        caller = await _admit(request, rule)
+        caller = PUBLIC_CALLER if info.public else _admit(request, info)
         request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
         response = await handler(request)
     except FpcdError as error:
@@ -164,7 +210,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as error:
         if error.status < 400:
             error.headers["X-Request-Id"] = request_id
-            request.app[HTTP_STATS].record(route, method, error.status, perf_counter() - started)
+            info.stats.record(route, method, error.status, perf_counter() - started)
             raise
         response = _from_http_exception(error, request_id)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -178,18 +224,80 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             request_id=request_id,
         )
     if isinstance(response, web.WebSocketResponse):  # a whole session: no latency
-        request.app[HTTP_STATS].record(route, method, response.status, None)
+        info.stats.record(route, method, response.status, None)
     else:
         response.headers["X-Request-Id"] = request_id
-        request.app[HTTP_STATS].record(route, method, response.status, perf_counter() - started)
+        info.stats.record(route, method, response.status, perf_counter() - started)
     return response
 
 
 MAX_QUERY = 4096
 
 
-async def _admit(request: web.Request, rule: Rule | None) -> Caller:
+class _NoRoute(web.AbstractResource):
+    """The router's last resort: a path no route takes (404) or a method its route does
+    not (405), answered through the pipeline as problem+json like any other error."""
+
+    def __init__(self, router: web.UrlDispatcher) -> None:
+        super().__init__()
+        self._router = router
+
+    @property
+    def canonical(self) -> str:
+        return "/"  # indexed under "/": the router tries it after every other resource
+
+    def url_for(self, **kwargs: str) -> URL:
+        raise RuntimeError("no URL: this resource stands for no route")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("no prefix: this resource stands for no route")
+
+    def get_info(self) -> Any:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter(())
+
+    async def resolve(self, request: web.Request) -> Any:
+        allowed: set[str] = set()
+        for resource in self._router.resources():
+            if resource is not self:
+                match, methods = await resource.resolve(request)
+                if match is not None:  # not reached: the router tried every resource first
+                    return None, set()
+                allowed |= methods
+        error: web.HTTPException = (
+            web.HTTPMethodNotAllowed(request.method, allowed) if allowed else web.HTTPNotFound()
+        )
+        match = MatchInfoError(error)
+        _pipe(match.route)
+        return match, set()
+
+
+def _pipe(route: web.AbstractRoute) -> None:
+    # aiohttp calls `route.handler` (AbstractRoute keeps it in `_handler`). A partial adds
+    # no Python frame: the pipeline costs a request one call, where a middleware costs
+    # aiohttp's wrapper, a partial and the middleware.
+    route._handler = partial(pipeline, handler=route.handler)
+
+
+def install_pipeline(app: web.Application) -> None:
+    """Put `pipeline` around every route's handler, and answer what no route takes through
+    it too. Call once the routes are added."""
+    for route in app.router.routes():
+        _pipe(route)
+    app.router.register_resource(_NoRoute(app.router))
+
+
+def _admit(request: web.Request, info: RouteInfo) -> Caller:
     """Who is calling, and may they: 401, 403 and 429 are decided here."""
+    rule = info.rule
     if rule is None:
         if request.match_info.http_exception is not None:
             return PUBLIC_CALLER  # no such route: the handler raises 404/405
@@ -198,15 +306,15 @@ async def _admit(request: web.Request, rule: Rule | None) -> Caller:
         return PUBLIC_CALLER
     if rule is METRICS_SCRAPE and request.app.get(PUBLIC_METRICS, False):
         return PUBLIC_CALLER
-    authenticator = request.app[AUTHENTICATOR]
-    found = await authenticator.authenticate(request, optional=rule.websocket)
+    authenticator = info.authenticator
+    found = authenticator.identify(request, optional=rule.websocket)
     caller = found if found is not None else PUBLIC_CALLER
     service = request.match_info.get(rule.service) if rule.service else None
     if rule.action is not None:
         authorize(caller, rule.action, service=service)
         if rule.unrestricted and not unrestricted(caller):
             raise Forbidden("this view spans every service: it needs a token limited to none")
-    retry = request.app[RATE_LIMITER].check(caller.subject, service)
+    retry = info.limiter.check(caller.subject, service)
     if retry is not None:
         raise TooManyRequests("rate limit exceeded; slow down", headers={"Retry-After": str(retry)})
     return caller
@@ -264,7 +372,7 @@ def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None)
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
-    if limits is not None:
+    if limits is not None and not _within_limits(body, limits):
         # Depth and key count of the whole body, whatever the type lets through (Any fields).
         errors = check_limits(
             msgspec.json.decode(body),
@@ -275,6 +383,17 @@ def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None)
         if errors:
             raise Invalid("the request breaks a size rule", errors=errors)
     return decoded
+
+
+def _within_limits(body: bytes, limits: RequestLimits) -> bool:
+    """True when the body cannot break the depth and key limits, by counting bytes (in C):
+    every level opens with `{` or `[` and every key is followed by `:`, so these counts
+    bound depth and keys from above. Small bodies (evaluations, most writes) skip the walk.
+    """
+    return (
+        body.count(b"{") + body.count(b"[") <= limits.max_json_depth + 2
+        and body.count(b":") <= limits.max_json_keys + 64
+    )
 
 
 async def body_as(request: web.Request, kind: type[T], *, empty_ok: bool = False) -> T:

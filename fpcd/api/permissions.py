@@ -107,12 +107,20 @@ class Bucket:
         """0 when a request may go; else the seconds until one may."""
         # A `now` read before the bucket was made must not count as negative time: with
         # a burst of 1 that took the first request's token away.
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
-        self.last = max(now, self.last)
-        if self.tokens >= 1:
-            self.tokens -= 1
+        # (The arithmetic of min(burst, tokens + max(0, now - last) * rate) without the calls:
+        # this runs up to three times a request.)
+        tokens = self.tokens
+        elapsed = now - self.last
+        if elapsed > 0:
+            tokens += elapsed * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            self.last = now
+        if tokens >= 1:
+            self.tokens = tokens - 1
             return 0.0
-        return (1 - self.tokens) / self.rate
+        self.tokens = tokens
+        return (1 - tokens) / self.rate
 
 
 class RateLimiter:
@@ -144,20 +152,17 @@ class RateLimiter:
         """None when allowed; else a Retry-After in whole seconds."""
         now = time.monotonic()
         s = self.settings
-        waits = []
+        wait = 0.0  # the longest of the buckets' waits (each takes its token regardless)
         if s.per_subject_rps:
-            waits.append(
-                self._bucket(
-                    self._subjects, subject, s.per_subject_rps, s.per_subject_burst, now
-                ).take(now)
+            bucket = self._subjects.get(subject) or self._bucket(
+                self._subjects, subject, s.per_subject_rps, s.per_subject_burst, now
             )
+            wait = bucket.take(now)
         if service is not None and s.per_service_rps:
-            waits.append(
-                self._bucket(
-                    self._services, service, s.per_service_rps, s.per_service_rps, now
-                ).take(now)
+            bucket = self._services.get(service) or self._bucket(
+                self._services, service, s.per_service_rps, s.per_service_rps, now
             )
+            wait = max(wait, bucket.take(now))
         if self._global is not None:
-            waits.append(self._global.take(now))
-        wait = max(waits, default=0.0)
+            wait = max(wait, self._global.take(now))
         return None if wait <= 0 else max(1, math.ceil(wait))

@@ -99,14 +99,18 @@ async def get_config(request: web.Request) -> web.Response:
         return web.Response(
             body=_encoder.encode(doc), content_type=JSON, headers={"Cache-Control": "no-store"}
         )
-    etag, body = await configs.document_bytes(
+    # The hot path: a cached read is the encoded body and its ETag, no coroutine, no I/O.
+    cached = configs.cached_document_bytes(
+        service, params.environment, version=params.version, raw=params.raw
+    )
+    etag, body = cached or await configs.document_bytes(
         service, params.environment, version=params.version, raw=params.raw
     )
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and etag_matches(if_none_match, etag):
         return web.Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     return web.Response(
-        body=body, content_type=JSON, headers={"ETag": etag, "Cache-Control": "no-cache"}
+        body=body, headers={"Content-Type": JSON, "ETag": etag, "Cache-Control": "no-cache"}
     )
 
 

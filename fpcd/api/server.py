@@ -25,7 +25,7 @@ from fpcd.api.http import (
     RATE_LIMITER,
     REQUEST_LIMITS,
     RequestLimits,
-    pipeline,
+    install_pipeline,
 )
 from fpcd.api.openapi import encoded_document
 from fpcd.api.permissions import RateLimiter
@@ -62,7 +62,7 @@ def build_api_app(
     public_metrics: bool = False,
     portability: PortabilityService | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[pipeline], client_max_size=_HARD_BODY_CAP)
+    app = web.Application(client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
     app[PUBLIC_METRICS] = public_metrics
     app[HTTP_STATS] = metrics.sources.http
@@ -96,6 +96,7 @@ def build_api_app(
         app[routes_portability.PORTABILITY] = portability
         routes_portability.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
+    install_pipeline(app)
     return app
 
 
@@ -115,7 +116,7 @@ def build_ws_app(
     environments: Environments | None = None,
 ) -> web.Application:
     """The WebSocket port (the seed's CONFIG_WS_PORT): the protocol at `/` and `/ws`."""
-    app = web.Application(middlewares=[pipeline])
+    app = web.Application()
     app[AUTHENTICATOR] = authenticator
     app[HTTP_STATS] = http_stats if http_stats is not None else HttpStats()
     app[REQUEST_LIMITS] = RequestLimits()
@@ -125,4 +126,5 @@ def build_ws_app(
     ws.add_routes(
         app, hub, ws_limits, default_environment, paths=("/", "/ws"), environments=environments
     )
+    install_pipeline(app)
     return app

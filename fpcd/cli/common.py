@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
 from fpcd.client.transport import Response, Transport
 from fpcd.domain.errors import SettingsError
@@ -111,6 +110,8 @@ def load_document(path: str) -> Any:
     except msgspec.DecodeError as error:
         raise CliError(f"stdin: not valid JSON: {error}") from None
     suffix = Path(path).suffix.lower()
+    import yaml  # here, not at the top: `fpcd serve` imports this module too
+
     try:
         if suffix == ".toml":
             return tomllib.loads(data.decode())

@@ -10,7 +10,9 @@ from typing import Any
 import msgspec
 
 from fpcd.domain.errors import BadRequest, FieldError, Invalid
-from fpcd.domain.schemas import check_schema, validator_for
+
+# fpcd.domain.schemas (jsonschema, referencing, RE2) is imported where a schema is used:
+# a daemon whose services have none never loads it (issue 18: idle memory).
 
 #: The environment every other environment of a service layers on top of.
 BASE_ENVIRONMENT = "default"
@@ -136,6 +138,8 @@ class SchemaValidator:
     the daemon runs this in a worker process under a time budget."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
+        from fpcd.domain.schemas import validator_for
+
         self.schema = schema
         self._validator = validator_for(schema)
 
@@ -150,6 +154,8 @@ class SchemaValidator:
 
 def schema_problems(schema: dict[str, Any]) -> list[FieldError]:
     """What `compile_schema` refuses, as a list (paths under `$.schema`)."""
+    from fpcd.domain.schemas import check_schema
+
     return check_schema(schema, lambda parts: "$.schema" + _json_path(parts)[1:])
 
 

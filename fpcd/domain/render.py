@@ -12,8 +12,8 @@ import string
 from typing import Any
 
 import msgspec
-import tomli_w
-import yaml
+
+# yaml and tomli_w are imported by the formats that use them (issue 18: idle memory).
 
 FORMATS = ("json", "toml", "yaml", "env", "template")
 
@@ -192,12 +192,16 @@ def render(
     if fmt == "json":
         return msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n"
     if fmt == "yaml":
+        import yaml
+
         text = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
         return text.encode()
     if fmt == "toml":
         null = _find_null(data)
         if null:
             raise RenderError(f"TOML has no null value, and {null} is null")
+        import tomli_w
+
         try:
             return tomli_w.dumps(data).encode()
         except TypeError as error:

@@ -6,6 +6,7 @@ headers, so no secret value can reach a log line by way of this module.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from contextvars import ContextVar
@@ -78,12 +79,28 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+#: Access lines encoded but not yet written, and whether a write is scheduled.
+_access_pending: list[bytes] = []
+
+
+def _flush_access() -> None:
+    lines = b"".join(_access_pending)
+    _access_pending.clear()
+    stream = _access_stream
+    if stream is not None:
+        stream.write(lines.decode())
+        stream.flush()
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path (never the query: it may carry a token), status.
 
-    The hot path: the line is encoded straight from the request instead of going
-    through a LogRecord and the formatter (measured: 90 µs -> about 10 µs a request).
-    It goes to the same stream in the same shape as every other log line.
+    Off by default (`log.access`), as in Consul and Vault: `/metrics` counts every request
+    by route and status at no cost; a line per request is for debugging and audits of
+    traffic. When on, the line is encoded straight from the request instead of going
+    through a LogRecord and the formatter (90 µs -> about 10 µs a request), and the lines
+    of one event-loop pass are written together once it ends (one write, not one a
+    request). It goes to the same stream in the same shape as every other log line.
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
@@ -109,7 +126,9 @@ class AccessLogger(AbstractAccessLogger):
                 **fields,
             }
         )
-        stream.write(line.decode() + "\n")
+        _access_pending.append(line + b"\n")
+        if len(_access_pending) == 1:
+            asyncio.get_running_loop().call_soon(_flush_access)
 
     @property
     def enabled(self) -> bool:

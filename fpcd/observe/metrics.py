@@ -12,24 +12,11 @@ are the id's first part.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from fpcd import __version__
 from fpcd.api.connections import ConnectionStats
@@ -44,7 +31,29 @@ from fpcd.services.scheduler import Scheduler
 from fpcd.services.secrets import SecretService
 from fpcd.store.sqlite import Store
 from fpcd.sync.files import FileSync
-from fpcd.upstream.replicator import Replicator
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+
+    from fpcd.upstream.replicator import Replicator
+
+
+def _load_prometheus() -> None:
+    """prometheus-client, imported at the first scrape: a daemon nobody scrapes never
+    loads it (issue 18: idle memory). The metric family names become module globals."""
+    from prometheus_client import core
+
+    globals().update(
+        CounterMetricFamily=core.CounterMetricFamily,
+        GaugeMetricFamily=core.GaugeMetricFamily,
+        HistogramMetricFamily=core.HistogramMetricFamily,
+    )
 
 
 @dataclass
@@ -117,7 +126,7 @@ def _connection_families(stats: ConnectionStats) -> Iterator[Metric]:
         yield family
 
 
-class DaemonCollector(Collector):
+class DaemonCollector:  # a prometheus_client Collector: it has collect()
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
 
@@ -428,11 +437,26 @@ class DaemonCollector(Collector):
 class Metrics:
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
-        self.registry = CollectorRegistry(auto_describe=False)
-        # The library's process/platform/GC collectors, on our registry instead of its global one.
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            self.registry.register(collector)
-        self.registry.register(DaemonCollector(sources))
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import (
+                GC_COLLECTOR,
+                PLATFORM_COLLECTOR,
+                PROCESS_COLLECTOR,
+                CollectorRegistry,
+            )
+
+            _load_prometheus()
+            registry = CollectorRegistry(auto_describe=False)
+            # The library's process/platform/GC collectors, on our registry, not its global one.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                registry.register(collector)
+            registry.register(DaemonCollector(self.sources))
+            self._registry = registry
+        return self._registry
 
     async def refresh(self) -> None:
         """What needs a query before a scrape."""
@@ -442,6 +466,10 @@ class Metrics:
         self.sources.secret_reads_pending = await self.sources.secrets.pending_reads()
 
     async def render(self, accept: str | None) -> tuple[bytes, str]:
+        if self._registry is None:  # the first scrape imports the library off the loop
+            await asyncio.to_thread(lambda: self.registry)
         await self.refresh()
+        from prometheus_client.exposition import choose_encoder
+
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type

@@ -6,10 +6,13 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fpcd.store.sqlite import Store
-from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
 from fpcd.wire import AnalyticsDay, FlagAnalyticsDocument
+
+if TYPE_CHECKING:  # asyncpg is imported only by daemons with an upstream
+    from fpcd.upstream.log import UpstreamLog
 
 log = logging.getLogger("fpcd.analytics")
 
@@ -82,6 +85,8 @@ class FlagAnalytics:
         unpushed, self._unpushed = self._unpushed, Counter()
         if not unpushed or self._upstream is None:
             return
+        from fpcd.upstream.log import UPSTREAM_ERRORS
+
         try:
             await self._upstream.push_analytics(
                 self._node_id, [(*key, n) for key, n in unpushed.items()]
@@ -95,6 +100,8 @@ class FlagAnalytics:
         not_upstream = self._pending + self._unpushed
         rows: list[tuple[int, str, int, str, int]] | None = None
         if self._upstream is not None:
+            from fpcd.upstream.log import UPSTREAM_ERRORS
+
             try:
                 rows = await self._upstream.analytics(flag, first, last)
             except UPSTREAM_ERRORS:

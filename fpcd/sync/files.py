@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import grp
 import logging
-import os
 import pwd
 import shlex
 import time
@@ -22,17 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from watchdog.events import (
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 
 from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.errors import FpcdError, IntegrityProblem, NotFound
@@ -118,17 +106,6 @@ class CommandState:
     again: bool = False
 
 
-#: The only events that can change a file's content: a write closed, a file created,
-#: deleted or renamed over. Opening and reading (what every consumer of the file does)
-#: are not even delivered by the kernel to the observer.
-CONTENT_EVENTS: list[type[FileSystemEvent]] = [
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
-]
-
-
 def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     """What changes whenever the content can have changed (ctime cannot be set back)."""
     try:
@@ -136,22 +113,6 @@ def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class _Drift(FileSystemEventHandler):
-    """Runs in watchdog's thread: hands paths to the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sync: FileSync) -> None:
-        self._loop = loop
-        self._sync = sync
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or not isinstance(event, tuple(CONTENT_EVENTS)):
-            return  # observers without a kernel-side filter still deliver opens and reads
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
-            path = os.fsdecode(raw) if raw else ""
-            if path and path in self._sync.by_path:
-                self._loop.call_soon_threadsafe(self._sync.drift_suspected, path)
 
 
 class FileSync:
@@ -185,7 +146,7 @@ class FileSync:
         self.by_path = {str(t.path): t for t in self.targets}
         self._commands: dict[tuple[tuple[str, ...], bool], CommandState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._observer: BaseObserver | None = None
+        self._observer: Any = None  # a watchdog observer (fpcd.sync.watch), once started
         #: For /metrics and health.
         self.command_runs = 0
         self.command_failures = 0
@@ -204,6 +165,8 @@ class FileSync:
             await asyncio.to_thread(remove_stale_temps, target.path)
             await asyncio.to_thread(target.path.parent.mkdir, parents=True, exist_ok=True)
             await self._materialize(target)
+        from fpcd.sync.watch import CONTENT_EVENTS, Observer, _Drift
+
         observer = Observer()
         handler = _Drift(asyncio.get_running_loop(), self)
         for directory in sorted({str(t.path.parent) for t in self.targets}):
