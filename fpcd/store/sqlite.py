@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import msgspec
@@ -47,6 +47,8 @@ from fpcd.store.files import secure_data_dir
 from fpcd.store.migrations import LATEST, MIGRATIONS, REDACTION_STEP
 
 log = logging.getLogger("fpcd.store")
+
+T = TypeVar("T")
 
 Synchronous = Literal["off", "normal", "full", "extra"]
 
@@ -1036,15 +1038,10 @@ class Store:
             "  SELECT key, max(version) AS version FROM flag_versions GROUP BY key"
             ") h ON v.key = h.key AND v.version = h.version ORDER BY v.key"
         )
-        records: list[FlagRecord] = []
-        for raw, key, version in rows:
-            try:
-                records.append(_flag_decoder.decode(raw))
-            except msgspec.DecodeError as error:  # reported and skipped: never stops start-up
-                self.problems.report(
-                    f"flag:{key}:record", f"version {version} does not decode: {error}", kind="load"
-                )
-        return records
+        return self._loadable(
+            _flag_decoder,
+            [(raw, f"flag:{key}:record", f"version {version}") for raw, key, version in rows],
+        )
 
     async def flag_history(
         self, key: str, *, limit: int, offset: int
@@ -1097,14 +1094,21 @@ class Store:
 
     async def registrations(self) -> list[ServiceRegistration]:
         rows = await self._fetchall("SELECT record, name FROM services ORDER BY name")
-        found: list[ServiceRegistration] = []
-        for raw, name in rows:
+        return self._loadable(
+            _service_decoder, [(raw, f"service:{name}", "registration") for raw, name in rows]
+        )
+
+    def _loadable(
+        self, decoder: msgspec.json.Decoder[T], rows: list[tuple[bytes, str, str]]
+    ) -> list[T]:
+        """The rows (raw, where, what) that decode; the others are reported and skipped, so
+        a damaged or foreign record never stops start-up."""
+        found: list[T] = []
+        for raw, where, what in rows:
             try:
-                found.append(_service_decoder.decode(raw))
-            except msgspec.DecodeError as error:  # reported and skipped: never stops start-up
-                self.problems.report(
-                    f"service:{name}", f"registration does not decode: {error}", kind="load"
-                )
+                found.append(decoder.decode(raw))
+            except msgspec.DecodeError as error:
+                self.problems.report(where, f"{what} does not decode: {error}", kind="load")
         return found
 
     # -- export, import and backup (fpcd export / import / backup) ----------------
