@@ -293,6 +293,8 @@ class AnalyticsDay(View, kw_only=True):
     date: str
     total: int
     enabled: int
+    #: That day's evaluations per served variant (the web console's chart).
+    variants: dict[str, int] = {}
 
 
 class FlagAnalyticsDocument(View, kw_only=True):

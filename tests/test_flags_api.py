@@ -347,7 +347,13 @@ async def test_analytics_counts_every_evaluation(
     assert report["reasons"]["DEFAULT"] == 30  # not targeted
     assert sum(report["variants"].values()) == report["enabled"]
     assert report["daily"] == [
-        {"date": datetime.now(UTC).date().isoformat(), "total": 50, "enabled": report["enabled"]}
+        {
+            "date": datetime.now(UTC).date().isoformat(),
+            "total": 50,
+            "enabled": report["enabled"],
+            # Per day per variant (the console's chart): today holds every evaluation.
+            "variants": report["variants"],
+        }
     ]
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
     _, later = await call(

@@ -4,7 +4,8 @@ Unix sockets are guarded by their file's owner, group and mode, like docker.sock
 peer that can connect is trusted as an administrator, and its uid/pid (SO_PEERCRED) go
 into the audit log. TCP callers present a token (PyJWT): HS256 with a shared secret, or
 RS256/ES256 with a public key or a JWKS file; exp, nbf, iss and aud are checked, and
-`alg: none` or any algorithm outside the configured ones is refused.
+`alg: none` or any algorithm outside the configured ones is refused. The web console's
+session cookie (api/session.py) is the last place a token is looked for.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from fpcd.api.session import SessionGuard, session_token
 from fpcd.domain.access import ROLES
 from fpcd.domain.errors import BadRequest, Unauthenticated
 from fpcd.domain.model import Caller
@@ -234,6 +236,8 @@ class Authenticator:
         self.verifier = verifier
         #: auth.anonymous_role: the role of a TCP request that carries no token at all.
         self.anonymous_role = anonymous_role
+        #: The web console's cookie sessions and their CSRF tokens (api/session.py).
+        self.sessions = SessionGuard()
 
     def unix_caller(self, request: web.Request) -> Caller | None:
         if request.remote:  # an address: TCP (a Unix socket peer has none)
@@ -261,6 +265,9 @@ class Authenticator:
         if self.verifier is None:
             return Caller(subject="anonymous", peer=peer, roles=("editor",))
         token = bearer_token(request)
+        session = None
+        if token is None:  # the web console's cookie, last
+            token = session = session_token(request)
         if token is None:
             if self.anonymous_role is not None:
                 return Caller(subject=ANONYMOUS, peer=peer, roles=(self.anonymous_role,))
@@ -270,10 +277,13 @@ class Authenticator:
                 "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="fpcd"'}
             )
         try:
-            return self.verifier.verify(token, peer=peer)
+            caller = self.verifier.verify(token, peer=peer)
         except Unauthenticated as error:
             error.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
             raise
+        if session is not None:  # same origin, and a write carries the CSRF token
+            self.sessions.check(request, session)
+        return caller
 
     def verify_token(self, token: str, *, peer: str) -> Caller:
         if self.verifier is None:

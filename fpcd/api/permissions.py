@@ -87,6 +87,14 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ofrep/v1/configuration"): Rule(a.FLAGS_EVALUATE),
     ("POST", "/ofrep/v1/evaluate/flags"): Rule(a.FLAGS_EVALUATE),
     ("POST", "/ofrep/v1/evaluate/flags/{key}"): Rule(a.FLAGS_EVALUATE),
+    # The web console (routes_ui): its files and its sign-in need no role; what it shows
+    # comes from the routes above, authorized for the session's token like any client.
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{asset}"): PUBLIC,
+    ("GET", "/ui/session"): PUBLIC,
+    ("POST", "/ui/session"): PUBLIC,
+    ("DELETE", "/ui/session"): PUBLIC,
 }
 
 

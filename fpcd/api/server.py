@@ -14,6 +14,7 @@ from fpcd.api import (
     routes_portability,
     routes_secrets,
     routes_services,
+    routes_ui,
     ws,
 )
 from fpcd.api.auth import Authenticator
@@ -96,6 +97,7 @@ def build_api_app(
         app[routes_portability.PORTABILITY] = portability
         routes_portability.add_routes(app)
     app.router.add_get("/openapi.json", openapi)
+    routes_ui.add_routes(app)  # the web console at /ui/
     install_pipeline(app)
     return app
 

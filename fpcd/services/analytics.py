@@ -118,13 +118,15 @@ class FlagAnalytics:
         variants: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         days: dict[str, list[int]] = {}
+        day_variants: dict[str, Counter[str]] = {}
         for hour, variant, enabled, reason, n in rows:
             total += n
             enabled_total += n if enabled else 0
+            day = datetime.fromtimestamp(hour * 3600, UTC).date().isoformat()
             if variant:
                 variants[variant] += n
+                day_variants.setdefault(day, Counter())[variant] += n
             reasons[reason] += n
-            day = datetime.fromtimestamp(hour * 3600, UTC).date().isoformat()
             bucket = days.setdefault(day, [0, 0])
             bucket[0] += n
             bucket[1] += n if enabled else 0
@@ -138,6 +140,7 @@ class FlagAnalytics:
             variants=dict(variants),
             reasons=dict(reasons),
             daily=[
-                AnalyticsDay(date=day, total=t, enabled=e) for day, (t, e) in sorted(days.items())
+                AnalyticsDay(date=day, total=t, enabled=e, variants=dict(day_variants.get(day, {})))
+                for day, (t, e) in sorted(days.items())
             ],
         )
