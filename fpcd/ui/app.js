@@ -326,8 +326,7 @@
     const bar = Math.max(4, Math.min(22, band * 0.7));
     const y = (value) => pad.top + plotH - (value / max) * plotH;
     const svg = s('svg', { class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': label });
-    for (const tick of [0, 0.5, 1]) {
-      const value = Math.round(max * tick);
+    for (const value of [...new Set([0, Math.round(max / 2), max])]) {
       svg.appendChild(s('line', { x1: pad.left, x2: width - pad.right, y1: y(value), y2: y(value) }));
       svg.appendChild(s('text', { x: pad.left - 6, y: y(value) + 4, 'text-anchor': 'end' }, value));
     }
@@ -465,15 +464,18 @@
       if (link.dataset.route === name) link.setAttribute('aria-current', 'page'); else link.removeAttribute('aria-current');
     }
     const main = byId('main');
-    put(main);
+    // Each view draws into its own box: one still loading when the next is opened
+    // draws into a detached box, never over its successor.
+    const box = h('div', { class: 'view' });
+    put(main, box);
     const View = VIEWS[name] || VIEWS.configs;
-    const view = new View(main, parts.slice(1));
+    const view = new View(box, parts.slice(1));
     current = view;
     live.want([]);
     try {
       await view.mount();
     } catch (error) {
-      if (current === view) put(main, problemBox(error));
+      if (current === view) put(box, problemBox(error));
     }
     document.title = `${view.title || 'fpcd'} · fpcd console`;
     if (fromUser && current === view) {
@@ -595,11 +597,11 @@
       this.title = `${this.service}/${this.env}`;
       await this.load();
       await this.render();
-      live.want([{ serviceName: this.service, environment: this.env, subscriptions: ['config-updates'] }]);
+      if (current === this) live.want([{ serviceName: this.service, environment: this.env, subscriptions: ['config-updates'] }]);
     }
 
     renderSidebar() {
-      const filter = h('input', { type: 'search', id: 'service-filter', placeholder: 'name' });
+      const filter = h('input', { type: 'search', id: 'service-filter', placeholder: 'name', value: this.filterText || '' });
       const list = h('ul');
       const fill = () => {
         const q = filter.value.trim().toLowerCase();
@@ -613,7 +615,7 @@
             }, `${e.name} v${e.version}`))))));
         if (!list.children.length) list.appendChild(h('li', { class: 'muted' }, 'No services'));
       };
-      filter.addEventListener('input', fill);
+      filter.addEventListener('input', () => { this.filterText = filter.value; fill(); });
       fill();
       const name = h('input', { id: 'new-service', pattern: '[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}', required: true });
       const env = h('select', { id: 'new-service-env' }, session.me.knownEnvironments.map((e) =>
@@ -863,7 +865,13 @@
 
     async refresh(force) {
       const before = this.signature;
-      await this.load();
+      const [{ data }] = await Promise.all([api('GET', '/api/config'), this.load()]);
+      if (compact(data.items) !== compact(this.services)) {
+        this.services = data.items;
+        const focused = document.activeElement && document.activeElement.id;
+        this.renderSidebar();
+        if (focused === 'service-filter') byId(focused).focus();
+      }
       if (force || before !== this.signature) {
         if (this.tab === 'edit') {
           if (this.dirty && this.layer && this.layer.version !== this.editBase) {
@@ -935,7 +943,6 @@
     }
 
     mount() {
-      live.want([]);
       return this.key ? this.mountDetail() : this.mountList();
     }
 
@@ -1019,6 +1026,8 @@
 
     update(flag) {
       if (!flag) return;
+      const known = this.flags.get(flag.key);
+      if (known && known.version > flag.version) return; // an older message, overtaken
       this.flags.set(flag.key, flag);
       const old = this.rows.get(flag.key);
       if (old && this.visible(flag)) {
@@ -1050,7 +1059,7 @@
       const focusedFlag = document.activeElement && document.activeElement.getAttribute('data-flag');
       put(this.root,
         h('p', null, h('a', { href: '#/flags' }, '← All flags')),
-        h('div', { class: 'row' }, h('h1', null, flag.key), flagSwitch(flag, (f, b) => this.toggle(f, b))),
+        h('div', { class: 'row title-row' }, h('h1', null, flag.key), flagSwitch(flag, (f, b) => this.toggle(f, b))),
         flag.name !== flag.key ? h('p', { class: 'muted' }, flag.name) : null,
         h('nav', { class: 'tabs', 'aria-label': 'Flag views' }, tabs.map(([key, text]) =>
           h('a', { href: `${base}/${key}`, 'aria-current': key === this.tab ? 'page' : null }, text))),
@@ -1244,7 +1253,7 @@
       const used = series.filter((name) => rows.some((r) => r.values[name]));
       const swatch = (name) => s('svg', { width: 12, height: 12, 'aria-hidden': 'true' }, s('rect', { width: 12, height: 12, fill: colors[name] }));
       return h('div', null,
-        h('p', { id: 'analytics-total' }, `${report.total} evaluations: ${report.enabled} on, ${report.disabled} off.`),
+        h('p', { id: 'analytics-total' }, `${report.total} evaluation${report.total === 1 ? '' : 's'}: ${report.enabled} on, ${report.disabled} off.`),
         report.total ? [
           stackedBars(rows, used, colors, `Evaluations of ${this.key} per day and variant, ${from} to ${to}`),
           h('ul', { class: 'legend', 'aria-label': 'Legend' }, used.map((name) => h('li', null, swatch(name), name))),
