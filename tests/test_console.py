@@ -162,6 +162,30 @@ def seed(api: Api, health_url: str | None = None) -> None:
     api.ok(
         "POST",
         "/api/features",
+        {
+            "name": "Holiday Banner",
+            "description": "the seasonal banner on the home page",
+            "enabled": True,
+            "rollout": {
+                "percentage": 100,
+                "regions": ["eu", "us"],
+                "excludeUserIds": ["u-blocked"],
+                "startDate": "2025-12-01T00:00:00Z",
+                "endDate": "2099-01-06T00:00:00Z",
+            },
+            "rules": [{"attribute": "plan", "operator": "in", "values": ["pro", "team"]}],
+            "variants": [
+                {"id": "red", "weight": 70, "configuration": {"color": "#c00", "text": "Sale"}},
+                {"id": "green", "weight": 30, "configuration": {"color": "#070", "text": "Sale"}},
+            ],
+            "dependencies": ["dark_mode"],
+            "environments": {"staging": {"rollout": {"percentage": 100, "regions": []}}},
+            "tags": ["marketing", "ui"],
+        },
+    )
+    api.ok(
+        "POST",
+        "/api/features",
         {"name": "Search v2", "enabled": True, "tags": ["search"], "rollout": {"percentage": 10}},
     )
     for i in range(40):
@@ -278,10 +302,10 @@ class Console:
         self.page.evaluate("h => { location.hash = h }", hash_)
         return self.page
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, *, full_page: bool = True) -> None:
         if SHOTS:
             Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=full_page)
 
     def close(self) -> None:
         self.context.close()
@@ -838,7 +862,7 @@ def test_every_main_page_renders(browser: Browser, spawn: Any) -> None:
             ("config-history", "#/configs/checkout/production/history", "table.diff"),
             ("config-edit", "#/configs/checkout/production/edit", "#layer-json"),
             ("flags", "#/flags", "#flags"),
-            ("flag-detail", "#/flags/new_checkout_flow", "#variants"),
+            ("flag-detail", "#/flags/holiday_banner", "#variants"),
             ("flag-analytics", "#/flags/new_checkout_flow/analytics", "svg.chart"),
             ("secrets", "#/secrets/checkout/production", "tr[data-secret]"),
             ("services", "#/services", "tr[data-service=search] .status-healthy"),
@@ -854,7 +878,7 @@ def test_every_main_page_renders(browser: Browser, spawn: Any) -> None:
                 )
                 page.get_by_role("button", name="Save", exact=True).click()
                 expect(page.locator(".field-errors li")).to_have_count(2)
-            console.shot(name)
+            console.shot(name, full_page=name != "audit")  # the log runs long
         phone = Console(browser, fresh.url, viewport={"width": 390, "height": 844})
         try:
             phone.sign_in(fresh.token, "#/flags")

@@ -391,8 +391,12 @@
     /** The streams the page wants; the flag stream is always kept. */
     want(streams) {
       const all = [...streams];
-      if (session.me && session.me.actions.includes('flags:read')) {
-        all.push({ serviceName: FLAG_STREAM, environment: session.me.defaultEnvironment, subscriptions: ['feature-flags'] });
+      const me = session.me;
+      if (me && me.actions.includes('flags:read')) {
+        // Flag messages are not tied to a stream's service; its environment must be one the token may read.
+        const allowed = (env) => me.environments === null || me.environments.some((p) => globMatch(p, env));
+        const environment = [me.defaultEnvironment, ...me.knownEnvironments].find(allowed);
+        if (environment) all.push({ serviceName: FLAG_STREAM, environment, subscriptions: ['feature-flags'] });
       }
       this.wanted = new Map(all.map((st) => [`${st.serviceName}\u0000${st.environment}`, st]));
       this.sync();
@@ -455,10 +459,11 @@
   const VIEWS = {};
 
   async function route(fromUser) {
-    const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
+    const decode = (part) => { try { return decodeURIComponent(part); } catch (error) { return part; } };
+    const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decode);
     const name = parts[0] || 'configs';
     if (name === 'signin' || !session.me) { showSignIn(); return; }
-    if (!byId('main')) renderShell();
+    if (!document.querySelector('header.top')) renderShell(); // first view, or back from sign-in
     if (current && current.unmount) current.unmount();
     for (const link of document.querySelectorAll('.top nav a')) {
       if (link.dataset.route === name) link.setAttribute('aria-current', 'page'); else link.removeAttribute('aria-current');
@@ -491,13 +496,13 @@
 
   // -- sign-in ------------------------------------------------------------------------------
 
-  function showSignIn(message) {
+  function showSignIn(message, calm) {
     live.stop();
     if (current && current.unmount) current.unmount();
     current = null;
     const input = h('input', { id: 'token', name: 'token', type: 'password', autocomplete: 'off', spellcheck: 'false', required: true });
     const error = h('div', { id: 'signin-error' });
-    if (message) put(error, h('p', { class: 'error', role: 'alert' }, message));
+    if (message) put(error, h('p', { class: calm ? 'notice' : 'error', role: calm ? 'status' : 'alert' }, message));
     const anonymous = session.anonymous;
     const form = h('form', {
       onsubmit: async (event) => {
@@ -536,12 +541,17 @@
   }
 
   async function signOut() {
-    try { await api('DELETE', '/ui/session'); } catch (error) { /* the cookie is cleared either way */ }
+    try {
+      await api('DELETE', '/ui/session');
+    } catch (error) {
+      toast(`Not signed out: ${error.message}`, true);
+      return;
+    }
     session.me = null;
     live.stop();
     const me = await loadSession();
     put(document.body);
-    if (me) route(false); else showSignIn('Signed out.');
+    if (me) route(false); else showSignIn('Signed out.', true);
   }
 
   // -- configuration ------------------------------------------------------------------------
@@ -687,7 +697,8 @@
       const secrets = Object.entries(doc.secrets || {});
       put(this.body,
         h('dl', { class: 'facts' },
-          h('dt', null, 'Version'), h('dd', { id: 'effective-version' }, this.env === BASE ? `${doc.version}` : `${doc.version} over default ${doc.baseVersion ?? '—'}`),
+          h('dt', null, 'Version'), h('dd', { id: 'effective-version' }, this.env === BASE ? `${doc.version}`
+            : (doc.version ? `${doc.version} over default ${doc.baseVersion ?? '—'}` : `no ${this.env} layer: default ${doc.baseVersion}`)),
           h('dt', null, 'Checksum'), h('dd', null, h('code', { title: doc.checksum }, short(doc.checksum, 16))),
           h('dt', null, 'Written'), h('dd', null, timeEl(doc.createdAt), doc.createdBy ? ` by ${doc.createdBy}` : ''),
           doc.description ? [h('dt', null, 'Description'), h('dd', null, doc.description)] : null),
@@ -1273,7 +1284,7 @@
     async refreshDetail() {
       try {
         const { data } = await api('GET', `/api/features/${enc(this.key)}?includeArchived=true`);
-        if (data.version === this.flag.version && this.tab !== 'history') return;
+        if (data.version === this.flag.version) return;
         this.flag = data;
         if (this.tab === 'definition' || this.tab === 'history') await this.renderDetail();
         else {
@@ -1304,9 +1315,11 @@
     }
 
     async mount() {
-      const { data } = await api('GET', '/api/config');
-      const services = data.items.map((i) => i.serviceName);
-      if (this.service && !services.includes(this.service)) services.push(this.service);
+      const [configs, registered] = await Promise.all([api('GET', '/api/config'),
+        api('GET', '/api/services').catch(() => ({ data: { items: [] } }))]);
+      const services = [...new Set([...configs.data.items.map((i) => i.serviceName),
+        ...registered.data.items.map((i) => i.serviceName).filter((n) => can('secrets:list', n)),
+        ...(this.service ? [this.service] : [])])];
       this.env = this.env || session.me.defaultEnvironment;
       const svc = h('select', { id: 'secret-service' }, h('option', { value: '' }, 'Choose…'), services.sort().map((n) => h('option', { value: n, selected: n === this.service }, n)));
       const env = h('select', { id: 'secret-env' }, session.me.knownEnvironments.map((e) => h('option', { value: e, selected: e === this.env }, e)));
