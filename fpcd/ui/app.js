@@ -797,7 +797,7 @@
           }
           save.disabled = true;
           try {
-            const { data } = await api('PUT', `/api/config/${enc(this.service)}`, { environment: this.env, config, description: description.value },
+            const { data } = await api('PUT', `/api/config/${enc(this.service)}`, { environment: this.env, config, description: description.value, tags: (this.layer && this.layer.tags) || [] },
               { 'If-Match': `"${this.editBase}"` });
             this.dirty = false;
             toast(data.changed ? `Saved ${this.service}/${this.env} version ${data.version}.` : 'No change: the layer already has this content.');
