@@ -146,7 +146,7 @@ class FlagProtocol(asyncio.Protocol):
     def _answer(self, lines: list[bytes], out: bytearray) -> None:
         """Answer complete lines in order into `out`, all evaluated at one instant."""
         flags = self._flags
-        batch = flags.batch(flags.time())
+        batch = flags.batch(flags.clock.time())
         one, many = batch.one, batch.many
         decode, encode_into, max_line = _decode, _encode_into, self._max_line
         answered = rejected = 0

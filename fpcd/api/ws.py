@@ -31,6 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
 from fpcd.api.ws_frames import StrictWebSocketResponse
+from fpcd.clock import Clock
 from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import FpcdError
@@ -139,9 +140,13 @@ class Connection:
         caller: Caller,
         stats: LiveStats,
         limits: WebSocketLimits | None = None,
+        *,
+        clock: Clock,
     ) -> None:
         limits = limits or WebSocketLimits()
         self.ws = ws
+        #: The daemon's clock: the token's expiry is judged at its now.
+        self.clock = clock
         #: Who this connection speaks for; PUBLIC_CALLER until it authenticates.
         self.caller = caller
         self._stats = stats
@@ -170,7 +175,7 @@ class Connection:
         expires_at = self.caller.expires_at
         if expires_at is not None:
             self._expiry = asyncio.get_running_loop().call_later(
-                max(0.0, expires_at - time.time()),
+                max(0.0, expires_at - self.clock.time()),
                 self.close_soon,
                 CLOSE_TOKEN_EXPIRED,
                 TOKEN_EXPIRED_REASON,
@@ -178,7 +183,7 @@ class Connection:
 
     def expired(self) -> bool:
         expires_at = self.caller.expires_at
-        return expires_at is not None and expires_at <= time.time()
+        return expires_at is not None and expires_at <= self.clock.time()
 
     def deliver(self, data: bytes) -> None:
         if self._closing:
@@ -307,7 +312,7 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
             conn.deliver(encode(Authenticated(subject=conn.caller.subject)))
             return False
         case Ping():
-            conn.deliver(encode(Pong(timestamp=int(time.time() * 1000))))
+            conn.deliver(encode(Pong(timestamp=int(conn.clock.time() * 1000))))
             return False
         case Subscribe() | Unsubscribe():
             if conn.expired():  # before the timer fires: nothing more under this token
@@ -375,7 +380,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,  # every subscriber gets the same bytes, encoded once
     )
     await ws.prepare(request)
-    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits)
+    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits, clock=hub.clock)
     connections.add(conn)
     hub.connect(conn)
     conn.start(request.transport)

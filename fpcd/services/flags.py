@@ -8,9 +8,7 @@ update. Date boundaries are scheduled so subscribers hear of a switch when it ha
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import attrgetter
 from time import perf_counter
@@ -18,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.errors import (
     Conflict,
     FieldError,
@@ -50,6 +49,7 @@ from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
+    ComponentHealth,
     EvaluationCount,
     EvaluationCountsResult,
     FlagAnalyticsDocument,
@@ -96,20 +96,19 @@ class FlagService:
         bus: EventBus,
         *,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         default_environment: str,
         analytics: FlagAnalytics,
         scheduler: Scheduler,
-        time_source: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._committer = committer
         self._bus = bus
         self._node_id = node_id
-        self._clock = clock
-        self._time = time_source
-        #: The clock for callers that evaluate a batch at one instant (the flag socket).
-        self.time = time_source
+        #: The daemon's clock; callers that evaluate a batch at one instant (the flag
+        #: socket) read it once for the batch.
+        self.clock = clock
+        self._time = clock.time
         self.default_environment = default_environment
         self.analytics = analytics
         self._scheduler = scheduler
@@ -212,6 +211,10 @@ class FlagService:
 
     def counts(self) -> dict[str, int]:
         return {"flags": len(self._compiled), "archived": len(self._records) - len(self._compiled)}
+
+    def health(self) -> ComponentHealth:
+        """/health's `flags`: active and archived flags."""
+        return ComponentHealth(status="ok", counts=self.counts())
 
     def get_record(self, key: str) -> FlagRecord | None:
         """The latest version, archived or not."""
@@ -326,7 +329,7 @@ class FlagService:
         self, key: str, start: datetime | None, end: datetime | None
     ) -> FlagAnalyticsDocument:
         self.get(key, include_archived=True)
-        end = end or self._clock()
+        end = end or self.clock.now()
         start = start or datetime.fromtimestamp(end.timestamp() - 30 * 86400, UTC)
         if start >= end:
             raise Invalid(
@@ -343,7 +346,7 @@ class FlagService:
 
     def _change(self, key: str, op: str, record: FlagRecord, caller: Caller) -> Change:
         return Change.by(
-            caller, key=key, op=op, payload=record, at=self._clock(), origin=self._node_id
+            caller, key=key, op=op, payload=record, at=self.clock.now(), origin=self._node_id
         )
 
     @staticmethod
@@ -391,7 +394,7 @@ class FlagService:
                     if not record.archived
                 ),
             )
-            now = self._clock()
+            now = self.clock.now()
             record = FlagRecord(
                 key=key,
                 version=(current.version if current else 0) + 1,
@@ -471,7 +474,7 @@ class FlagService:
                 current,
                 version=current.version + 1,
                 archived=True,
-                updated_at=self._clock(),
+                updated_at=self.clock.now(),
                 updated_by=caller.subject,
             )
             return [self._change(key, "archive", record, caller)]

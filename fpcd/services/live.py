@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.errors import FpcdError, NotFound
 from fpcd.domain.model import ConfigVersion, FlagRecord, ReloadRequest
@@ -30,6 +30,7 @@ from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.flags import FlagService, flag_document
+from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.live")
 
@@ -177,11 +178,13 @@ class LiveHub:
         max_subscriptions: int,
         max_replay: int = 256,
         replay_concurrency: int = 2,
-        time_source: Callable[[], float] = time.time,
+        clock: Clock,
     ) -> None:
         self._configs = configs
         self._flags = flags
-        self._time = time_source
+        #: The daemon's clock: flag updates are judged at its now, and the WebSocket door
+        #: checks tokens' expiry against it.
+        self.clock = clock
         self.max_subscriptions = max_subscriptions
         #: Most versions one replay sends (more: REPLAY_TOO_LARGE, read over REST instead).
         self.max_replay = max_replay
@@ -229,6 +232,10 @@ class LiveHub:
             "connections": len(self._by_subscriber),
             "subscriptions": sum(len(s) for s in self._by_subscriber.values()),
         }
+
+    def health(self) -> ComponentHealth:
+        """/health's `websocket`: connections and subscriptions."""
+        return ComponentHealth(status="ok", counts=self.counts)
 
     def connect(self, subscriber: Subscriber) -> None:
         self._by_subscriber.setdefault(subscriber, {})
@@ -518,7 +525,7 @@ class LiveHub:
     async def _flag_update(self, key: str, reason: str) -> None:
         record = self._flags.get_record(key)
         doc = flag_document(record) if record is not None else None
-        now = self._time()
+        now = self.clock.time()
         # One message per environment, to each subscriber once however many of its streams
         # are in that environment; encoded only if someone gets it.
         by_environment: dict[str, list[dict[Subscriber, Stream]]] = {}

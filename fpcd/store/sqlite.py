@@ -45,6 +45,7 @@ from fpcd.observe.problems import RecordProblems
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.store.files import secure_data_dir
 from fpcd.store.migrations import LATEST, MIGRATIONS, REDACTION_STEP
+from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.store")
 
@@ -547,6 +548,14 @@ class Store:
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1")
+
+    async def health(self) -> ComponentHealth:
+        """/health's `sqlite`: it answers, and no integrity check found damage."""
+        await self.ping()
+        if self.corrupt is not None:
+            detail = f"integrity check failed, writes refused: {self.corrupt}"
+            return ComponentHealth(status="degraded", detail=detail)
+        return ComponentHealth(status="ok")
 
     def _failed(self, error: sqlite3.Error, what: str) -> FpcdError:
         """Log SQLite's own error (never a generic one) and say what it means to a caller."""

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
 from fpcd.domain.shred import destroyed_versions, retired_keys, superseded_keys
@@ -64,15 +63,19 @@ class Replicator:
         poll_interval: float,
         batch_size: int = 500,
         max_group: int = MAX_GROUP,
-        time_source: Callable[[], float] = time.time,
+        clock: Clock,
+        redis_url: str = "",
+        channel: str = "",
     ) -> None:
         self._store = store
         self._bus = bus
         self.upstream = upstream
-        self.doorbell: Doorbell | None = None
+        #: Redis pub/sub (with upstream.redis_url): rung after each commit, it rings this
+        #: replicator's pull loop on every host; without it hosts poll.
+        self.doorbell = Doorbell(redis_url, channel, self.ring) if redis_url else None
         self._poll_interval = poll_interval
         self._batch = batch_size
-        self._time = time_source
+        self._clock = clock
         self._lock = asyncio.Lock()
         self._inflight: set[asyncio.Future[Any]] = set()
         self._max_group = max_group
@@ -191,7 +194,7 @@ class Replicator:
                 txn = await self._store.begin()
             if len(batch) < self._batch:
                 break
-        self.last_sync = self._time()
+        self.last_sync = self._clock.time()
         return txn
 
     async def _stage(self, group: _Group, drafts: list[Change]) -> list[Change]:
@@ -300,7 +303,7 @@ class Replicator:
             total += len(await self._apply(batch))
             if len(batch) < self._batch:
                 break
-        self.last_sync = self._time()
+        self.last_sync = self._clock.time()
         return total
 
     async def sync_once(self) -> int:
@@ -390,7 +393,12 @@ class Replicator:
 
     # -- health --------------------------------------------------------------------------------
 
+    def waiting_for(self) -> str | None:
+        """/health/ready's gate: what readiness waits for; None after the first catch-up."""
+        return None if self.caught_up.is_set() else "catch-up with the upstream"
+
     def health(self) -> ComponentHealth:
+        """/health's `upstream`: down while Postgres does not answer; cursor, head, lag."""
         cursor = self._store.upstream_cursor
         counts = {
             "cursor": cursor,
@@ -398,7 +406,7 @@ class Replicator:
             "lag": max(self.head - cursor, 0),
         }
         if self.last_sync is not None:
-            counts["secondsSinceSync"] = int(self._time() - self.last_sync)
+            counts["secondsSinceSync"] = int(self._clock.time() - self.last_sync)
         if not self.available:
             return ComponentHealth(
                 status="down", detail=self.last_error or "not connected yet", counts=counts
