@@ -70,8 +70,9 @@ class TokenVerifier:
 
     def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         auth = settings.auth
-        #: Expiry (exp), not-before (nbf) and issued-at (iat) are judged at this clock's now.
-        self._clock = clock
+        #: Expiry (exp), not-before (nbf) and issued-at (iat) are judged at this clock's
+        #: now; its bound `time` (time.time itself for the system clock) is read per request.
+        self._time = clock.time
         self.issuer = auth.issuer or None
         self.audience = auth.audience or None
         self.leeway = float(auth.leeway)
@@ -119,7 +120,7 @@ class TokenVerifier:
     ) -> str:
         if self._secret is None:
             raise RuntimeError("tokens are issued by your identity provider (RS256/ES256 set)")
-        now = int(self._clock.time())
+        now = int(self._time())
         claims: dict[str, Any] = {"sub": subject, "roles": roles, "iat": now}
         if ttl_seconds:
             claims["exp"] = now + int(ttl_seconds)
@@ -149,7 +150,7 @@ class TokenVerifier:
 
     def verify(self, token: str, *, peer: str = "") -> Caller:
         cached = self._cache.get(token)
-        now = self._clock.time()
+        now = self._time()
         if cached is not None and cached[1] > now:
             caller = cached[0]
             return caller if caller.peer == peer else msgspec.structs.replace(caller, peer=peer)
