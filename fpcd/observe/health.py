@@ -10,7 +10,7 @@ import msgspec
 
 from fpcd import __version__
 from fpcd.observe.alerts import Alerts
-from fpcd.wire import ComponentHealth, HealthDocument
+from fpcd.wire import ComponentHealth, HealthDocument, HealthStatus
 
 Check = Callable[[], Awaitable[ComponentHealth]]
 _RANK = {"ok": 0, "degraded": 1, "down": 2}
@@ -58,9 +58,9 @@ class Health:
         components = dict(zip(names, results, strict=True))
         if self.alerts is not None:
             components = {n: self.alerts.overlay(n, r) for n, r in components.items()}
-        status = "ok"
+        status: HealthStatus = "ok"
         for name, result in components.items():
-            effective = result.status
+            effective: HealthStatus = result.status
             if effective == "down" and not self._checks[name][1]:
                 effective = "degraded"
             if _RANK[effective] > _RANK[status]:

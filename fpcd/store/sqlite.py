@@ -31,6 +31,7 @@ from fpcd.domain.model import (
     Change,
     ConfigVersion,
     DataKey,
+    DestroyReason,
     FlagRecord,
     ReloadRequest,
     SchemaRecord,
@@ -172,7 +173,7 @@ class SecretRow(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float | None
     created_at: str
     created_by: str
-    destroyed: str | None
+    destroyed: DestroyReason | None
     access_count: int = 0
     last_accessed_at: str | None = None
 

@@ -39,6 +39,7 @@ from fpcd.services.changes import Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.settings import FileSettings
+from fpcd.wire import HealthStatus
 
 log = logging.getLogger("fpcd.files")
 
@@ -174,7 +175,7 @@ class FileSync:
         observer.start()
         self._observer = observer
 
-    def health(self) -> tuple[str, str | None]:
+    def health(self) -> tuple[HealthStatus, str | None]:
         """ok, or degraded with why: a file that cannot be written, a command that fails."""
         problems = [f"{t.path}: {t.error}" for t in self.targets if t.error]
         failing = [" ".join(argv) for (argv, _), st in self._commands.items() if st.failures]
