@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, assert_never
 
 import aiosqlite
 import msgspec
@@ -805,6 +805,8 @@ class Store:
                 )
             case AuditNote() | ReloadRequest():
                 pass
+            case _:
+                assert_never(change.payload)
         return False
 
     def _redact(
