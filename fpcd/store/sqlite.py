@@ -599,14 +599,25 @@ class Store:
         await self._write_lock.acquire()
         try:
             conn = self._writable()
-            try:
-                await self._hop(lambda: _begin(conn))  # may wait for another process
-            except sqlite3.Error as error:
-                raise self._failed(error, "write") from error
         except BaseException:
             self._write_lock.release()
             raise
+        try:
+            await self._hop(lambda: _begin(conn))  # may wait for another process
+        except sqlite3.Error as error:
+            self._write_lock.release()
+            raise self._failed(error, "write") from error
+        except BaseException:  # cancelled: BEGIN may still run on the writer thread
+            self._end_on_writer(conn)
+            raise
         return Transaction(self, conn, locked=True)
+
+    def _end_on_writer(self, conn: sqlite3.Connection) -> None:
+        """After a hop its caller stopped waiting for: roll back on the writer thread,
+        behind whatever that hop still does there, then release the write lock."""
+        assert self._writer_thread is not None
+        done = asyncio.get_running_loop().run_in_executor(self._writer_thread, _rollback, conn)
+        done.add_done_callback(lambda _: self._write_lock.release())
 
     def _stage(
         self, conn: sqlite3.Connection, changes: Sequence[Change], upstream: bool, txn: Transaction
@@ -1539,6 +1550,12 @@ class Transaction:
         except sqlite3.Error as error:
             await self.rollback()
             raise self.store._failed(error, "write") from error
+        except asyncio.CancelledError:  # commit_now may still run on the writer thread
+            self.open = False
+            if self._locked:
+                self._locked = False
+                self.store._end_on_writer(self.conn)
+            raise
         except BaseException:
             await self.rollback()
             raise
