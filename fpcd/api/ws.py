@@ -1,10 +1,11 @@
-"""The WebSocket door: the seed's protocol on the WS port (at `/` and `/ws`) and at `/ws`
-on the API port.
+"""The WebSocket door: the seed's protocol (`fpcd.wire.live`) on the WS port (at `/` and
+`/ws`) and at `/ws` on the API port.
 
 Client: `SUBSCRIBE {serviceName, environment, subscriptions, lastVersion?}`,
-`UNSUBSCRIBE {serviceName, environment}`, `PING`. Server: `SUBSCRIBED`,
+`UNSUBSCRIBE {serviceName, environment}`, `PING`, `AUTH {token}`. Server: `SUBSCRIBED`,
 `CONFIGURATION_UPDATE`, `FEATURE_FLAG_UPDATE`, `CONFIGURATION_RELOAD`, `UNSUBSCRIBED`,
-`PONG`, `ERROR {code, message}`. A bad frame gets ERROR and the connection lives on.
+`PONG`, `AUTHENTICATED`, `ERROR {code, message}`. A bad frame gets ERROR and the
+connection lives on.
 A message is framed once for all its subscribers and written straight to each socket
 that has taken everything so far; a connection whose socket is backed up writes from its
 own bounded queue instead, and one that falls behind is closed with code 4001 so it
@@ -24,7 +25,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Annotated
+from typing import assert_never
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -37,15 +38,20 @@ from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import FpcdError
 from fpcd.domain.model import Caller
 from fpcd.services.environments import Environments
-from fpcd.services.live import (
+from fpcd.services.live import LiveHub, LiveStats
+from fpcd.wire.live import (
     CONFIG_UPDATES,
     FEATURE_FLAGS,
     TOPICS,
+    Auth,
     Authenticated,
+    ErrorCode,
     ErrorMessage,
-    LiveHub,
-    LiveStats,
+    Ping,
     Pong,
+    Subscribe,
+    Unsubscribe,
+    decode_client_message,
     encode,
 )
 
@@ -97,33 +103,6 @@ class Pace:
         return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
-class ClientMessage(msgspec.Struct, tag_field="type", rename="camel"):
-    """Messages a client sends; extra fields are ignored so any seed client works."""
-
-
-class Subscribe(ClientMessage, tag="SUBSCRIBE", kw_only=True):
-    service_name: str
-    environment: str | None = None
-    subscriptions: list[str] = msgspec.field(default_factory=lambda: list(TOPICS))
-    last_version: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
-
-
-class Unsubscribe(ClientMessage, tag="UNSUBSCRIBE", kw_only=True):
-    service_name: str
-    environment: str | None = None
-
-
-class Ping(ClientMessage, tag="PING", kw_only=True):
-    pass
-
-
-class Auth(ClientMessage, tag="AUTH", kw_only=True):
-    """For clients that cannot send a header: the token as the first message."""
-
-    token: str
-
-
-_decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping | Auth).decode
 HUB = web.AppKey("live_hub", LiveHub)
 WS_LIMITS = web.AppKey("ws_limits", WebSocketLimits)
 DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
@@ -265,7 +244,7 @@ def text_frame(data: bytes) -> bytes:
 CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("ws_connections")
 
 
-def _error(code: str, message: str) -> bytes:
+def _error(code: ErrorCode, message: str) -> bytes:
     return encode(ErrorMessage(code=code, message=message))
 
 
@@ -284,9 +263,9 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
     """Act on one frame; True when it was a subscription (the connection is not idle)."""
     hub, default_environment = app[HUB], app[DEFAULT_ENVIRONMENT]
     try:
-        message = _decode(data)
+        message = decode_client_message(data)
     except msgspec.ValidationError as error:
-        code = "UNKNOWN_TYPE" if "`$.type`" in str(error) else "BAD_MESSAGE"
+        code: ErrorCode = "UNKNOWN_TYPE" if "`$.type`" in str(error) else "BAD_MESSAGE"
         conn.deliver(_error(code, str(error)))
         return False
     except (msgspec.DecodeError, RecursionError):
@@ -331,8 +310,7 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
             if isinstance(message, Unsubscribe):
                 hub.unsubscribe(conn, message.service_name, environment)
                 return False
-            unknown = sorted(set(message.subscriptions) - set(TOPICS))
-            if unknown or not message.subscriptions:
+            if not message.subscriptions:
                 conn.deliver(_error("BAD_MESSAGE", "subscriptions are any of " + ", ".join(TOPICS)))
                 return False
             if conn.caller.subject == PUBLIC_CALLER.subject:
@@ -365,7 +343,8 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
                 conn, message.service_name, environment, message.subscriptions, message.last_version
             )
             return True
-    return False
+        case _:
+            assert_never(message)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

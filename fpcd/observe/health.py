@@ -10,7 +10,7 @@ import msgspec
 
 from fpcd import __version__
 from fpcd.observe.alerts import Alerts
-from fpcd.wire import ComponentHealth, HealthDocument
+from fpcd.wire import ComponentHealth, HealthDocument, HealthStatus
 
 #: A component's health: `health()` of the component, plain or a coroutine, or a fixed
 #: answer (a part this configuration does not have).
@@ -73,9 +73,9 @@ class Health:
         components = dict(zip(names, results, strict=True))
         if self._alerts is not None:
             components = {n: self._alerts.overlay(n, r) for n, r in components.items()}
-        status = "ok"
+        status: HealthStatus = "ok"
         for name, result in components.items():
-            effective = result.status
+            effective: HealthStatus = result.status
             if effective == "down" and name not in self._critical:
                 effective = "degraded"
             if _RANK[effective] > _RANK[status]:

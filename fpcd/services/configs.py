@@ -34,6 +34,7 @@ from fpcd.domain.instants import utc_from_epoch
 from fpcd.domain.model import (
     Caller,
     Change,
+    ConfigAction,
     ConfigVersion,
     ReloadRequest,
     SchemaRecord,
@@ -580,7 +581,7 @@ class ConfigService:
         description: str = "",
         tags: list[str] | None = None,
         expected_version: int | None = None,
-        action: str = "update",
+        action: ConfigAction = "update",
     ) -> WriteResult:
         check_name("service", service)
         self.environments.check_write(environment)

@@ -53,26 +53,13 @@ from fpcd.wire import (
     EvaluationCount,
     EvaluationCountsResult,
     FlagAnalyticsDocument,
+    FlagView,
     Page,
 )
 
 log = logging.getLogger("fpcd.flags")
 
 _definition_decoder = msgspec.json.Decoder(FlagDefinition)
-
-
-def flag_document(record: FlagRecord) -> dict[str, Any]:
-    """The wire form of a flag: its definition plus version metadata."""
-    doc: dict[str, Any] = msgspec.to_builtins(record.definition)
-    doc["key"] = record.key
-    doc.update(
-        version=record.version,
-        archived=record.archived,
-        createdAt=record.created_at,
-        updatedAt=record.updated_at,
-        updatedBy=record.updated_by,
-    )
-    return doc
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -298,8 +285,8 @@ class FlagService:
         enabled: bool | None,
         tags: list[str],
         include_archived: bool = False,
-    ) -> Page[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    ) -> Page[FlagView]:
+        items: list[FlagView] = []
         for key in sorted(self._records):
             record = self._records[key]
             if record.archived and not include_archived:
@@ -314,15 +301,15 @@ class FlagService:
                 )
                 if is_on is not enabled:
                     continue
-            items.append(flag_document(record))
+            items.append(FlagView.of(record))
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    async def history(self, key: str, *, limit: int, offset: int) -> Page[dict[str, Any]]:
+    async def history(self, key: str, *, limit: int, offset: int) -> Page[FlagView]:
         records, total = await self._store.flag_history(key, limit=limit, offset=offset)
         if total == 0:
             raise NotFound(f"no flag {key!r}")
         return Page(
-            items=[flag_document(r) for r in records], total=total, limit=limit, offset=offset
+            items=[FlagView.of(r) for r in records], total=total, limit=limit, offset=offset
         )
 
     async def analytics_report(

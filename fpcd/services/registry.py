@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,13 +34,16 @@ from fpcd.services.changes import Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, ServiceStatusChanged
 from fpcd.store.sqlite import Store
-from fpcd.wire import Page, RegisterResult, ServiceRegister, ServiceView
+from fpcd.wire import Page, RegisterResult, ServiceRegister, ServiceStatus, ServiceView
 
 log = logging.getLogger("fpcd.registry")
 
-HEALTHY, UNHEALTHY, UNKNOWN, STALE = "healthy", "unhealthy", "unknown", "stale"
+HEALTHY: Final = "healthy"
+UNHEALTHY: Final = "unhealthy"
+UNKNOWN: Final = "unknown"
+STALE: Final = "stale"
 #: Reachable (or not probed) but missing some of its requiredConfigs.
-DEGRADED = "degraded"
+DEGRADED: Final = "degraded"
 #: A registration's metadata, encoded, at most this many bytes.
 MAX_METADATA_BYTES = 16 * 1024
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
@@ -110,10 +113,10 @@ class Observed:
     """What this host has seen of a service."""
 
     last_heartbeat: float
-    probe: str = UNKNOWN
+    probe: ServiceStatus = UNKNOWN
     last_check: float | None = None
     last_error: str | None = None
-    status: str = UNKNOWN
+    status: ServiceStatus = UNKNOWN
     #: How long the last probe took (milliseconds); all a probe reports besides status.
     latency_ms: float | None = None
 
@@ -264,7 +267,7 @@ class RegistryService:
 
     # -- status -------------------------------------------------------------------------
 
-    def _status(self, reg: ServiceRegistration, seen: Observed) -> str:
+    def _status(self, reg: ServiceRegistration, seen: Observed) -> ServiceStatus:
         if (
             reg.ttl_seconds is not None
             and self._clock.time() - seen.last_heartbeat > reg.ttl_seconds
@@ -278,7 +281,7 @@ class RegistryService:
             return seen.probe
         return HEALTHY if reg.ttl_seconds is not None else UNKNOWN
 
-    def _refresh(self, name: str) -> str:
+    def _refresh(self, name: str) -> ServiceStatus:
         reg, seen = self._services[name], self._observed[name]
         status = self._status(reg, seen)
         if status != seen.status:
