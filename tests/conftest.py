@@ -180,10 +180,9 @@ def auth(daemon: Daemon) -> dict[str, str]:
 
 def issue_token(daemon: Daemon, role: str, **claims: Any) -> str:
     """A token from the daemon's own signing secret (as `fpcd token create` makes)."""
-    assert daemon.verifier is not None
-    return daemon.verifier.issue(
-        subject=claims.pop("subject", f"test-{role}"), roles=[role], **claims
-    )
+    verifier = daemon.components.verifier
+    assert verifier is not None
+    return verifier.issue(subject=claims.pop("subject", f"test-{role}"), roles=[role], **claims)
 
 
 def api_session(daemon: Daemon, token: str | None = None, **kwargs: Any) -> aiohttp.ClientSession:

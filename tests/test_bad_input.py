@@ -251,8 +251,7 @@ async def test_no_route_is_a_problem_on_both_ports_and_counted(daemon: Daemon) -
                 assert problem["requestId"] == r.headers["X-Request-Id"]
                 if status == 405:
                     assert "GET" in r.headers["Allow"]
-    stats = daemon.metrics.sources.http if daemon.metrics else None
-    assert stats is not None
+    stats = daemon.components.http_stats
     assert stats.requests[("unmatched", "GET", 404)] >= 2
     assert stats.requests[("unmatched", "POST", 405)] == 1
 

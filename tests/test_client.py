@@ -339,7 +339,6 @@ async def test_local_evaluation_agrees_with_the_daemon(daemon: Daemon) -> None:
         await put_flag(daemon, flag)
     keys = [f["key"] for f in AGREEMENT_FLAGS] + ["missing"]
     rng = random.Random(20261125)
-    assert daemon.flags is not None
     async with client_for(daemon) as client:
         # The same context at the same instant, the instant itself random within two
         # years (so the date window is sometimes before, inside and after).
@@ -352,7 +351,7 @@ async def test_local_evaluation_agrees_with_the_daemon(daemon: Daemon) -> None:
             seen.update(r.detail or "" for r in ours.values())
             if context.environment is None:  # the client's environment is the default
                 context = with_env(context, "prod")
-            theirs = daemon.flags.evaluate(keys, context, now)
+            theirs = daemon.components.flags.evaluate(keys, context, now)
             assert ours == theirs, (context, now)
         # Every outcome of the evaluation order was exercised.
         reasons = {"STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT", "ERROR"}

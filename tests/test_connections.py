@@ -91,7 +91,7 @@ async def test_past_the_cap_tcp_is_refused_and_the_unix_sockets_keep_working(
     small: Daemon, caplog: pytest.LogCaptureFixture
 ) -> None:
     api = small.addresses["api"]
-    stats = small.connection_stats
+    stats = small.components.connection_stats
     idle = await open_idle(api, 5)
     await wait_until(lambda: stats.open["api"] == 5)
     # The sixth is answered 503 (problem+json) and closed at once.
@@ -141,7 +141,7 @@ async def test_a_slow_request_head_is_cut_off(small: Daemon) -> None:
     writer.close()
     assert reader.at_eof(), "the trickling connection was never closed"
     assert time.monotonic() - started >= 0.9  # not before the timeout
-    assert small.connection_stats.header_timeouts["api"] == 1
+    assert small.components.connection_stats.header_timeouts["api"] == 1
     # A prompt client on a new connection is served.
     assert await tcp_health(small.addresses["api"]) == 200
 
@@ -156,7 +156,7 @@ async def test_an_idle_keep_alive_connection_is_closed(small: Daemon) -> None:
     await closed_by_server(reader)  # the rest of the response, then the close
     writer.close()
     assert time.monotonic() - started >= 0.5
-    await wait_until(lambda: small.connection_stats.open["api"] == 0)
+    await wait_until(lambda: small.components.connection_stats.open["api"] == 0)
 
 
 def test_the_cap_fits_the_descriptor_limit() -> None:

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ import jwt
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from tests.conftest import DaemonProcess, secret_value
+from fpcd.app import Daemon
+from tests.clocks import MovableClock
+from tests.conftest import DaemonProcess, issue_token, make_settings, secret_value
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Root in CI containers: Chromium's sandbox needs user namespaces it may not get there.
@@ -458,6 +461,29 @@ async def test_session_cookie_csrf_and_origin(proc: DaemonProcess, api: Api) -> 
     ):
         assert r.status == 401
         assert "fpcd_session=;" in r.headers["Set-Cookie"]
+
+
+async def test_the_session_cookie_lives_until_the_token_expires_in_the_daemons_time(
+    tmp_path: Path,
+) -> None:
+    """The cookie's Max-Age is what is left of the token at the daemon's clock (the one
+    that judges its expiry), not at the host's."""
+    clock = MovableClock()
+    daemon = Daemon(make_settings(tmp_path), clock=clock)
+    await daemon.start()
+    try:
+        token = issue_token(daemon, "viewer", ttl_seconds=7200)
+        clock.offset = timedelta(minutes=75)  # 45 minutes of the token are left
+        left = 45 * 60 + daemon.settings.auth.leeway  # accepted until exp + auth.leeway
+        async with (
+            aiohttp.ClientSession(base_url=daemon.addresses["api"]) as http,
+            http.post("/ui/session", json={"token": token}) as r,
+        ):
+            assert r.status == 201
+            max_age = int(r.cookies["fpcd_session"]["max-age"])
+        assert left - 60 <= max_age <= left  # the host's clock would give 2 h
+    finally:
+        await daemon.stop()
 
 
 # -- in the browser ---------------------------------------------------------------------------

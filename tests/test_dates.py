@@ -202,7 +202,7 @@ async def test_data_dir_with_out_of_range_records_starts_and_the_api_fixes_them(
     daemon = Daemon(make_settings(data))
     await daemon.start()
     try:
-        assert daemon.store is not None and not daemon.store.problems.open
+        assert not daemon.components.store.problems.open
     finally:
         await daemon.stop()
 
@@ -227,8 +227,7 @@ async def test_replicated_out_of_range_change_neither_stops_a_host_nor_a_new_one
             _, doc = await call(http, "GET", "/api/features/promo")
 
             # A host of an older release (or a hostile one) ships a change with the attack.
-            assert first.flags is not None
-            current = first.flags.get("promo")
+            current = first.components.flags.get("promo")
             definition = current.definition
             bad = FlagRecord(
                 key="promo",

@@ -198,7 +198,7 @@ async def test_unchanged_content_is_not_rewritten(tmp_path: Path, make_daemon: A
     inode, mtime = target.stat().st_ino, target.stat().st_mtime_ns
     await put(daemon, {"a": 1}, description="same content")  # no version
     await put(daemon, {"a": 1}, env="staging")  # other environment
-    await until(daemon.files.idle)  # anything these caused would be queued by now
+    await until(daemon.components.files.idle)  # anything these caused would be queued by now
     assert (target.stat().st_ino, target.stat().st_mtime_ns) == (inode, mtime)
     assert lines(ran) == ["run"]
 
@@ -213,7 +213,7 @@ async def test_burst_gives_one_write_and_one_command(tmp_path: Path, make_daemon
     for n in range(10):
         await put(daemon, {"n": n})
     await until(lambda: len(lines(ran)) >= 1)
-    await until(daemon.files.idle)
+    await until(daemon.components.files.idle)
     assert json.loads(a.read_text()) == {"n": 9}
     assert lines(ran) == ["run"]  # one run for both files and all ten changes
 
@@ -261,7 +261,9 @@ async def test_commands_never_use_a_shell_unless_asked(tmp_path: Path, make_daem
         entry(tmp_path / "out" / "s.json", command=f"echo hi > {shelled}", shell=True),
     )
     await put(daemon, {"a": 1})
-    await until(lambda: daemon.files.command_runs == 2 and daemon.files.idle())
+    await until(
+        lambda: daemon.components.files.command_runs == 2 and daemon.components.files.idle()
+    )
     assert shelled.read_text() == "hi\n"
     assert not plain.exists()
 
@@ -276,9 +278,11 @@ async def test_drift_is_restored_or_reported(tmp_path: Path, make_daemon: Any) -
     await until(lambda: kept.read_bytes() == original)
     kept.unlink()
     await until(lambda: kept.exists() and kept.read_bytes() == original)
-    seen = daemon.files.drift_detected
+    seen = daemon.components.files.drift_detected
     reported.write_text("edited by hand")
-    await until(lambda: daemon.files.drift_detected > seen and daemon.files.idle())
+    await until(
+        lambda: daemon.components.files.drift_detected > seen and daemon.components.files.idle()
+    )
     assert reported.read_text() == "edited by hand"
     async with (
         api_session(daemon) as http,

@@ -367,10 +367,6 @@ def definition(**fields: Any) -> FlagDefinition:
     ("fields", "path"),
     [
         (
-            {"rules": [{"attribute": "a", "operator": "like", "values": ["x"]}]},
-            "$.rules[0].operator",
-        ),
-        (
             {"rules": [{"attribute": "a", "operator": "gt", "values": ["ten"]}]},
             "$.rules[0].values[0]",
         ),
@@ -403,6 +399,10 @@ def test_validation_names_the_path(fields: dict[str, Any], path: str) -> None:
         ({"rollout": {"percentage": 101}}, "$.rollout.percentage"),
         ({"rollout": {"percentage": -1}}, "$.rollout.percentage"),
         ({"variants": [{"id": "a", "weight": -5}]}, "$.variants[0].weight"),
+        (
+            {"rules": [{"attribute": "a", "operator": "like", "values": ["x"]}]},
+            "$.rules[0].operator",
+        ),
     ],
 )
 def test_type_rules_are_checked_at_decode(fields: dict[str, Any], where: str) -> None:

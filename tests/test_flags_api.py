@@ -331,8 +331,7 @@ async def test_analytics_counts_every_evaluation(
                 },
             },
         )
-    assert daemon.flags is not None
-    await daemon.flags.analytics.flush()  # half of them from SQLite, half pending
+    await daemon.components.flags.analytics.flush()  # half of them from SQLite, half pending
     for i in range(10):
         await call(
             http,
@@ -373,7 +372,6 @@ async def test_scheduled_switch_emits_an_event(tmp_path: Path) -> None:
     daemon = Daemon(make_settings(tmp_path))
     await daemon.start()
     try:
-        assert daemon.bus is not None
         seen: list[FlagSwitched] = []
         both = asyncio.Event()
 
@@ -383,7 +381,7 @@ async def test_scheduled_switch_emits_an_event(tmp_path: Path) -> None:
                 if len(seen) == 2:
                     both.set()
 
-        daemon.bus.subscribe(listen)
+        daemon.components.bus.subscribe(listen)
         start = datetime.now(UTC) + timedelta(seconds=1)
         end = start + timedelta(seconds=1)
         async with api_session(daemon) as http:
@@ -422,18 +420,16 @@ async def test_schedule_is_rebuilt_at_start_and_on_change(tmp_path: Path) -> Non
             "/api/features",
             {"name": "later", "enabled": True, "rollout": {"startDate": later}},
         )
-    assert daemon.scheduler is not None
-    assert daemon.scheduler.job_ids("flag:") == ["flag:later:*:start"]
+    assert daemon.components.scheduler.job_ids("flag:") == ["flag:later:*:start"]
     await daemon.stop()
 
     daemon = Daemon(make_settings(tmp_path))
     await daemon.start()
     try:
-        assert daemon.scheduler is not None
-        assert daemon.scheduler.job_ids("flag:") == ["flag:later:*:start"]
+        assert daemon.components.scheduler.job_ids("flag:") == ["flag:later:*:start"]
         async with api_session(daemon) as http:
             await call(http, "PATCH", "/api/features/later", {"rollout": {"startDate": None}})
-        assert daemon.scheduler.job_ids("flag:") == []
+        assert daemon.components.scheduler.job_ids("flag:") == []
     finally:
         await daemon.stop()
 

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from fpcd.clock import SYSTEM_CLOCK
 from fpcd.services.scheduler import Scheduler
 
 #: Libraries a configuration may not use; a standalone daemon must not load them.
@@ -74,7 +75,7 @@ def test_a_standalone_daemon_loads_no_optional_library_until_used(tmp_path: Path
 
 
 async def test_periodic_jobs_run_one_at_a_time_and_skip_missed_runs() -> None:
-    scheduler = Scheduler()
+    scheduler = Scheduler(SYSTEM_CLOCK)
     scheduler.start()
     starts: list[float] = []
     release, first, third = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -104,7 +105,7 @@ async def test_periodic_jobs_run_one_at_a_time_and_skip_missed_runs() -> None:
 
 
 async def test_a_failing_periodic_job_is_counted_and_keeps_its_schedule() -> None:
-    scheduler = Scheduler()
+    scheduler = Scheduler(SYSTEM_CLOCK)
     scheduler.start()
     failures = 0
     three = asyncio.Event()
@@ -130,7 +131,7 @@ async def test_a_failing_periodic_job_is_counted_and_keeps_its_schedule() -> Non
 
 
 async def test_date_jobs_start_apscheduler_when_first_needed() -> None:
-    scheduler = Scheduler()
+    scheduler = Scheduler(SYSTEM_CLOCK)
     scheduler.start()
     fired = asyncio.Event()
 

@@ -26,8 +26,8 @@ async def put(
 
 
 def committer(daemon: Daemon) -> LocalCommitter:
-    assert isinstance(daemon.committer, LocalCommitter)
-    return daemon.committer
+    assert isinstance(daemon.components.committer, LocalCommitter)
+    return daemon.components.committer
 
 
 async def test_concurrent_writers_share_groups_and_every_ack_is_on_disk(

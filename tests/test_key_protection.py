@@ -234,7 +234,7 @@ async def stopper() -> AsyncIterator[list[Daemon]]:
     running: list[Daemon] = []
     yield running
     for daemon in running:
-        if daemon.store is not None and daemon.health is not None:
+        if daemon.started:
             await daemon.stop()
 
 

@@ -55,8 +55,10 @@ async def test_a_replay_larger_than_the_limit_gets_an_error_and_live_updates_go_
         await again.subscribe("svc", topics=["config-updates"], lastVersion=3)
         assert [(await again.next())["version"] for _ in range(3)] == [4, 5, 6]
         await again.quiet()
-        assert daemon.hub is not None
-        assert daemon.hub.stats.replays_refused == 1 and daemon.hub.stats.replays == 1
+        assert (
+            daemon.components.hub.stats.replays_refused == 1
+            and daemon.components.hub.stats.replays == 1
+        )
         async with session.get(daemon.addresses["api"] + "/metrics", headers=auth(daemon)) as r:
             metrics = await r.text()
         assert "fpcd_websocket_replays_refused_total 1.0" in metrics
@@ -98,7 +100,7 @@ async def test_subscribing_is_paced_per_connection(
         # Another connection has its own allowance.
         other = await connect(session, ws_url(daemon))
         await other.subscribe("svc0", topics=["config-updates"])
-        assert daemon.hub is not None and daemon.hub.stats.throttled == 4
+        assert daemon.components.hub.stats.throttled == 4
     finally:
         await daemon.stop()
 
@@ -115,7 +117,7 @@ async def test_any_message_flood_is_paced(tmp_path: Path, session: aiohttp.Clien
         kinds = [(await client.next())["type"] for _ in range(6)]
         assert kinds == ["PONG"] * 4 + ["ERROR", "PONG"]
         assert time.monotonic() - started >= 0.5  # four past the burst at five a second
-        assert daemon.hub is not None and daemon.hub.stats.throttled == 4
+        assert daemon.components.hub.stats.throttled == 4
     finally:
         await daemon.stop()
 
@@ -177,7 +179,7 @@ async def test_the_client_reads_over_rest_when_it_missed_too_much(
         )
         async with client:
             await wait_for(lambda: client.connected)
-            await ws.close_all(daemon.apps[1])  # the WebSocket port drops every client
+            await ws.close_all(daemon.components.ws_app)  # the WebSocket port drops every client
             await wait_for(lambda: not client.connected)
             for n in (2, 3, 4):  # while it is away: more than one version to replay
                 await put(session, daemon, "web", "prod", {"n": n})
@@ -185,7 +187,7 @@ async def test_the_client_reads_over_rest_when_it_missed_too_much(
                 lambda: client.configuration is not None and client.configuration.version == 4
             )
             assert await client.get_configuration() == {"n": 4}
-            assert daemon.hub is not None and daemon.hub.stats.replays_refused == 1
+            assert daemon.components.hub.stats.replays_refused == 1
             await put(session, daemon, "web", "prod", {"n": 5})  # and live again
             await wait_for(
                 lambda: client.configuration is not None and client.configuration.version == 5

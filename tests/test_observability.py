@@ -219,15 +219,15 @@ async def test_health_lists_every_component_and_sqlite_down_is_503(tmp_path: Pat
                 assert component["status"] == "ok" and component["latencyMs"] >= 0
             assert doc["components"]["upstream"]["detail"] == "not configured (standalone)"
 
-            assert daemon.scheduler is not None
-            await daemon.scheduler.stop()  # a part it can serve without: degraded, still 200
+            await (
+                daemon.components.scheduler.stop()
+            )  # a part it can serve without: degraded, still 200
             r = await http.get("/health")
             doc = await r.json()
             assert r.status == 200 and doc["status"] == "degraded"
             assert doc["components"]["scheduler"]["status"] == "down"
 
-            assert daemon.store is not None
-            await daemon.store.close()  # the part it cannot serve without
+            await daemon.components.store.close()  # the part it cannot serve without
             r = await http.get("/health")
             doc = await r.json()
             assert r.status == 503 and doc["status"] == "down"

@@ -29,28 +29,13 @@ def test_mypy_strict() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_domain_core_does_no_io() -> None:
-    """The pure core imports no I/O, event loop or clock (STYLE: pure core, I/O at edges)."""
-    forbidden = (
-        "aiohttp",
-        "aiosqlite",
-        "asyncpg",
-        "redis",
-        "asyncio",
-        "sqlite3",
-        "socket",
-        "os",
-        "pathlib",
-        "time",
-        "watchdog",
-        "apscheduler",
-    )
-    for path in (ROOT / "fpcd" / "domain").glob("*.py"):
-        for line in path.read_text().splitlines():
-            words = line.split()
-            if words[:1] in (["import"], ["from"]) and len(words) > 1:
-                module = words[1].split(".")[0]
-                assert module not in forbidden, f"{path.name}: {line.strip()}"
+def test_imports_keep_the_package_layers() -> None:
+    """The allowed imports between packages ([tool.importlinter] in pyproject.toml): each
+    layer imports only those below it, the client no part of the daemon, and the pure core
+    no I/O, event loop or clock (STYLE: pure core, I/O at edges)."""
+    r = run(str(BIN / "lint-imports"), "--no-cache")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " kept, 0 broken" in r.stdout, r.stdout
 
 
 def test_client_types_reach_users(tmp_path: Path) -> None:

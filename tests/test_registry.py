@@ -134,9 +134,10 @@ async def test_discovery_filters_and_deregister(http: aiohttp.ClientSession) -> 
 async def test_health_checks_follow_a_real_endpoint(
     fast: Daemon, fast_http: aiohttp.ClientSession
 ) -> None:
-    assert fast.bus is not None
     changes: list[ServiceStatusChanged] = []
-    fast.bus.subscribe(lambda e: changes.append(e) if isinstance(e, ServiceStatusChanged) else None)
+    fast.components.bus.subscribe(
+        lambda e: changes.append(e) if isinstance(e, ServiceStatusChanged) else None
+    )
     upstream = Upstream()
     await upstream.start()
     try:
@@ -188,7 +189,9 @@ async def test_a_status_change_logs_no_error(
     """Every listener on the bus takes a status change in its stride (alerting on error
     logs must not page anyone when a service turns stale and back)."""
     changes: list[ServiceStatusChanged] = []
-    fast.bus.subscribe(lambda e: changes.append(e) if isinstance(e, ServiceStatusChanged) else None)
+    fast.components.bus.subscribe(
+        lambda e: changes.append(e) if isinstance(e, ServiceStatusChanged) else None
+    )
     caplog.set_level(logging.DEBUG)
     await call(fast_http, "POST", "/api/services/register", {"name": "beat", "ttlSeconds": 1})
     await wait_status(fast_http, "beat", "stale")

@@ -80,7 +80,7 @@ async def cluster(
     yield start
     for host in hosts:
         await host.http.close()
-        if host.daemon.health is not None and host.daemon.store is not None:
+        if host.daemon.started:
             await host.daemon.stop()
 
 
@@ -109,10 +109,9 @@ async def audit_hashes(host: Host) -> list[str]:
 
 async def converged(*hosts: Host) -> bool:
     for host in hosts:  # secret reads recorded on a host are pushed in the background
-        assert host.daemon.secrets is not None
-        if await host.daemon.secrets.pending_reads():
+        if await host.daemon.components.secrets.pending_reads():
             return False
-    cursors = {h.daemon.store.upstream_cursor for h in hosts}  # type: ignore[union-attr]
+    cursors = {h.daemon.components.store.upstream_cursor for h in hosts}
     return len(cursors) == 1
 
 
@@ -390,8 +389,7 @@ async def test_analytics_add_up_every_host(cluster: Any) -> None:
                 "/api/features/evaluate",
                 {"flags": ["counted"], "context": {"userId": str(i)}},
             )
-        assert host.daemon.flags is not None
-        await host.daemon.flags.analytics.flush()
+        await host.daemon.components.flags.analytics.flush()
     for host in (a, b):
         _, report = await host.call("GET", "/api/features/counted/analytics")
         assert report["total"] == 8

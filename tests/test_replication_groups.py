@@ -19,8 +19,9 @@ from tests.test_replication import (  # noqa: F401  (fixtures)
 
 
 def replicator(host: Host) -> Replicator:
-    assert host.daemon.replicator is not None
-    return host.daemon.replicator
+    replicator = host.daemon.components.replicator
+    assert replicator is not None
+    return replicator
 
 
 async def upstream_seqs(pg_url: str) -> list[int]:

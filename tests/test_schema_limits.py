@@ -109,7 +109,7 @@ async def test_exponential_schema_is_cut_off_and_health_keeps_answering(
     assert max(latencies) < 0.1, f"health took {max(latencies) * 1000:.0f} ms"
     # The worker was replaced: the next write validates as usual.
     assert (await call(http, "PUT", "/api/config/slow", {"config": {"x": 2}}))[0] == 200
-    assert daemon.configs is not None and daemon.configs.schema_runner.timeouts == 1
+    assert daemon.components.configs.schema_runner.timeouts == 1
 
 
 async def test_a_schema_too_slow_for_the_current_configs_is_refused(
@@ -236,8 +236,7 @@ async def test_a_broken_schema_already_stored_gives_422_not_500(
             )
         ]
 
-    assert daemon.configs is not None
-    await daemon.configs._committer.commit(plan)
+    await daemon.components.configs._committer.commit(plan)
     status, problem = await call(http, "PUT", "/api/config/old", {"config": {"a": 1}})
     assert status == 422 and "could not be validated" in problem["detail"]
     assert requests == []  # validation never fetches either

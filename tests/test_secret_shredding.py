@@ -17,7 +17,7 @@ import secrets as random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,13 @@ from fpcd.domain.crypto import (
 )
 from fpcd.domain.model import Change, DataKey, SecretRewrap, SecretVersion
 from fpcd.store.sqlite import Store
+from tests.clocks import MovableClock
 from tests.conftest import make_settings, secret_value
 
 RAW_KEY = bytes(range(32))
 KEY = base64.b64encode(RAW_KEY).decode()
 _change = msgspec.json.Decoder(Change)
 _data_key = msgspec.json.Decoder(DataKey)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 def long_value(label: str) -> str:
@@ -77,7 +70,7 @@ class Host:
 async def hosts(tmp_path: Path, pg_url: str) -> AsyncIterator[Callable[..., Awaitable[Host]]]:
     started: list[Host] = []
 
-    async def start(name: str, clock: Callable[[], datetime] | None = None) -> Host:
+    async def start(name: str, clock: MovableClock | None = None) -> Host:
         settings = make_settings(
             tmp_path / name,
             upstream={"postgres_url": pg_url, "poll_interval": "200ms", "batch_size": 50},
@@ -227,7 +220,7 @@ def forms(blob: bytes) -> list[bytes]:
 async def test_destroyed_secrets_leave_no_copy_anywhere(
     hosts: Callable[..., Awaitable[Host]], pg_url: str
 ) -> None:
-    clock = Clock()
+    clock = MovableClock()
     a = await hosts("a", clock)
     b = await hosts("b")
     deleted, expired, retired_copy, live = (
@@ -238,7 +231,10 @@ async def test_destroyed_secrets_leave_no_copy_anywhere(
     )
     for name, body in (
         ("DELETED", {"value": deleted}),
-        ("EXPIRED", {"value": expired, "expiresAt": (clock() + timedelta(hours=1)).isoformat()}),
+        (
+            "EXPIRED",
+            {"value": expired, "expiresAt": (clock.now() + timedelta(hours=1)).isoformat()},
+        ),
         ("ROTATED", {"value": retired_copy}),
         ("LIVE", {"value": live}),
     ):
@@ -266,17 +262,16 @@ async def test_destroyed_secrets_leave_no_copy_anywhere(
     # Delete one, let one expire (the daemon's clock moves past it; the sweep job runs).
     assert (await a.call("DELETE", "/api/secrets/app/DELETED?environment=prod"))[0] == 204
     clock.offset = timedelta(hours=2)
-    assert a.daemon.secrets is not None
-    assert await a.daemon.secrets.expire_due() == 1
+    assert await a.daemon.components.secrets.expire_due() == 1
 
     async def b_caught_up() -> bool:
-        assert a.daemon.store is not None and b.daemon.store is not None
-        return b.daemon.store.upstream_cursor == a.daemon.store.upstream_cursor
+        return (
+            b.daemon.components.store.upstream_cursor == a.daemon.components.store.upstream_cursor
+        )
 
     await eventually(b_caught_up)
     for host in (a, b):
-        assert host.daemon.store is not None
-        await host.daemon.store.checkpoint()
+        await host.daemon.components.store.checkpoint()
 
     # A new host bootstrapping from the redacted log still gets every live value, and the
     # same audit chain (redaction keeps every change, its order and its audit fields).
@@ -296,7 +291,7 @@ async def test_destroyed_secrets_leave_no_copy_anywhere(
         return [e["hash"] for e in page["items"]]
 
     async def all_caught_up() -> bool:
-        cursors = {h.daemon.store.upstream_cursor for h in (a, b, c)}  # type: ignore[union-attr]
+        cursors = {h.daemon.components.store.upstream_cursor for h in (a, b, c)}
         return len(cursors) == 1
 
     await eventually(all_caught_up)

@@ -19,6 +19,7 @@ import pytest
 
 from fpcd.app import Daemon, StartupError
 from fpcd.domain.crypto import Secret, parse_master_key
+from tests.clocks import MovableClock
 from tests.conftest import api_session, issue_token, make_settings, run_cli, secret_value
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -43,16 +44,6 @@ async def call(
 async def unix(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
     async with unix_session(daemon) as session:
         yield session
-
-
-class Clock:
-    """A clock the test can move forward (the daemon's notion of now)."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 def db_bytes(data_dir: Path) -> bytes:
@@ -395,10 +386,9 @@ async def test_retiring_a_key_in_use_is_refused(
     await call(unix, "PUT", "/api/secrets/app/KEY", {"value": secret_value("inuse")})
     _, status = await call(unix, "GET", "/api/keyring")
     old = status["keys"][0]["id"]
-    assert daemon.secrets is not None
-    await daemon.secrets.stop()  # no rewrap: the old key keeps its ciphertext
+    await daemon.components.secrets.stop()  # no rewrap: the old key keeps its ciphertext
     await call(unix, "POST", "/api/keyring/rotate")
-    await daemon.secrets.stop()
+    await daemon.components.secrets.stop()
     status, problem = await call(unix, "POST", f"/api/keyring/{old}/retire")
     if status != 200:  # the rewrap may already have finished before it was stopped
         assert status == 409 and "still encrypts" in problem["detail"]
@@ -484,7 +474,7 @@ async def test_expiry_while_running(unix: aiohttp.ClientSession, daemon: Daemon)
 
 
 async def test_read_after_expiry_is_gone_before_the_job_runs(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = MovableClock()
     daemon = Daemon(make_settings(tmp_path), clock=clock)
     await daemon.start()
     try:
@@ -506,7 +496,7 @@ async def test_read_after_expiry_is_gone_before_the_job_runs(tmp_path: Path) -> 
 
 
 async def test_expiry_while_stopped_is_cleaned_at_start(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = MovableClock()
     daemon = Daemon(make_settings(tmp_path), clock=clock)
     await daemon.start()
     async with unix_session(daemon) as unix:

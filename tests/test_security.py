@@ -301,7 +301,7 @@ def test_every_rule_is_documented_in_openapi() -> None:
 async def test_every_registered_route_has_a_rule(daemon: Daemon) -> None:
     routes = [
         (route.method, resource.canonical)
-        for app in daemon.apps
+        for app in (daemon.components.api_app, daemon.components.ws_app)
         for resource in app.router.resources()
         for route in resource
         if route.method != "HEAD"

@@ -1,9 +1,6 @@
-"""Flag lookups on a Unix socket: newline-delimited JSON, pipelined, answered in order.
-
-`{"id":1,"flag":"k","context":{...}}` -> `{"id":1,"result":{...}}`
-`{"id":2,"flags":["a","b"],"context":{...}}` -> `{"id":2,"results":{"a":{...},"b":{...}}}`
-(no `flag` and no `flags`: every active flag). A bad line gets
-`{"id":..,"error":{"code":..,"message":..}}` and the connection lives on.
+"""Flag lookups on a Unix socket: newline-delimited JSON, pipelined, answered in order
+(the lines are `fpcd.wire.flagsocket`'s). A bad line gets an error reply and the
+connection lives on.
 
 Built on an asyncio Protocol rather than streams: each chunk received is split into
 lines, answered synchronously at one instant and written back with one write (measured
@@ -18,41 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 
-from fpcd.domain.flags import EvaluationContext, EvaluationResult
 from fpcd.services.flags import FlagService
+from fpcd.wire.flagsocket import ErrorCode, FlagQuery, FlagReply, FlagReplyError, RequestId
 
 log = logging.getLogger("fpcd.flagsocket")
-
-
-class FlagQuery(msgspec.Struct, kw_only=True):
-    id: int | str | None = None
-    flag: str | None = None
-    flags: list[str] | None = None
-    context: EvaluationContext = msgspec.field(default_factory=EvaluationContext)
-
-
-class ErrorBody(msgspec.Struct):
-    code: str
-    message: str
-
-
-class ErrorReply(msgspec.Struct):
-    id: Any
-    error: ErrorBody
-
-
-class ResultReply(msgspec.Struct):
-    id: Any
-    result: EvaluationResult
-
-
-class ResultsReply(msgspec.Struct):
-    id: Any
-    results: dict[str, EvaluationResult]
 
 
 _decode = msgspec.json.Decoder(FlagQuery).decode
@@ -61,11 +31,11 @@ _encode = _encoder.encode
 _encode_into = _encoder.encode_into
 
 
-def _error(request_id: Any, code: str, message: str) -> bytes:
-    return _encode(ErrorReply(request_id, ErrorBody(code, message))) + b"\n"
+def _error(request_id: RequestId, code: ErrorCode, message: str) -> bytes:
+    return _encode(FlagReply(request_id, error=FlagReplyError(code, message))) + b"\n"
 
 
-def _id_of(line: bytes) -> Any:
+def _id_of(line: bytes) -> RequestId:
     """Best effort to echo the id of a line that failed validation."""
     try:
         doc = msgspec.json.decode(line)
@@ -146,7 +116,7 @@ class FlagProtocol(asyncio.Protocol):
     def _answer(self, lines: list[bytes], out: bytearray) -> None:
         """Answer complete lines in order into `out`, all evaluated at one instant."""
         flags = self._flags
-        batch = flags.batch(flags.time())
+        batch = flags.batch(flags.clock.time())
         one, many = batch.one, batch.many
         decode, encode_into, max_line = _decode, _encode_into, self._max_line
         answered = rejected = 0
@@ -169,9 +139,10 @@ class FlagProtocol(asyncio.Protocol):
             mark = len(out)
             try:
                 if query.flag is not None:
-                    encode_into(ResultReply(query.id, one(query.flag, query.context)), out, -1)
+                    reply = FlagReply(query.id, one(query.flag, query.context))
                 else:
-                    encode_into(ResultsReply(query.id, many(query.flags, query.context)), out, -1)
+                    reply = FlagReply(query.id, None, many(query.flags, query.context))
+                encode_into(reply, out, -1)
             except Exception:  # never let one line end the connection
                 log.exception("flag socket query failed")
                 del out[mark:]

@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 document served at /openapi.json.
 
 Request and response shapes come from the same msgspec types the routes decode and
-encode (msgspec.json.schema_components), so the document cannot drift from the code;
-a test checks that every registered route is described.
+encode (`fpcd.wire`, msgspec.json.schema_components), so the document cannot drift from
+the code; a test checks that every registered route is described. The WebSocket and
+flag-socket messages (`fpcd.wire.live`, `fpcd.wire.flagsocket`), which OpenAPI has no
+paths for, are components of their own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fpcd.wire import (
     EvaluationCounts,
     EvaluationCountsResult,
     FlagAnalyticsDocument,
+    FlagView,
     HealthDocument,
     ImportAnalytics,
     ImportConfigVersions,
@@ -48,17 +51,26 @@ from fpcd.wire import (
     VersionView,
     WriteResult,
 )
+from fpcd.wire.flagsocket import FlagQuery, FlagReply
+from fpcd.wire.live import ClientMessage, ServerMessage
 
 _TYPES: list[Any] = [
     AuditVerifyResult, AuditView, ConfigDocument, ConfigPut, ConfigReload, ConfigRollback,
     DiffDocument, EvaluateRequest, EvaluateResponse, EvaluationCounts, EvaluationCountsResult,
-    FlagAnalyticsDocument, FlagDefinition,
+    FlagAnalyticsDocument, FlagDefinition, FlagView,
     HealthDocument, KeyringStatus, RegisterResult, ReloadResult, SchemaDocument, SecretPut,
     SecretView, ServiceRegister, ServiceView, StatusDocument, VersionView, WriteResult,
     Problem,
     ImportAnalytics, ImportConfigVersions, ImportFlagVersions, ImportNotes, ImportResult,
     ImportSchemas, ImportServices,
 ]  # fmt: skip
+#: The doors without paths: the flag socket's lines, and the WebSocket messages by
+#: direction (unions, told apart by `type`) under these names.
+_TYPES += [FlagQuery, FlagReply]
+_MESSAGES: dict[str, Any] = {
+    "WebSocketClientMessage": ClientMessage,
+    "WebSocketServerMessage": ServerMessage,
+}
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
 FLAG_KEY = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,127}$"}
@@ -94,7 +106,7 @@ LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
 OFFSET = _query("offset", {"type": "integer", "minimum": 0})
 SERVICE = _path("service", NAME)
 BOOL = {"type": "string", "enum": ["true", "false"]}
-FLAG = {"type": "object", "additionalProperties": True}
+FLAG = _ref(FlagView)
 
 
 def _op(
@@ -208,9 +220,10 @@ def _portability_paths() -> dict[str, dict[str, Any]]:
 
 
 def build_document() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(
-        _TYPES, ref_template="#/components/schemas/{name}"
+    messages, components = msgspec.json.schema_components(
+        [*_TYPES, *_MESSAGES.values()], ref_template="#/components/schemas/{name}"
     )
+    components.update(zip(_MESSAGES, messages[len(_TYPES) :], strict=True))
     paths: dict[str, dict[str, Any]] = {
         "/health": {
             "get": _op("Health of the daemon and its parts", _ref(HealthDocument), public=True)

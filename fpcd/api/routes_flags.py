@@ -24,8 +24,8 @@ from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
 from fpcd.domain.flags import FlagDefinition
 from fpcd.domain.instants import checked_utc, parse_iso
-from fpcd.services.flags import FlagService, flag_document
-from fpcd.wire import EvaluateRequest, EvaluateResponse, EvaluationCounts
+from fpcd.services.flags import FlagService
+from fpcd.wire import EvaluateRequest, EvaluateResponse, EvaluationCounts, FlagView
 
 FLAGS = web.AppKey("flags", FlagService)
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
@@ -65,14 +65,14 @@ async def create_flag(request: web.Request) -> web.Response:
     definition = await body_as(request, FlagDefinition)
     record = await request.app[FLAGS].create(definition, caller(request))
     headers = {**_etag(record.version), "Location": f"/api/features/{record.key}"}
-    return json_response(flag_document(record), status=201, headers=headers)
+    return json_response(FlagView.of(record), status=201, headers=headers)
 
 
 async def get_flag(request: web.Request) -> web.Response:
     record = request.app[FLAGS].get(
         _key(request), include_archived=query_bool(request, "includeArchived")
     )
-    return json_response(flag_document(record), headers=_etag(record.version))
+    return json_response(FlagView.of(record), headers=_etag(record.version))
 
 
 async def put_flag(request: web.Request) -> web.Response:
@@ -82,7 +82,7 @@ async def put_flag(request: web.Request) -> web.Response:
         key, definition, caller(request), expected_version=expected_version(request, None)
     )
     status = 201 if changed and record.version == 1 else 200
-    doc = {**flag_document(record), "changed": changed}
+    doc = FlagView.of(record, changed=changed)
     return json_response(doc, status=status, headers=_etag(record.version))
 
 
@@ -92,15 +92,14 @@ async def patch_flag(request: web.Request) -> web.Response:
     record, changed = await request.app[FLAGS].patch(
         key, patch, caller(request), expected_version=expected_version(request, None)
     )
-    doc = {**flag_document(record), "changed": changed}
-    return json_response(doc, headers=_etag(record.version))
+    return json_response(FlagView.of(record, changed=changed), headers=_etag(record.version))
 
 
 async def archive_flag(request: web.Request) -> web.Response:
     record = await request.app[FLAGS].archive(
         _key(request), caller(request), expected_version=expected_version(request, None)
     )
-    return json_response(flag_document(record), headers=_etag(record.version))
+    return json_response(FlagView.of(record), headers=_etag(record.version))
 
 
 async def flag_history(request: web.Request) -> web.Response:

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Protocol
 
 from aiohttp import web
 
 from fpcd.api.http import json_response
+from fpcd.api.routes_config import CONFIGS
+from fpcd.api.routes_flags import FLAGS
 from fpcd.api.routes_health import HEALTH
-from fpcd.observe.metrics import Metrics
+from fpcd.observe.alerts import Alerts
 from fpcd.wire import FlagUsage, StatusDocument
 
-METRICS = web.AppKey("metrics", Metrics)
+
+class Exposition(Protocol):
+    """The Prometheus exposition of the daemon's counters (`fpcd.metrics.Metrics`)."""
+
+    async def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The body and its Content-Type for this Accept header."""
+        ...
+
+
+METRICS = web.AppKey("metrics", Exposition)
+ALERTS = web.AppKey("alerts", Alerts)
 TOP_FLAGS = 10
 
 
@@ -23,21 +36,22 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    sources = request.app[METRICS].sources
-    report = await request.app[HEALTH].report()
-    services = (await sources.configs.services()).items
+    app = request.app
+    flags = app[FLAGS]
+    report = await app[HEALTH].report()
+    services = (await app[CONFIGS].services()).items
     evaluations: Counter[str] = Counter()
     enabled: Counter[str] = Counter()
-    for (flag, _variant, _reason, on), n in sources.flags.analytics.totals().items():
+    for (flag, _variant, _reason, on), n in flags.analytics.totals().items():
         evaluations[flag] += n
         enabled[flag] += n if on else 0
-    alerts = sources.alerts.active
+    alerts = app[ALERTS].active
     doc = StatusDocument(
         health=report,
         services=len(services),
         environments=len({e.name for s in services for e in s.environments}),
         config_layers=sum(len(s.environments) for s in services),
-        flags=sources.flags.counts()["flags"],
+        flags=flags.counts()["flags"],
         top_flags=[
             FlagUsage(key=key, evaluations=n, enabled=enabled[key])
             for key, n in evaluations.most_common(TOP_FLAGS)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import time
 from functools import cache
 from pathlib import Path
 from typing import Annotated, NamedTuple
@@ -195,7 +194,7 @@ async def create_session(request: web.Request) -> web.Response:
         samesite="Strict",
         path="/",
         secure=request.secure,
-        max_age=max(0, int(expires - time.time())) if expires is not None else None,
+        max_age=max(0, int(expires - authenticator.clock.time())) if expires is not None else None,
     )
     return response
 

@@ -30,8 +30,8 @@ from fpcd.api.http import (
 )
 from fpcd.api.openapi import encoded_document
 from fpcd.api.permissions import RateLimiter
+from fpcd.observe.alerts import Alerts
 from fpcd.observe.health import Health
-from fpcd.observe.metrics import Metrics
 from fpcd.observe.stats import HttpStats
 from fpcd.services.audit import AuditService
 from fpcd.services.configs import ConfigService
@@ -59,15 +59,18 @@ def build_api_app(
     authenticator: Authenticator,
     limits: RequestLimits,
     rate_limiter: RateLimiter,
-    metrics: Metrics,
+    metrics: routes_metrics.Exposition,
+    alerts: Alerts,
+    http_stats: HttpStats,
     public_metrics: bool = False,
     portability: PortabilityService | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=_HARD_BODY_CAP)
     app[AUTHENTICATOR] = authenticator
     app[PUBLIC_METRICS] = public_metrics
-    app[HTTP_STATS] = metrics.sources.http
+    app[HTTP_STATS] = http_stats
     app[routes_metrics.METRICS] = metrics
+    app[routes_metrics.ALERTS] = alerts
     app[REQUEST_LIMITS] = limits
     app[RATE_LIMITER] = rate_limiter
     app[routes_config.CONFIGS] = configs

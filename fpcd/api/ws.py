@@ -1,10 +1,11 @@
-"""The WebSocket door: the seed's protocol on the WS port (at `/` and `/ws`) and at `/ws`
-on the API port.
+"""The WebSocket door: the seed's protocol (`fpcd.wire.live`) on the WS port (at `/` and
+`/ws`) and at `/ws` on the API port.
 
 Client: `SUBSCRIBE {serviceName, environment, subscriptions, lastVersion?}`,
-`UNSUBSCRIBE {serviceName, environment}`, `PING`. Server: `SUBSCRIBED`,
+`UNSUBSCRIBE {serviceName, environment}`, `PING`, `AUTH {token}`. Server: `SUBSCRIBED`,
 `CONFIGURATION_UPDATE`, `FEATURE_FLAG_UPDATE`, `CONFIGURATION_RELOAD`, `UNSUBSCRIBED`,
-`PONG`, `ERROR {code, message}`. A bad frame gets ERROR and the connection lives on.
+`PONG`, `AUTHENTICATED`, `ERROR {code, message}`. A bad frame gets ERROR and the
+connection lives on.
 A message is framed once for all its subscribers and written straight to each socket
 that has taken everything so far; a connection whose socket is backed up writes from its
 own bounded queue instead, and one that falls behind is closed with code 4001 so it
@@ -24,27 +25,33 @@ import time
 import weakref
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Annotated
+from typing import assert_never
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
 from fpcd.api.ws_frames import StrictWebSocketResponse
+from fpcd.clock import Clock
 from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import FpcdError
 from fpcd.domain.model import Caller
 from fpcd.services.environments import Environments
-from fpcd.services.live import (
+from fpcd.services.live import LiveHub, LiveStats
+from fpcd.wire.live import (
     CONFIG_UPDATES,
     FEATURE_FLAGS,
     TOPICS,
+    Auth,
     Authenticated,
+    ErrorCode,
     ErrorMessage,
-    LiveHub,
-    LiveStats,
+    Ping,
     Pong,
+    Subscribe,
+    Unsubscribe,
+    decode_client_message,
     encode,
 )
 
@@ -96,33 +103,6 @@ class Pace:
         return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
-class ClientMessage(msgspec.Struct, tag_field="type", rename="camel"):
-    """Messages a client sends; extra fields are ignored so any seed client works."""
-
-
-class Subscribe(ClientMessage, tag="SUBSCRIBE", kw_only=True):
-    service_name: str
-    environment: str | None = None
-    subscriptions: list[str] = msgspec.field(default_factory=lambda: list(TOPICS))
-    last_version: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
-
-
-class Unsubscribe(ClientMessage, tag="UNSUBSCRIBE", kw_only=True):
-    service_name: str
-    environment: str | None = None
-
-
-class Ping(ClientMessage, tag="PING", kw_only=True):
-    pass
-
-
-class Auth(ClientMessage, tag="AUTH", kw_only=True):
-    """For clients that cannot send a header: the token as the first message."""
-
-    token: str
-
-
-_decode = msgspec.json.Decoder(Subscribe | Unsubscribe | Ping | Auth).decode
 HUB = web.AppKey("live_hub", LiveHub)
 WS_LIMITS = web.AppKey("ws_limits", WebSocketLimits)
 DEFAULT_ENVIRONMENT = web.AppKey("ws_default_environment", str)
@@ -139,9 +119,13 @@ class Connection:
         caller: Caller,
         stats: LiveStats,
         limits: WebSocketLimits | None = None,
+        *,
+        clock: Clock,
     ) -> None:
         limits = limits or WebSocketLimits()
         self.ws = ws
+        #: The daemon's clock: the token's expiry is judged at its now.
+        self.clock = clock
         #: Who this connection speaks for; PUBLIC_CALLER until it authenticates.
         self.caller = caller
         self._stats = stats
@@ -170,7 +154,7 @@ class Connection:
         expires_at = self.caller.expires_at
         if expires_at is not None:
             self._expiry = asyncio.get_running_loop().call_later(
-                max(0.0, expires_at - time.time()),
+                max(0.0, expires_at - self.clock.time()),
                 self.close_soon,
                 CLOSE_TOKEN_EXPIRED,
                 TOKEN_EXPIRED_REASON,
@@ -178,7 +162,7 @@ class Connection:
 
     def expired(self) -> bool:
         expires_at = self.caller.expires_at
-        return expires_at is not None and expires_at <= time.time()
+        return expires_at is not None and expires_at <= self.clock.time()
 
     def deliver(self, data: bytes) -> None:
         if self._closing:
@@ -260,7 +244,7 @@ def text_frame(data: bytes) -> bytes:
 CONNECTIONS: web.AppKey[weakref.WeakSet[Connection]] = web.AppKey("ws_connections")
 
 
-def _error(code: str, message: str) -> bytes:
+def _error(code: ErrorCode, message: str) -> bytes:
     return encode(ErrorMessage(code=code, message=message))
 
 
@@ -279,9 +263,9 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
     """Act on one frame; True when it was a subscription (the connection is not idle)."""
     hub, default_environment = app[HUB], app[DEFAULT_ENVIRONMENT]
     try:
-        message = _decode(data)
+        message = decode_client_message(data)
     except msgspec.ValidationError as error:
-        code = "UNKNOWN_TYPE" if "`$.type`" in str(error) else "BAD_MESSAGE"
+        code: ErrorCode = "UNKNOWN_TYPE" if "`$.type`" in str(error) else "BAD_MESSAGE"
         conn.deliver(_error(code, str(error)))
         return False
     except (msgspec.DecodeError, RecursionError):
@@ -307,7 +291,7 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
             conn.deliver(encode(Authenticated(subject=conn.caller.subject)))
             return False
         case Ping():
-            conn.deliver(encode(Pong(timestamp=int(time.time() * 1000))))
+            conn.deliver(encode(Pong(timestamp=int(conn.clock.time() * 1000))))
             return False
         case Subscribe() | Unsubscribe():
             if conn.expired():  # before the timer fires: nothing more under this token
@@ -326,8 +310,7 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
             if isinstance(message, Unsubscribe):
                 hub.unsubscribe(conn, message.service_name, environment)
                 return False
-            unknown = sorted(set(message.subscriptions) - set(TOPICS))
-            if unknown or not message.subscriptions:
+            if not message.subscriptions:
                 conn.deliver(_error("BAD_MESSAGE", "subscriptions are any of " + ", ".join(TOPICS)))
                 return False
             if conn.caller.subject == PUBLIC_CALLER.subject:
@@ -360,7 +343,8 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
                 conn, message.service_name, environment, message.subscriptions, message.last_version
             )
             return True
-    return False
+        case _:
+            assert_never(message)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -375,7 +359,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,  # every subscriber gets the same bytes, encoded once
     )
     await ws.prepare(request)
-    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits)
+    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits, clock=hub.clock)
     connections.add(conn)
     hub.connect(conn)
     conn.start(request.transport)

@@ -19,7 +19,7 @@ def _ttl(text: str) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from fpcd.api.auth import TokenVerifier
+    from fpcd.services.tokens import TokenVerifier
 
     try:
         overrides = {"server": {"data_dir": args.data_dir}} if args.data_dir else None

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from fpcd.domain.flags import EvaluationContext, EvaluationResult
+from fpcd.wire.flagsocket import FlagQuery, FlagReply
 
 
 class FlagSocketError(Exception):
@@ -29,19 +30,7 @@ class FlagSocketError(Exception):
         self.message = message
 
 
-class _Error(msgspec.Struct):
-    code: str
-    message: str
-
-
-class _Reply(msgspec.Struct):
-    id: Any = None
-    result: EvaluationResult | None = None
-    results: dict[str, EvaluationResult] | None = None
-    error: _Error | None = None
-
-
-_decode = msgspec.json.Decoder(_Reply).decode
+_decode = msgspec.json.Decoder(FlagReply).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -81,7 +70,7 @@ class FlagSocketClient:
         self, flag: str, context: EvaluationContext | dict[str, Any] | None = None
     ) -> EvaluationResult:
         """One flag for `context` (wire names in a dict: `userId`, `customAttributes`...)."""
-        reply = self._ask({"flag": flag, "context": context or {}})
+        reply = self._ask(FlagQuery(flag=flag, context=_context(context)))
         assert reply.result is not None
         return reply.result
 
@@ -91,17 +80,15 @@ class FlagSocketClient:
         context: EvaluationContext | dict[str, Any] | None = None,
     ) -> dict[str, EvaluationResult]:
         """Several flags (every active flag when None) for one context."""
-        query: dict[str, Any] = {"context": context or {}}
-        if flags is not None:
-            query["flags"] = list(flags)
+        query = FlagQuery(flags=None if flags is None else list(flags), context=_context(context))
         reply = self._ask(query)
         assert reply.results is not None
         return reply.results
 
-    def _ask(self, query: dict[str, Any]) -> _Reply:
+    def _ask(self, query: FlagQuery) -> FlagReply:
         with self._lock:
             self._next_id += 1
-            query["id"] = self._next_id
+            query.id = self._next_id
             line = _encode(query) + b"\n"
             try:
                 sock = self._connected()
@@ -134,3 +121,14 @@ class FlagSocketClient:
             self._buffer += chunk
         line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
         return line
+
+
+def _context(context: EvaluationContext | dict[str, Any] | None) -> EvaluationContext:
+    if context is None:
+        return EvaluationContext()
+    if isinstance(context, EvaluationContext):
+        return context
+    try:
+        return msgspec.convert(context, EvaluationContext)
+    except msgspec.ValidationError as error:  # as the daemon would answer it
+        raise FlagSocketError("INVALID_REQUEST", str(error)) from None

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, assert_never, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -42,8 +42,27 @@ from fpcd.client.model import (
     FlagTable,
     FlagUpdate,
     to_context,
+    views_of,
 )
 from fpcd.domain.flags import EvaluationResult, active, evaluate
+from fpcd.wire import EvaluationCount, EvaluationCounts, Page, Reason
+from fpcd.wire.live import (
+    CONFIG_UPDATES,
+    FEATURE_FLAGS,
+    Authenticated,
+    ConfigurationUpdate,
+    ErrorMessage,
+    FeatureFlagUpdate,
+    FlagUpdateReason,
+    Pong,
+    Subscribe,
+    Subscribed,
+    Topic,
+    Unsubscribed,
+    decode_server_message,
+    encode,
+)
+from fpcd.wire.live import ConfigurationReload as ReloadMessage
 
 log = logging.getLogger("fpcd.client")
 
@@ -66,8 +85,16 @@ _COUNTS_PER_REQUEST = 10_000
 #: Unsent count cells kept while the daemon is away; more are dropped (and logged).
 _MAX_PENDING_CELLS = 100_000
 
+T = TypeVar("T")
+
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
+
+
+class _Kind(msgspec.Struct):
+    """Just the `type` of a server message this client could not read."""
+
+    type: str = ""
 
 
 class FpcdUnavailable(Exception):
@@ -386,10 +413,10 @@ class ConfigurationClient:
             for key in changed:
                 doc = table.documents.get(key)
                 enabled = active(table.compiled.get(key), self.environment, now, table.compiled.get)
-                archived = doc is None or bool(doc.get("archived"))
+                archived = doc is None or doc.archived
                 self._announce(key, enabled, "archived" if archived else "changed")
 
-    def _announce(self, key: str, enabled: bool, reason: str) -> None:
+    def _announce(self, key: str, enabled: bool, reason: FlagUpdateReason) -> None:
         flag = self._flags.compiled.get(key)
         self._emit(
             "featureFlagUpdate",
@@ -414,34 +441,34 @@ class ConfigurationClient:
         if callable(self._token) and self._session is not None:
             self._session.headers["Authorization"] = f"Bearer {self._token()}"
 
-    async def _get(self, path: str) -> tuple[int, Any]:
+    async def _get(self, path: str, kind: type[T]) -> T | None:
+        """The document at `path`; None when the daemon answers 404."""
         assert self._session is not None
         self._fresh_token()
         async with self._session.get(self._api_url + path, timeout=self._timeout) as response:
             body = await response.read()
-            if response.status >= 400 and response.status != 404:
+            if response.status == 404:
+                return None
+            if response.status >= 400:
                 raise FpcdClientError(response.status, _detail(body))
-            return response.status, _decode(body) if body else None
+            return msgspec.json.decode(body, type=kind)
 
     async def _fetch(self, *, emit: bool) -> None:
         """The full current state, taken as it is (it replaces a cache or a stale copy)."""
         service, env = quote(self.service_name, safe=""), quote(self.environment, safe="")
-        status, doc = await self._get(f"/api/config/{service}?environment={env}")
-        if status == 404:  # no layer yet: empty until a version is written
+        config = await self._get(f"/api/config/{service}?environment={env}", Configuration)
+        if config is None:  # no layer yet: empty until a version is written
             config = Configuration(service_name=self.service_name, environment=self.environment)
-        else:
-            config = msgspec.convert(doc, Configuration)
         self._set_config(config, force=True, emit=emit)
         if self._subscribe_flags:
             await self._fetch_flags(emit=emit)
         self.source = "daemon"
 
     async def _fetch_flags(self, *, emit: bool) -> None:
-        status, page = await self._get("/api/features?includeArchived=true")
-        if status == 404:
+        page = await self._get("/api/features?includeArchived=true", Page[msgspec.Raw])
+        if page is None:
             raise FpcdClientError(404, "no flag API at this address")
-        docs: list[dict[str, Any]] = page["items"]
-        table, _ = FlagTable().with_documents(docs)
+        table, _ = FlagTable().with_documents(views_of(page.items))
         old = self._flags
         changed = [
             key
@@ -454,8 +481,8 @@ class ConfigurationClient:
         """Hold the subscription; reconnect with backoff (and jitter) whenever it drops."""
         assert self._session is not None
         delay = self._reconnect_delay
-        topics = (
-            ["config-updates", "feature-flags"] if self._subscribe_flags else ["config-updates"]
+        topics: list[Topic] = (
+            [CONFIG_UPDATES, FEATURE_FLAGS] if self._subscribe_flags else [CONFIG_UPDATES]
         )
         while True:
             try:
@@ -465,14 +492,13 @@ class ConfigurationClient:
                     heartbeat=self._heartbeat,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 ) as ws:
-                    subscribe = {
-                        "type": "SUBSCRIBE",
-                        "serviceName": self.service_name,
-                        "environment": self.environment,
-                        "subscriptions": topics,
-                        "lastVersion": self._config.version if self._config else 0,
-                    }
-                    await ws.send_str(_encode(subscribe).decode())
+                    subscribe = Subscribe(
+                        service_name=self.service_name,
+                        environment=self.environment,
+                        subscriptions=topics,
+                        last_version=self._config.version if self._config else 0,
+                    )
+                    await ws.send_str(encode(subscribe).decode())
                     while True:
                         message = await ws.receive()
                         if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -503,59 +529,91 @@ class ConfigurationClient:
     async def _on_message(self, data: str | bytes) -> bool:
         """Apply one server message; True once the subscription is confirmed."""
         try:
-            message = _decode(data)
+            message = decode_server_message(data)
+        except msgspec.ValidationError as error:
+            await self._not_understood(data, error)
+            return False
         except msgspec.DecodeError:
             log.warning("fpcd sent a frame that is not JSON")
             return False
-        if not isinstance(message, dict):
-            return False
-        kind = message.get("type")
-        ours = (message.get("serviceName"), message.get("environment")) == (
+        match message:
+            case ConfigurationUpdate() if self._ours(message):
+                self._set_config(
+                    Configuration(
+                        service_name=message.service_name,
+                        environment=message.environment,
+                        version=message.version,
+                        base_version=message.base_version,
+                        config=message.config,
+                        checksum=message.checksum,
+                    )
+                )
+            case FeatureFlagUpdate():
+                self._flag_message(message)
+            case ReloadMessage() if self._ours(message):
+                self._emit(
+                    "configurationReload",
+                    ConfigurationReload(version=message.version, force=message.force),
+                )
+            case Subscribed() if self._ours(message):
+                # Flags have no replay: fetch them all, then the live messages queued behind
+                # this one apply on top (by version).
+                if self._subscribe_flags:
+                    await self._fetch_flags(emit=True)
+                self.source = "daemon"
+                self._set_connected(True)
+                return True
+            case ErrorMessage():
+                log.warning(
+                    "fpcd refused a message",
+                    extra={"code": message.code, "detail": message.message},
+                )
+                if message.code in ("UNAUTHENTICATED", "FORBIDDEN"):
+                    raise FpcdClientError(403, message.message)
+                if message.code == "REPLAY_TOO_LARGE" and self._ours(message):
+                    # Missed more versions than the daemon replays: read the current state;
+                    # the subscription stays and brings what comes after.
+                    await self._fetch(emit=True)
+            case (
+                ConfigurationUpdate()
+                | ReloadMessage()
+                | Subscribed()
+                | Unsubscribed()
+                | Pong()
+                | Authenticated()
+            ):
+                pass  # another stream's, or nothing to do
+            case _:
+                assert_never(message)
+        return False
+
+    def _ours(
+        self, message: ConfigurationUpdate | ReloadMessage | Subscribed | ErrorMessage
+    ) -> bool:
+        return (message.service_name, message.environment) == (
             self.service_name,
             self.environment,
         )
-        if kind == "CONFIGURATION_UPDATE" and ours:
-            self._set_config(msgspec.convert(message, Configuration))
-        elif kind == "FEATURE_FLAG_UPDATE":
-            await self._flag_message(message)
-        elif kind == "CONFIGURATION_RELOAD" and ours:
-            self._emit(
-                "configurationReload",
-                ConfigurationReload(version=message["version"], force=message.get("force", False)),
-            )
-        elif kind == "SUBSCRIBED" and ours:
-            # Flags have no replay: fetch them all, then the live messages queued behind
-            # this one apply on top (by version).
-            if self._subscribe_flags:
-                await self._fetch_flags(emit=True)
-            self.source = "daemon"
-            self._set_connected(True)
-            return True
-        elif kind == "ERROR":
-            log.warning(
-                "fpcd refused a message",
-                extra={"code": message.get("code"), "detail": message.get("message")},
-            )
-            if message.get("code") in ("UNAUTHENTICATED", "FORBIDDEN"):
-                raise FpcdClientError(403, str(message.get("message")))
-            if message.get("code") == "REPLAY_TOO_LARGE" and ours:
-                # Missed more versions than the daemon replays: read the current state;
-                # the subscription stays and brings what comes after.
-                await self._fetch(emit=True)
-        return False
 
-    async def _flag_message(self, message: dict[str, Any]) -> None:
-        doc = message.get("flag")
-        key = message.get("flagKey")
-        if not isinstance(key, str):
-            return
-        if isinstance(doc, dict):
-            table, changed = self._flags.with_documents([doc])
+    async def _not_understood(self, data: str | bytes, error: msgspec.ValidationError) -> None:
+        """A message this client cannot read: a newer daemon's. Ignored, except that a
+        flag change it may have carried is fetched over REST instead."""
+        try:
+            kind = msgspec.json.decode(data, type=_Kind).type
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            kind = ""
+        log.info("fpcd sent a message this client does not read", extra={"error": str(error)})
+        if kind == "FEATURE_FLAG_UPDATE" and self._subscribe_flags:
+            await self._fetch_flags(emit=True)
+
+    def _flag_message(self, message: FeatureFlagUpdate) -> None:
+        if message.flag is not None:
+            table, changed = self._flags.with_documents([message.flag])
             if changed:
                 self._flags = table
                 self._save_soon()
         # Announced for every message, also for a date reached (the definition is the same).
-        self._announce(key, bool(message.get("enabled")), str(message.get("reason", "changed")))
+        self._announce(message.flag_key, message.enabled, message.reason)
 
     # -- evaluation counts ------------------------------------------------------------------
 
@@ -577,14 +635,14 @@ class ConfigurationClient:
             return 0
         keys = list(counts)
         cells = [
-            {
-                "flag": flag,
-                "variant": variant,
-                "enabled": enabled,
-                "reason": reason,
-                "hour": hour,
-                "count": n,
-            }
+            EvaluationCount(
+                flag=flag,
+                variant=variant,
+                enabled=enabled,
+                reason=cast(Reason, reason),  # counted only when the evaluation succeeded
+                hour=hour,
+                count=n,
+            )
             for (flag, hour, variant, enabled, reason), n in counts.items()
         ]
         sent = 0
@@ -594,7 +652,7 @@ class ConfigurationClient:
                 chunk = cells[i : i + _COUNTS_PER_REQUEST]
                 async with self._session.post(
                     self._api_url + "/api/features/evaluations",
-                    data=_encode({"counts": chunk}),
+                    data=_encode(EvaluationCounts(counts=chunk)),
                     headers={"Content-Type": "application/json"},
                     timeout=self._timeout,
                 ) as response:

@@ -1,19 +1,21 @@
 """What the client keeps and hands out: configurations, flag snapshots, events, the cache file.
 
-Flags are kept in their wire form (what `GET /api/features` and FEATURE_FLAG_UPDATE
-carry) and compiled with `fpcd.domain.flags.compile_flag`, the daemon's own code, so a
-local evaluation is the daemon's evaluation.
+Flags are kept in their wire form (`fpcd.wire.FlagView`: what `GET /api/features` and
+FEATURE_FLAG_UPDATE carry) and compiled with `fpcd.domain.flags.compile_flag`, the
+daemon's own code, so a local evaluation is the daemon's evaluation.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
 from fpcd.domain.flags import CompiledFlag, EvaluationContext, FlagDefinition, compile_flag
+from fpcd.wire import FlagView
+from fpcd.wire.live import FlagUpdateReason
 
 log = logging.getLogger("fpcd.client")
 
@@ -49,8 +51,7 @@ class FlagUpdate(msgspec.Struct, frozen=True, kw_only=True):
     #: On in the client's environment at this moment (enabled, dependencies, dates);
     #: per-user targeting and rollout still apply.
     enabled: bool
-    #: "changed", "archived", "schedule_start" or "schedule_end".
-    reason: str
+    reason: FlagUpdateReason
     version: int
     #: The new definition; None once archived.
     definition: FlagDefinition | None
@@ -73,7 +74,7 @@ class CacheFile(msgspec.Struct, kw_only=True, rename="camel"):
     saved_at: float
     configuration: Configuration | None
     #: Flag documents as the daemon sends them, archived ones included (for versions).
-    flags: list[dict[str, Any]]
+    flags: list[FlagView]
 
 
 class FlagTable:
@@ -86,39 +87,54 @@ class FlagTable:
 
     def __init__(
         self,
-        documents: Mapping[str, dict[str, Any]] | None = None,
+        documents: Mapping[str, FlagView] | None = None,
         compiled: Mapping[str, CompiledFlag] | None = None,
     ) -> None:
-        self.documents: Mapping[str, dict[str, Any]] = documents or {}
+        self.documents: Mapping[str, FlagView] = documents or {}
         self.compiled: Mapping[str, CompiledFlag] = compiled or {}
 
     def version(self, key: str) -> int:
         doc = self.documents.get(key)
-        return int(doc.get("version", 0)) if doc is not None else 0
+        return doc.version if doc is not None else 0
 
-    def with_documents(self, docs: list[dict[str, Any]]) -> tuple[FlagTable, list[str]]:
+    def with_documents(self, docs: Iterable[FlagView]) -> tuple[FlagTable, list[str]]:
         """A table with every document newer than what this one has; and their keys."""
         documents = dict(self.documents)
         compiled = dict(self.compiled)
         changed: list[str] = []
         for doc in docs:
-            key = doc.get("key")
-            if not isinstance(key, str) or doc.get("version", 0) <= self.version(key):
+            key = doc.key
+            if doc.version <= self.version(key):
                 continue
             documents[key] = doc
             changed.append(key)
-            flag = compile_document(doc)
-            if flag is None:
+            if doc.archived:
                 compiled.pop(key, None)
             else:
-                compiled[key] = flag
+                compiled[key] = compile_flag(key, doc.version, doc.definition())
         if not changed:
             return self, []
         return FlagTable(documents, compiled), changed
 
 
+_view_decoder = msgspec.json.Decoder(FlagView)
+
+
+def views_of(raws: Iterable[msgspec.Raw]) -> list[FlagView]:
+    """The flag documents this client understands. One it cannot read (a newer daemon's
+    field) is logged and left out, so it is not evaluated; it never stops the client."""
+    views: list[FlagView] = []
+    for raw in raws:
+        try:
+            views.append(_view_decoder.decode(raw))
+        except msgspec.ValidationError as error:
+            log.warning("flag not understood, ignored", extra={"error": str(error)})
+    return views
+
+
 def definition_of(doc: Mapping[str, Any]) -> FlagDefinition | None:
-    """The definition in a flag document; None if archived or not understood."""
+    """The definition in a flag document given as a mapping (`tests/fixtures/
+    flag_vectors.json`, shared with the Node client); None if archived or not understood."""
     if doc.get("archived"):
         return None
     fields = {k: v for k, v in doc.items() if k not in _RECORD_FIELDS}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal
 
 import mmh3
 import msgspec
@@ -23,19 +23,21 @@ Percentage = Annotated[float, msgspec.Meta(ge=0, le=100)]
 Weight = Annotated[float, msgspec.Meta(ge=0)]
 
 BUCKETS = 100_000
-OPERATORS = (
+#: What a rule compares with: anything else is refused where the definition is decoded.
+Operator = Literal[
     "eq", "neq", "in", "not_in", "contains", "starts_with", "ends_with",
     "gt", "gte", "lt", "lte", "semver_eq", "semver_gt", "semver_lt", "before", "after",
-)  # fmt: skip
+]  # fmt: skip
 CONTEXT_ATTRIBUTES = ("userId", "agentId", "sessionId", "userGroup", "region", "environment")
 
-# OpenFeature resolution reasons.
-STATIC = "STATIC"
-DEFAULT = "DEFAULT"
-TARGETING_MATCH = "TARGETING_MATCH"
-SPLIT = "SPLIT"
-DISABLED = "DISABLED"
-ERROR = "ERROR"
+#: OpenFeature resolution reasons.
+Reason = Literal["STATIC", "DEFAULT", "TARGETING_MATCH", "SPLIT", "DISABLED", "ERROR"]
+STATIC: Final = "STATIC"
+DEFAULT: Final = "DEFAULT"
+TARGETING_MATCH: Final = "TARGETING_MATCH"
+SPLIT: Final = "SPLIT"
+DISABLED: Final = "DISABLED"
+ERROR: Final = "ERROR"
 
 
 class Spec(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_only=True):
@@ -80,7 +82,7 @@ class Rule(Spec, kw_only=True):
     """`attribute` names a context field or a key of `customAttributes`."""
 
     attribute: str
-    operator: str
+    operator: Operator
     values: list[Any]
 
 
@@ -129,7 +131,7 @@ class EvaluationResult(msgspec.Struct, rename="camel", kw_only=True, omit_defaul
     enabled: bool
     variant: str | None
     configuration: Any
-    reason: str
+    reason: Reason
     detail: str | None = None
     error_code: str | None = None
     flag_version: int = 0
@@ -293,11 +295,7 @@ def _check_variants(variants: list[Variant], path: str, errors: list[FieldError]
 
 
 def _check_rule(rule: Rule, path: str, errors: list[FieldError]) -> None:
-    if rule.operator not in OPERATORS:
-        errors.append(
-            FieldError(f"{path}.operator", f"unknown operator; use one of {', '.join(OPERATORS)}")
-        )
-        return
+    # The operator is an Operator: its type refused any other where it was decoded.
     if not rule.attribute:
         errors.append(FieldError(f"{path}.attribute", "an attribute is required"))
     if not rule.values:
@@ -614,7 +612,7 @@ def _not_found(key: str) -> EvaluationResult:
 
 
 def _result(
-    flag: CompiledFlag, enabled: bool, reason: str, detail: str | None = None
+    flag: CompiledFlag, enabled: bool, reason: Reason, detail: str | None = None
 ) -> EvaluationResult:
     return EvaluationResult(
         flag_key=flag.key,
@@ -685,6 +683,7 @@ def evaluate(
                 return _result(flag, False, DEFAULT, "not_targeted")
     # 7. percentage rollout
     threshold = rules.threshold
+    reason: Reason
     if threshold >= BUCKETS:
         reason = TARGETING_MATCH if rules.targeted else STATIC
     elif threshold <= 0:
@@ -725,7 +724,7 @@ def active(
 def _with_variant(
     flag: CompiledFlag,
     rules: CompiledRules,
-    reason: str,
+    reason: Reason,
     stickiness: str | None,
     detail: str | None,
 ) -> EvaluationResult:

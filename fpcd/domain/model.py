@@ -3,17 +3,26 @@
 Payloads form a tagged union so the store and the replicator dispatch with
 `match` and the upstream log can carry them as JSON without a side table.
 Fields are append-only across releases (hosts run mixed versions): new fields
-get defaults and existing types never change.
+get defaults and existing types never change. A `Literal` field is a closed set: a
+release that adds a value must be running on every host before any host writes it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from fpcd.domain.flags import FlagDefinition
+
+#: How a config version came to be.
+ConfigAction = Literal["update", "rollback", "import"]
+#: A data key's state: `primary` encrypts new values, `decrypt` only opens old ones,
+#: `retired` has had its material destroyed.
+KeyState = Literal["primary", "decrypt", "retired"]
+#: Why a secret's ciphertexts were destroyed.
+DestroyReason = Literal["deleted", "expired"]
 
 
 def rfc3339(moment: datetime) -> str:
@@ -38,8 +47,7 @@ class ConfigVersion(Record, frozen=True, kw_only=True, tag="config"):
     secret_versions: dict[str, int] = {}
     description: str = ""
     tags: list[str] = []
-    #: "update", "rollback" or "import".
-    action: str = "update"
+    action: ConfigAction = "update"
     #: For a rollback, the version whose content was restored.
     rolled_back_from: int | None = None
     created_at: datetime
@@ -90,8 +98,7 @@ class DataKey(Record, frozen=True, kw_only=True, tag="data_key"):
     """A data key wrapped by the master key; `primary` encrypts new values."""
 
     id: str
-    #: "primary", "decrypt" (old values only) or "retired" (material destroyed).
-    state: str
+    state: KeyState
     nonce: bytes = b""
     wrapped: bytes = b""
     #: scrypt salt, when the master key is derived from a passphrase.
@@ -122,8 +129,7 @@ class SecretDestroyed(Record, frozen=True, kw_only=True, tag="secret_destroyed")
     environment: str
     name: str
     versions: list[int]
-    #: "deleted" or "expired".
-    reason: str
+    reason: DestroyReason
 
 
 class RewrapItem(Record, frozen=True, kw_only=True):

@@ -4,39 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import msgspec
 
 from fpcd import __version__
 from fpcd.observe.alerts import Alerts
-from fpcd.wire import ComponentHealth, HealthDocument
+from fpcd.wire import ComponentHealth, HealthDocument, HealthStatus
 
-Check = Callable[[], Awaitable[ComponentHealth]]
+#: A component's health: `health()` of the component, plain or a coroutine, or a fixed
+#: answer (a part this configuration does not have).
+Check = Callable[[], Awaitable[ComponentHealth] | ComponentHealth] | ComponentHealth
 _RANK = {"ok": 0, "degraded": 1, "down": 2}
 
 
 class Health:
-    def __init__(self, node_id: str, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        checks: Mapping[str, Check],
+        *,
+        critical: Collection[str] = (),
+        gates: Sequence[Callable[[], str | None]] = (),
+        alerts: Alerts | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        """`checks` in report order; a `critical` component that is down makes the daemon
+        down, the others only degrade it."""
         self._node_id = node_id
         self._timeout = timeout
         self._started = time.monotonic()
-        self._checks: dict[str, tuple[Check, bool]] = {}
+        self._checks = dict(checks)
+        self._critical = frozenset(critical)
         #: Set once start-up is complete; /health/ready also waits for every gate.
         self.ready = False
         #: Conditions for readiness beyond start-up: each returns what it waits for, or None.
-        self.gates: list[Callable[[], str | None]] = []
+        self._gates = tuple(gates)
         #: Performance checks that degrade a component while breached.
-        self.alerts: Alerts | None = None
-
-    def add(self, name: str, check: Check, *, critical: bool = True) -> None:
-        """A critical component that is down makes the daemon down; others only degrade it."""
-        self._checks[name] = (check, critical)
+        self._alerts = alerts
 
     async def _run(self, check: Check) -> ComponentHealth:
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(check(), self._timeout)
+            answer = check if isinstance(check, ComponentHealth) else check()
+            result = (
+                answer
+                if isinstance(answer, ComponentHealth)
+                else await asyncio.wait_for(answer, self._timeout)
+            )
         except TimeoutError:
             return ComponentHealth(status="down", detail=f"no answer within {self._timeout}s")
         except Exception as error:
@@ -50,18 +65,18 @@ class Health:
         """What readiness still waits for; empty when ready."""
         if not self.ready:
             return ["start-up"]
-        return [reason for gate in self.gates if (reason := gate()) is not None]
+        return [reason for gate in self._gates if (reason := gate()) is not None]
 
     async def report(self) -> HealthDocument:
         names = list(self._checks)
-        results = await asyncio.gather(*(self._run(self._checks[n][0]) for n in names))
+        results = await asyncio.gather(*(self._run(self._checks[n]) for n in names))
         components = dict(zip(names, results, strict=True))
-        if self.alerts is not None:
-            components = {n: self.alerts.overlay(n, r) for n, r in components.items()}
-        status = "ok"
+        if self._alerts is not None:
+            components = {n: self._alerts.overlay(n, r) for n, r in components.items()}
+        status: HealthStatus = "ok"
         for name, result in components.items():
-            effective = result.status
-            if effective == "down" and not self._checks[name][1]:
+            effective: HealthStatus = result.status
+            if effective == "down" and name not in self._critical:
                 effective = "degraded"
             if _RANK[effective] > _RANK[status]:
                 status = effective

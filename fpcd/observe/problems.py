@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from fpcd.wire import ComponentHealth
+
 log = logging.getLogger("fpcd.problems")
 
 
@@ -47,3 +49,11 @@ class RecordProblems:
         more = len(items) - limit
         text = "; ".join(items[:limit])
         return f"{text}; and {more} more" if more > 0 else text
+
+    def health(self) -> ComponentHealth:
+        """/health's `records`: degraded while any stored record is unusable."""
+        if self.open:
+            return ComponentHealth(
+                status="degraded", detail=self.summary(), counts={"problems": len(self.open)}
+            )
+        return ComponentHealth(status="ok", counts={"problems": 0})

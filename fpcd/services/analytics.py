@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from fpcd.domain.errors import Unavailable
 from fpcd.store.sqlite import Store
 from fpcd.wire import AnalyticsDay, FlagAnalyticsDocument
-
-if TYPE_CHECKING:  # asyncpg is imported only by daemons with an upstream
-    from fpcd.upstream.log import UpstreamLog
 
 log = logging.getLogger("fpcd.analytics")
 
 #: (flag, hour, variant or "", enabled 0/1, reason)
 CountKey = tuple[str, int, str, int, str]
+#: (hour, variant, enabled 0/1, reason, count)
+CountRow = tuple[int, str, int, str, int]
+
+
+class AnalyticsSink(Protocol):
+    """Where every host's counts meet (the upstream's `fpcd_analytics`, implemented by
+    `fpcd.upstream.log.UpstreamLog`). Both calls raise `Unavailable` while it cannot be
+    reached; counts then wait on this host and reports show this host's own."""
+
+    async def push_analytics(
+        self, node: str, rows: Sequence[tuple[str, int, str, int, str, int]]
+    ) -> None:
+        """Add this node's counts: (flag, hour, variant, enabled, reason, count)."""
+        ...
+
+    async def analytics(self, flag: str, first_hour: int, last_hour: int) -> list[CountRow]:
+        """Every node's counts for `flag` in the hours, summed per (hour, variant, ...)."""
+        ...
 
 
 class FlagAnalytics:
@@ -25,15 +41,9 @@ class FlagAnalytics:
     host's counts; if Postgres is unreachable they wait for the next flush."""
 
     def __init__(
-        self,
-        store: Store,
-        clock: Callable[[], float],
-        *,
-        upstream: UpstreamLog | None = None,
-        node_id: str = "",
+        self, store: Store, *, upstream: AnalyticsSink | None = None, node_id: str = ""
     ) -> None:
         self._store = store
-        self._clock = clock
         self._upstream = upstream
         self._node_id = node_id
         self._pending: Counter[CountKey] = Counter()
@@ -85,26 +95,22 @@ class FlagAnalytics:
         unpushed, self._unpushed = self._unpushed, Counter()
         if not unpushed or self._upstream is None:
             return
-        from fpcd.upstream.log import UPSTREAM_ERRORS
-
         try:
             await self._upstream.push_analytics(
                 self._node_id, [(*key, n) for key, n in unpushed.items()]
             )
-        except UPSTREAM_ERRORS:
+        except Unavailable:
             self._unpushed.update(unpushed)  # next flush tries again
 
     async def report(self, flag: str, start: datetime, end: datetime) -> FlagAnalyticsDocument:
         """Totals, per variant, per reason and per day for [start, end), stored plus pending."""
         first, last = int(start.timestamp() // 3600), int((end.timestamp() - 1) // 3600)
         not_upstream = self._pending + self._unpushed
-        rows: list[tuple[int, str, int, str, int]] | None = None
+        rows: list[CountRow] | None = None
         if self._upstream is not None:
-            from fpcd.upstream.log import UPSTREAM_ERRORS
-
             try:
                 rows = await self._upstream.analytics(flag, first, last)
-            except UPSTREAM_ERRORS:
+            except Unavailable:
                 rows = None  # this host's counts only, until Postgres is back
         if rows is None:
             rows = await self._store.analytics(flag, first, last)

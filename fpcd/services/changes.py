@@ -11,8 +11,8 @@ once its group is durable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from fpcd.domain.model import (
     AuditNote,
@@ -34,6 +34,8 @@ Plan = Callable[[], Awaitable[list[Change]]]
 #: and announced before the next plan runs.
 GROUPABLE = (ConfigVersion, SecretVersion, SecretRead, ReloadRequest, AuditNote)
 
+T = TypeVar("T")
+
 #: Changes in one group commit at most (a bound on the latency a group adds).
 MAX_GROUP = 256
 
@@ -52,39 +54,85 @@ class Committer(Protocol):
         ...
 
 
-class LocalCommitter:
-    """The embedded default: the local SQLite store is the source of truth and order.
+class Group:
+    """Writers committed together: the open local transaction and the future every writer
+    of the group waits on until the group is durable (or failed)."""
 
-    Plans run under one lock so version numbers are computed and stored
-    atomically: two racing writers never both become version n+1.
+    def __init__(self, txn: Transaction, durable: asyncio.Future[None]) -> None:
+        self.txn = txn
+        self.durable = durable
+        #: Set when the group cannot commit (e.g. its upstream failed while staging).
+        self.failed: BaseException | None = None
+
+
+G = TypeVar("G", bound=Group)
+
+
+class GroupCommitter(Generic[G]):
+    """The group commit both committers share: writers queue for one lock; each plan runs
+    alone against everything committed or staged before it, its changes are staged into
+    the open group, and the group is made durable when no writer is waiting for the lock
+    (or it is full, failed, or holds a change services keep in memory). A commit runs to
+    its end even if its caller goes away, and a refused plan is answered only once its
+    group is settled.
+
+    A subclass says how a group opens (`_open`), how a plan's changes are staged
+    (`_stage`), how the group becomes durable (`_make_durable`) or is undone (`_abandon`),
+    and what follows its announcement (`_announced`).
     """
 
-    def __init__(self, store: Store, bus: EventBus, *, max_group: int = MAX_GROUP) -> None:
-        self._store = store
+    def __init__(self, bus: EventBus, *, max_group: int = MAX_GROUP) -> None:
         self._bus = bus
         self._max_group = max_group
         self._lock = asyncio.Lock()
         self._inflight: set[asyncio.Future[Any]] = set()
         #: Writers waiting for the lock: while there are any, the open group waits for them.
         self._waiting = 0
-        self._txn: Transaction | None = None
-        self._durable: asyncio.Future[None] | None = None
-        #: Groups committed and changes in them (for /metrics and the benchmark).
+        self._group: G | None = None
+        #: Groups committed and the writers' changes in them (for /metrics and benchmarks).
         self.groups = 0
         self.grouped_changes = 0
 
+    # -- hooks ------------------------------------------------------------------------
+
+    async def _open(self) -> G:
+        """A new group, its transaction open."""
+        raise NotImplementedError
+
+    async def _stage(self, group: G, drafts: list[Change]) -> list[Change]:
+        """Stage a plan's changes in the group; returns them as stored."""
+        return await group.txn.stage(drafts)
+
+    async def _make_durable(self, group: G) -> None:
+        """Commit the group (raise, having undone what can be, if it cannot be)."""
+        raise NotImplementedError
+
+    async def _abandon(self, group: G, error: BaseException) -> BaseException:
+        """Undo a group that cannot be made durable; returns what its writers are told."""
+        await group.txn.rollback()
+        return error
+
+    def _announced(self, group: G) -> None:
+        """After the group's events are published and its writers answered."""
+
+    # -- the Committer protocol -------------------------------------------------------
+
     async def commit(self, plan: Plan) -> list[Change]:
+        """Run `plan` with writers serialized, make its changes durable, announce them."""
         # A caller that goes away (client disconnect, shutdown) must not cut a commit
         # between "durable" and "announced": the commit runs to the end on its own.
-        task = asyncio.ensure_future(self._commit(plan))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._track(self._commit(plan)))
 
     async def drain(self) -> None:
         """Wait for commits already started; called at shutdown before the store closes."""
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _track(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return task
 
     async def _commit(self, plan: Plan) -> list[Change]:
         self._waiting += 1
@@ -98,22 +146,21 @@ class LocalCommitter:
         staged: list[Change] = []
         refused: BaseException | None = None
         try:
-            if self._txn is None:
-                self._txn = await self._store.begin()
-                self._durable = asyncio.get_running_loop().create_future()
-            txn, durable = self._txn, self._durable
-            assert durable is not None
+            if self._group is None:
+                self._group = await self._open()
+            group = self._group
             try:
-                with txn.reading():
+                with group.txn.reading():
                     drafts = await plan()
-                staged = await txn.stage(drafts)
+                staged = await self._stage(group, drafts)
             except BaseException as error:
                 refused = error
             # Leave the group open only for a writer already waiting for the lock.
             if (
                 not self._waiting
-                or txn.broken
-                or len(txn.staged) >= self._max_group
+                or group.failed is not None
+                or group.txn.broken
+                or len(group.txn.staged) >= self._max_group
                 or not groupable(staged)
             ):
                 await self._flush()
@@ -122,43 +169,63 @@ class LocalCommitter:
         if refused is not None:
             # A plan refused on staged state (or failed) answers once that state is
             # settled, so its answer never rests on a group that was then rolled back.
-            await asyncio.gather(asyncio.shield(durable), return_exceptions=True)
+            await asyncio.gather(asyncio.shield(group.durable), return_exceptions=True)
             raise refused
-        await asyncio.shield(durable)
+        await asyncio.shield(group.durable)
         return staged
 
     def _flush_if_abandoned(self) -> None:
-        """A waiter went away (shutdown): commit a group nobody else is coming to close."""
-        if not self._waiting and self._txn is not None and not self._lock.locked():
-            task = asyncio.ensure_future(self._flush_locked())
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        """A waiter went away (shutdown): close a group nobody else is coming to close."""
+        if not self._waiting and self._group is not None and not self._lock.locked():
+            self._track(self._flush_locked())
 
     async def _flush_locked(self) -> None:
         async with self._lock:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Commit the open group (under the lock) and announce its changes in order."""
-        txn, durable = self._txn, self._durable
-        self._txn = self._durable = None
-        if txn is None or durable is None:
+        """Make the open group durable (under the lock), announce its changes in order,
+        then answer its writers."""
+        group, self._group = self._group, None
+        if group is None:
             return
+        txn, durable = group.txn, group.durable
         try:
+            if group.failed is not None:
+                raise group.failed
             if txn.broken:
                 raise txn.error or RuntimeError("the group's transaction failed")
-            if txn.staged:
-                await txn.commit()
-            else:
-                await txn.rollback()
+            await self._make_durable(group)
         except BaseException as error:
-            await txn.rollback()
-            durable.set_exception(error)
+            durable.set_exception(await self._abandon(group, error))
             durable.exception()  # retrieved: a group of one writer may have no one else
             return
-        if txn.staged:
-            self.groups += 1
-            self.grouped_changes += len(txn.staged)
-        for change in txn.staged:
+        for change in group.txn.staged:
             self._bus.publish(ChangeApplied(change))
         durable.set_result(None)
+        self._announced(group)
+
+
+class LocalCommitter(GroupCommitter[Group]):
+    """The embedded default: the local SQLite store is the source of truth and order.
+
+    Plans run under one lock so version numbers are computed and stored
+    atomically: two racing writers never both become version n+1.
+    """
+
+    def __init__(self, store: Store, bus: EventBus, *, max_group: int = MAX_GROUP) -> None:
+        super().__init__(bus, max_group=max_group)
+        self._store = store
+
+    async def _open(self) -> Group:
+        txn = await self._store.begin()
+        return Group(txn, asyncio.get_running_loop().create_future())
+
+    async def _make_durable(self, group: Group) -> None:
+        txn = group.txn
+        if not txn.staged:
+            await txn.rollback()
+            return
+        await txn.commit()
+        self.groups += 1
+        self.grouped_changes += len(txn.staged)

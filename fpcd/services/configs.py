@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.access import may
 from fpcd.domain.configs import (
     ANY_VERSION,
@@ -34,6 +34,7 @@ from fpcd.domain.instants import utc_from_epoch
 from fpcd.domain.model import (
     Caller,
     Change,
+    ConfigAction,
     ConfigVersion,
     ReloadRequest,
     SchemaRecord,
@@ -49,6 +50,7 @@ from fpcd.services.schema_worker import SchemaRunner
 from fpcd.services.secrets import READ_SECRETS, SecretService
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
+    ComponentHealth,
     ConfigDocument,
     DiffChange,
     DiffDocument,
@@ -135,12 +137,13 @@ class ConfigService:
         bus: EventBus,
         *,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         default_environment: str,
         limits: ConfigLimits,
         secrets: SecretService | None = None,
         environments: Iterable[str] = (ANY_ENVIRONMENT,),
         max_service_labels: int = 100,
+        required_configs: Callable[[str, str], list[str]],
     ) -> None:
         self._store = store
         self._secrets = secrets
@@ -156,8 +159,9 @@ class ConfigService:
         self._schemas: dict[str, tuple[SchemaRecord | None, str]] = {}
         self.schema_runner = SchemaRunner()
         self._last_reload: dict[tuple[str, str], str] = {}
-        #: (service, environment) -> dotted paths a registered service requires there.
-        self.required_configs: Callable[[str, str], list[str]] = lambda service, env: []
+        #: (service, environment) -> dotted paths a registered service requires there
+        #: (`fpcd.services.registry.Registered`).
+        self.required_configs = required_configs
         #: Encoded reads served from the cache and built afresh (the /metrics hit ratio).
         self.cache_hits = 0
         self.cache_misses = 0
@@ -177,6 +181,11 @@ class ConfigService:
         layers += await self._store.secret_layers()
         self.known_services.update(service for service, _ in layers)
         self.environments.add_written(environment for _, environment in layers)
+
+    def health(self) -> ComponentHealth:
+        """/health's `config`: the encoded-read cache's hits and misses."""
+        counts = {"cacheHits": self.cache_hits, "cacheMisses": self.cache_misses}
+        return ComponentHealth(status="ok", counts=counts)
 
     def _count_read(self, service: str) -> None:
         counts = self.reads_by_service
@@ -217,7 +226,7 @@ class ConfigService:
 
     def _change(self, key: str, op: str, payload: Any, caller: Caller) -> Change:
         return Change.by(
-            caller, key=key, op=op, payload=payload, at=self._clock(), origin=self._node_id
+            caller, key=key, op=op, payload=payload, at=self._clock.now(), origin=self._node_id
         )
 
     # -- reads -------------------------------------------------------------------
@@ -572,7 +581,7 @@ class ConfigService:
         description: str = "",
         tags: list[str] | None = None,
         expected_version: int | None = None,
-        action: str = "update",
+        action: ConfigAction = "update",
     ) -> WriteResult:
         check_name("service", service)
         self.environments.check_write(environment)
@@ -618,7 +627,7 @@ class ConfigService:
                 description=description,
                 tags=tags,
                 action=action,
-                created_at=self._clock(),
+                created_at=self._clock.now(),
                 created_by=caller.subject,
             )
             return [
@@ -694,7 +703,7 @@ class ConfigService:
                 tags=target.tags,
                 action="rollback",
                 rolled_back_from=version,
-                created_at=self._clock(),
+                created_at=self._clock.now(),
                 created_by=caller.subject,
             )
             return [self._change(f"{service}/{environment}", "put", restored, caller)]
@@ -776,7 +785,7 @@ class ConfigService:
                 service=service,
                 schema=schema,
                 version=(old.version if old else 0) + 1,
-                updated_at=self._clock(),
+                updated_at=self._clock.now(),
                 updated_by=caller.subject,
             )
             return [self._change(service, "put" if schema else "delete", record, caller)]

@@ -8,9 +8,7 @@ update. Date boundaries are scheduled so subscribers hear of a switch when it ha
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import attrgetter
 from time import perf_counter
@@ -18,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.errors import (
     Conflict,
     FieldError,
@@ -50,29 +49,17 @@ from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
+    ComponentHealth,
     EvaluationCount,
     EvaluationCountsResult,
     FlagAnalyticsDocument,
+    FlagView,
     Page,
 )
 
 log = logging.getLogger("fpcd.flags")
 
 _definition_decoder = msgspec.json.Decoder(FlagDefinition)
-
-
-def flag_document(record: FlagRecord) -> dict[str, Any]:
-    """The wire form of a flag: its definition plus version metadata."""
-    doc: dict[str, Any] = msgspec.to_builtins(record.definition)
-    doc["key"] = record.key
-    doc.update(
-        version=record.version,
-        archived=record.archived,
-        createdAt=record.created_at,
-        updatedAt=record.updated_at,
-        updatedBy=record.updated_by,
-    )
-    return doc
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -96,20 +83,19 @@ class FlagService:
         bus: EventBus,
         *,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         default_environment: str,
         analytics: FlagAnalytics,
         scheduler: Scheduler,
-        time_source: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._committer = committer
         self._bus = bus
         self._node_id = node_id
-        self._clock = clock
-        self._time = time_source
-        #: The clock for callers that evaluate a batch at one instant (the flag socket).
-        self.time = time_source
+        #: The daemon's clock; callers that evaluate a batch at one instant (the flag
+        #: socket) read it once for the batch.
+        self.clock = clock
+        self._time = clock.time
         self.default_environment = default_environment
         self.analytics = analytics
         self._scheduler = scheduler
@@ -213,6 +199,10 @@ class FlagService:
     def counts(self) -> dict[str, int]:
         return {"flags": len(self._compiled), "archived": len(self._records) - len(self._compiled)}
 
+    def health(self) -> ComponentHealth:
+        """/health's `flags`: active and archived flags."""
+        return ComponentHealth(status="ok", counts=self.counts())
+
     def get_record(self, key: str) -> FlagRecord | None:
         """The latest version, archived or not."""
         return self._records.get(key)
@@ -295,8 +285,8 @@ class FlagService:
         enabled: bool | None,
         tags: list[str],
         include_archived: bool = False,
-    ) -> Page[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    ) -> Page[FlagView]:
+        items: list[FlagView] = []
         for key in sorted(self._records):
             record = self._records[key]
             if record.archived and not include_archived:
@@ -311,22 +301,22 @@ class FlagService:
                 )
                 if is_on is not enabled:
                     continue
-            items.append(flag_document(record))
+            items.append(FlagView.of(record))
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    async def history(self, key: str, *, limit: int, offset: int) -> Page[dict[str, Any]]:
+    async def history(self, key: str, *, limit: int, offset: int) -> Page[FlagView]:
         records, total = await self._store.flag_history(key, limit=limit, offset=offset)
         if total == 0:
             raise NotFound(f"no flag {key!r}")
         return Page(
-            items=[flag_document(r) for r in records], total=total, limit=limit, offset=offset
+            items=[FlagView.of(r) for r in records], total=total, limit=limit, offset=offset
         )
 
     async def analytics_report(
         self, key: str, start: datetime | None, end: datetime | None
     ) -> FlagAnalyticsDocument:
         self.get(key, include_archived=True)
-        end = end or self._clock()
+        end = end or self.clock.now()
         start = start or datetime.fromtimestamp(end.timestamp() - 30 * 86400, UTC)
         if start >= end:
             raise Invalid(
@@ -343,7 +333,7 @@ class FlagService:
 
     def _change(self, key: str, op: str, record: FlagRecord, caller: Caller) -> Change:
         return Change.by(
-            caller, key=key, op=op, payload=record, at=self._clock(), origin=self._node_id
+            caller, key=key, op=op, payload=record, at=self.clock.now(), origin=self._node_id
         )
 
     @staticmethod
@@ -391,7 +381,7 @@ class FlagService:
                     if not record.archived
                 ),
             )
-            now = self._clock()
+            now = self.clock.now()
             record = FlagRecord(
                 key=key,
                 version=(current.version if current else 0) + 1,
@@ -471,7 +461,7 @@ class FlagService:
                 current,
                 version=current.version + 1,
                 archived=True,
-                updated_at=self._clock(),
+                updated_at=self.clock.now(),
                 updated_by=caller.subject,
             )
             return [self._change(key, "archive", record, caller)]

@@ -15,13 +15,13 @@ import logging
 import os
 import secrets as random
 import stat
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fpcd.clock import Clock
 from fpcd.domain.crypto import (
     KeyMismatch,
     Keyring,
@@ -180,7 +180,7 @@ async def open_keyring(
     committer: Committer,
     settings: Settings,
     *,
-    clock: Callable[[], datetime],
+    clock: Clock,
     node_id: str,
 ) -> tuple[Keyring, MasterKeys]:
     """Unwrap every live data key, creating the first one on a new store (or cluster)."""
@@ -204,14 +204,14 @@ async def open_keyring(
             # created the first key meanwhile, and then that one is used.
             if any(k.state == "primary" for k in await store.data_keys()):
                 return []
-            record = new_data_key(master, salt if source.needs_salt else b"", clock())
+            record = new_data_key(master, salt if source.needs_salt else b"", clock.now())
             return [
                 Change(
                     key=record.id,
                     op="create",
                     payload=record,
                     actor="fpcd",
-                    at=clock(),
+                    at=clock.now(),
                     origin=node_id,
                 )
             ]

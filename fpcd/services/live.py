@@ -16,95 +16,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-import msgspec
-
+from fpcd.clock import Clock
 from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.errors import FpcdError, NotFound
 from fpcd.domain.model import ConfigVersion, FlagRecord, ReloadRequest
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
-from fpcd.services.flags import FlagService, flag_document
+from fpcd.services.flags import FlagService
+from fpcd.wire import ComponentHealth, FlagView
+from fpcd.wire.live import (
+    CONFIG_UPDATES,
+    FEATURE_FLAGS,
+    ConfigurationReload,
+    ConfigurationUpdate,
+    ErrorMessage,
+    FeatureFlagUpdate,
+    FlagUpdateReason,
+    Subscribed,
+    Topic,
+    Unsubscribed,
+    encode,
+)
 
 log = logging.getLogger("fpcd.live")
-
-CONFIG_UPDATES = "config-updates"
-FEATURE_FLAGS = "feature-flags"
-TOPICS = (CONFIG_UPDATES, FEATURE_FLAGS)
-
-
-class ServerMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True):
-    """Messages the server sends; `type` carries the seed's message names."""
-
-
-class ConfigurationUpdate(ServerMessage, tag="CONFIGURATION_UPDATE", kw_only=True):
-    service_name: str
-    environment: str
-    version: int
-    config: dict[str, Any]
-    #: The `default` layer's version merged underneath (absent for `default` itself).
-    base_version: int | None = None
-    checksum: str
-
-
-class ConfigurationReload(ServerMessage, tag="CONFIGURATION_RELOAD", kw_only=True):
-    service_name: str
-    environment: str
-    version: int
-    force: bool = False
-
-
-class FeatureFlagUpdate(ServerMessage, tag="FEATURE_FLAG_UPDATE", kw_only=True):
-    flag_key: str
-    #: On in `environment` at this moment: enabled, dependencies active, inside its dates.
-    enabled: bool
-    environment: str
-    flag: dict[str, Any] | None
-    #: "changed", "archived", "schedule_start" or "schedule_end".
-    reason: str
-
-
-class Subscribed(ServerMessage, tag="SUBSCRIBED", kw_only=True):
-    service_name: str
-    environment: str
-    subscriptions: list[str]
-
-
-class Unsubscribed(ServerMessage, tag="UNSUBSCRIBED", kw_only=True):
-    service_name: str
-    environment: str
-
-
-class Pong(ServerMessage, tag="PONG", kw_only=True):
-    timestamp: int = 0
-
-
-class Authenticated(ServerMessage, tag="AUTHENTICATED", kw_only=True):
-    subject: str
-
-
-class ErrorMessage(ServerMessage, tag="ERROR", kw_only=True):
-    code: str
-    message: str
-    #: The subscription an error is about, when it is about one (REPLAY_TOO_LARGE).
-    service_name: str | None = None
-    environment: str | None = None
-
-
-#: A replay would send more versions than `max_replay`: read over REST instead.
-REPLAY_TOO_LARGE = "REPLAY_TOO_LARGE"
-
-
-_encode = msgspec.json.Encoder().encode
-
-
-def encode(message: ServerMessage) -> bytes:
-    return _encode(message)
 
 
 class LiveStats:
@@ -149,7 +88,7 @@ class Stream:
 
     __slots__ = ("configs", "flags", "held", "last", "overflow")
 
-    def __init__(self, topics: set[str]) -> None:
+    def __init__(self, topics: set[Topic]) -> None:
         self.configs = CONFIG_UPDATES in topics
         self.flags = FEATURE_FLAGS in topics
         #: (version, base version) of the last CONFIGURATION_UPDATE sent: never older, never twice.
@@ -177,11 +116,13 @@ class LiveHub:
         max_subscriptions: int,
         max_replay: int = 256,
         replay_concurrency: int = 2,
-        time_source: Callable[[], float] = time.time,
+        clock: Clock,
     ) -> None:
         self._configs = configs
         self._flags = flags
-        self._time = time_source
+        #: The daemon's clock: flag updates are judged at its now, and the WebSocket door
+        #: checks tokens' expiry against it.
+        self.clock = clock
         self.max_subscriptions = max_subscriptions
         #: Most versions one replay sends (more: REPLAY_TOO_LARGE, read over REST instead).
         self.max_replay = max_replay
@@ -230,6 +171,10 @@ class LiveHub:
             "subscriptions": sum(len(s) for s in self._by_subscriber.values()),
         }
 
+    def health(self) -> ComponentHealth:
+        """/health's `websocket`: connections and subscriptions."""
+        return ComponentHealth(status="ok", counts=self.counts)
+
     def connect(self, subscriber: Subscriber) -> None:
         self._by_subscriber.setdefault(subscriber, {})
         self.stats.connections_total += 1
@@ -251,7 +196,7 @@ class LiveHub:
         subscriber: Subscriber,
         service: str,
         environment: str,
-        topics: list[str],
+        topics: list[Topic],
         last_version: int | None,
     ) -> None:
         """Queue the subscription so it takes its place among the live events."""
@@ -264,7 +209,7 @@ class LiveHub:
         subscriber: Subscriber,
         service: str,
         environment: str,
-        topics: list[str],
+        topics: list[Topic],
         last_version: int | None,
     ) -> None:
         mine = self._by_subscriber.get(subscriber)
@@ -359,7 +304,7 @@ class LiveHub:
         subscriber.deliver(
             encode(
                 ErrorMessage(
-                    code=REPLAY_TOO_LARGE,
+                    code="REPLAY_TOO_LARGE",
                     message=f"cannot replay {service}/{environment}: {why}; read the"
                     f" configuration (GET /api/config/{service}?environment={environment})"
                     " and subscribe again with its version as lastVersion",
@@ -421,9 +366,10 @@ class LiveHub:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, FlagSwitched):
-            self._queue.put_nowait(
-                lambda: self._flag_update(event.key, f"schedule_{event.boundary}")
+            reason: FlagUpdateReason = (
+                "schedule_start" if event.boundary == "start" else "schedule_end"
             )
+            self._queue.put_nowait(lambda: self._flag_update(event.key, reason))
             return
         if not isinstance(event, ChangeApplied):  # e.g. ServiceStatusChanged: nothing to send
             return
@@ -436,8 +382,8 @@ class LiveHub:
             case ReloadRequest():
                 self._queue.put_nowait(lambda: self._reload(payload))
             case FlagRecord():
-                reason = "archived" if payload.archived else "changed"
-                self._queue.put_nowait(lambda: self._flag_update(payload.key, reason))
+                changed: FlagUpdateReason = "archived" if payload.archived else "changed"
+                self._queue.put_nowait(lambda: self._flag_update(payload.key, changed))
 
     async def _update(
         self, service: str, environment: str, version: int | None
@@ -515,10 +461,10 @@ class LiveHub:
             elif stream.configs:
                 subscriber.deliver(data)
 
-    async def _flag_update(self, key: str, reason: str) -> None:
+    async def _flag_update(self, key: str, reason: FlagUpdateReason) -> None:
         record = self._flags.get_record(key)
-        doc = flag_document(record) if record is not None else None
-        now = self._time()
+        doc = FlagView.of(record) if record is not None else None
+        now = self.clock.time()
         # One message per environment, to each subscriber once however many of its streams
         # are in that environment; encoded only if someone gets it.
         by_environment: dict[str, list[dict[Subscriber, Stream]]] = {}

@@ -10,14 +10,14 @@ nothing is ever overwritten. `fpcd export`, `fpcd import` and `fpcd import-finep
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.configs import (
     check_limits,
     compile_schema,
@@ -57,7 +57,7 @@ class PortabilityService:
         analytics: FlagAnalytics,
         *,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         limits: ConfigLimits,
     ) -> None:
         self._store = store
@@ -70,7 +70,12 @@ class PortabilityService:
 
     def _change(self, caller: Caller, key: str, payload: Payload) -> Change:
         return Change.by(
-            caller, key=key, op="import", payload=payload, at=self._clock(), origin=self._node_id
+            caller,
+            key=key,
+            op="import",
+            payload=payload,
+            at=self._clock.now(),
+            origin=self._node_id,
         )
 
     # -- export --------------------------------------------------------------------

@@ -11,15 +11,15 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.configs import BASE_ENVIRONMENT, check_name, missing_paths
 from fpcd.domain.errors import FieldError, Invalid, NotFound
 from fpcd.domain.model import (
@@ -34,13 +34,16 @@ from fpcd.services.changes import Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, ServiceStatusChanged
 from fpcd.store.sqlite import Store
-from fpcd.wire import Page, RegisterResult, ServiceRegister, ServiceView
+from fpcd.wire import Page, RegisterResult, ServiceRegister, ServiceStatus, ServiceView
 
 log = logging.getLogger("fpcd.registry")
 
-HEALTHY, UNHEALTHY, UNKNOWN, STALE = "healthy", "unhealthy", "unknown", "stale"
+HEALTHY: Final = "healthy"
+UNHEALTHY: Final = "unhealthy"
+UNKNOWN: Final = "unknown"
+STALE: Final = "stale"
 #: Reachable (or not probed) but missing some of its requiredConfigs.
-DEGRADED = "degraded"
+DEGRADED: Final = "degraded"
 #: A registration's metadata, encoded, at most this many bytes.
 MAX_METADATA_BYTES = 16 * 1024
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
@@ -110,10 +113,10 @@ class Observed:
     """What this host has seen of a service."""
 
     last_heartbeat: float
-    probe: str = UNKNOWN
+    probe: ServiceStatus = UNKNOWN
     last_check: float | None = None
     last_error: str | None = None
-    status: str = UNKNOWN
+    status: ServiceStatus = UNKNOWN
     #: How long the last probe took (milliseconds); all a probe reports besides status.
     latency_ms: float | None = None
 
@@ -128,6 +131,28 @@ def _http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+class Registered:
+    """The registered services, kept current by RegistryService and read by ConfigService
+    (a write must keep a registered service's requiredConfigs): built before both, so
+    each gets it when it is constructed."""
+
+    def __init__(self, *, enforce_required_configs: bool = False) -> None:
+        #: name -> its live registration.
+        self.services: dict[str, ServiceRegistration] = {}
+        #: Refuse config writes that lack a requiredConfig (off: only reported).
+        self.enforce_required_configs = enforce_required_configs
+
+    def required_configs(self, service: str, environment: str) -> list[str]:
+        """Paths a registered service needs in (service, environment) that config writes
+        must keep: only with registry.enforce_required_configs (else they are reported)."""
+        reg = self.services.get(service)
+        if not self.enforce_required_configs or reg is None or not reg.required_configs:
+            return []
+        if environment not in (reg.environment, BASE_ENVIRONMENT):
+            return []
+        return reg.required_configs
+
+
 class RegistryService:
     def __init__(
         self,
@@ -137,12 +162,11 @@ class RegistryService:
         configs: ConfigService,
         *,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         check_interval: float,
         check_timeout: float,
         health_check_hosts: list[str] | None = None,
-        enforce_required_configs: bool = False,
-        time_source: Callable[[], float] = time.time,
+        registered: Registered,
     ) -> None:
         self._store = store
         self._committer = committer
@@ -150,14 +174,12 @@ class RegistryService:
         self._configs = configs
         self._node_id = node_id
         self._clock = clock
-        self._time = time_source
         self.check_interval = check_interval
         self.check_timeout = check_timeout
         #: registry.health_check_hosts (see allowed_health_check).
         self.health_check_hosts = list(health_check_hosts or [])
-        #: Refuse config writes that lack a requiredConfig (off: only reported).
-        self.enforce_required_configs = enforce_required_configs
-        self._services: dict[str, ServiceRegistration] = {}
+        self._registered = registered
+        self._services = registered.services
         #: service -> (missing requiredConfigs, missing optionalConfigs), kept current by
         #: config and secret changes.
         self._missing: dict[str, tuple[list[str], list[str]]] = {}
@@ -175,11 +197,10 @@ class RegistryService:
         for reg in await self._store.registrations():
             if not reg.deregistered:
                 self._services[reg.name] = reg
-                self._observed[reg.name] = Observed(last_heartbeat=self._time())
+                self._observed[reg.name] = Observed(last_heartbeat=self._clock.time())
         for reg in list(self._services.values()):
             self._missing[reg.name] = await self.missing(reg)
         self._configs.known_services.update(self._services)
-        self._configs.required_configs = self.required_configs
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.check_timeout))
         self._task = asyncio.create_task(self._check_loop(), name="health-checks")
 
@@ -209,7 +230,7 @@ class RegistryService:
                 self._missing.pop(reg.name, None)
             else:
                 self._services[reg.name] = reg
-                self._observed.setdefault(reg.name, Observed(last_heartbeat=self._time()))
+                self._observed.setdefault(reg.name, Observed(last_heartbeat=self._clock.time()))
                 self._schedule_recheck(reg.name)
         elif (
             isinstance(payload, ConfigVersion | SecretVersion | SecretDestroyed)
@@ -246,8 +267,11 @@ class RegistryService:
 
     # -- status -------------------------------------------------------------------------
 
-    def _status(self, reg: ServiceRegistration, seen: Observed) -> str:
-        if reg.ttl_seconds is not None and self._time() - seen.last_heartbeat > reg.ttl_seconds:
+    def _status(self, reg: ServiceRegistration, seen: Observed) -> ServiceStatus:
+        if (
+            reg.ttl_seconds is not None
+            and self._clock.time() - seen.last_heartbeat > reg.ttl_seconds
+        ):
             return STALE
         if reg.health_check and seen.probe == UNHEALTHY:
             return UNHEALTHY
@@ -257,7 +281,7 @@ class RegistryService:
             return seen.probe
         return HEALTHY if reg.ttl_seconds is not None else UNKNOWN
 
-    def _refresh(self, name: str) -> str:
+    def _refresh(self, name: str) -> ServiceStatus:
         reg, seen = self._services[name], self._observed[name]
         status = self._status(reg, seen)
         if status != seen.status:
@@ -287,7 +311,7 @@ class RegistryService:
             seen.probe = UNHEALTHY
             seen.last_error = "unreachable"
         seen.latency_ms = round((time.monotonic() - started) * 1000, 1)
-        seen.last_check = self._time()
+        seen.last_check = self._clock.time()
 
     async def check_all(self) -> None:
         """Probe every health-check URL once (concurrently), then update statuses."""
@@ -317,19 +341,13 @@ class RegistryService:
         return reg.environment if reg is not None else None
 
     def required_configs(self, service: str, environment: str) -> list[str]:
-        """Paths a registered service needs in (service, environment) that config writes
-        must keep: only with registry.enforce_required_configs (else they are reported)."""
-        reg = self._services.get(service)
-        if not self.enforce_required_configs or reg is None or not reg.required_configs:
-            return []
-        if environment not in (reg.environment, BASE_ENVIRONMENT):
-            return []
-        return reg.required_configs
+        """Paths a registered service needs in (service, environment): see `Registered`."""
+        return self._registered.required_configs(service, environment)
 
     # -- views ----------------------------------------------------------------------------
 
     def _view(self, reg: ServiceRegistration) -> ServiceView:
-        seen = self._observed.get(reg.name) or Observed(last_heartbeat=self._time())
+        seen = self._observed.get(reg.name) or Observed(last_heartbeat=self._clock.time())
 
         def moment(epoch: float | None) -> datetime | None:
             return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
@@ -408,7 +426,7 @@ class RegistryService:
 
     def _change(self, name: str, op: str, reg: ServiceRegistration, caller: Caller) -> Change:
         return Change.by(
-            caller, key=name, op=op, payload=reg, at=self._clock(), origin=self._node_id
+            caller, key=name, op=op, payload=reg, at=self._clock.now(), origin=self._node_id
         )
 
     async def register(self, body: ServiceRegister, caller: Caller) -> tuple[RegisterResult, bool]:
@@ -449,7 +467,7 @@ class RegistryService:
             optional_configs=body.optional_configs,
             metadata=body.metadata,
             ttl_seconds=body.ttl_seconds,
-            registered_at=self._clock(),
+            registered_at=self._clock.now(),
             registered_by=caller.subject,
         )
         created = name not in self._services
@@ -458,7 +476,7 @@ class RegistryService:
             return [self._change(name, "register", reg, caller)]
 
         await self._committer.commit(plan)
-        self._observed[reg.name] = Observed(last_heartbeat=self._time())
+        self._observed[reg.name] = Observed(last_heartbeat=self._clock.time())
         missing, missing_optional = self._missing[reg.name] = await self.missing(reg)
         if url:
             await self._probe(reg.name, url)
@@ -477,7 +495,7 @@ class RegistryService:
             gone = ServiceRegistration(
                 name=name,
                 environment=reg.environment,
-                registered_at=self._clock(),
+                registered_at=self._clock.now(),
                 registered_by=caller.subject,
                 deregistered=True,
             )
@@ -489,8 +507,8 @@ class RegistryService:
         reg = self._services.get(name)
         if reg is None:
             raise NotFound(f"no registered service {name!r}")
-        self._observed.setdefault(name, Observed(last_heartbeat=self._time()))
-        self._observed[name].last_heartbeat = self._time()
+        self._observed.setdefault(name, Observed(last_heartbeat=self._clock.time()))
+        self._observed[name].last_heartbeat = self._clock.time()
         return self._view(reg)
 
 

@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fpcd.clock import SYSTEM_CLOCK, Clock
+from fpcd.wire import ComponentHealth
+
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -27,7 +30,9 @@ Job = Callable[..., Awaitable[Any]]
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        #: Date jobs are due when this clock reaches their date (see `at`).
+        self._clock = clock
         #: Date jobs; made at the first `at()`.
         self._scheduler: AsyncIOScheduler | None = None
         self._started = False
@@ -49,6 +54,13 @@ class Scheduler:
     @property
     def running(self) -> bool:
         return self._started
+
+    def health(self) -> ComponentHealth:
+        """/health's `scheduler`: down once stopped; jobs scheduled and runs that failed."""
+        if not self.running:
+            return ComponentHealth(status="down", detail="the scheduler is not running")
+        failed = sum(n for (_, result), n in self.runs.items() if result == "failed")
+        return ComponentHealth(status="ok", counts={"jobs": self.count, "failed": failed})
 
     @property
     def count(self) -> int:
@@ -117,7 +129,11 @@ class Scheduler:
             self._running.discard(task)
 
     def at(self, job_id: str, when: datetime, job: Job, *args: Any) -> None:
-        """Run `job(*args)` once at `when` (replacing a job with the same id)."""
+        """Run `job(*args)` once when the daemon's clock reaches `when` (replacing a job
+        with the same id). APScheduler waits on the host's clock, so the date is moved by
+        however far the daemon's clock is from it (nothing, unless a test moved it)."""
+        if self._clock is not SYSTEM_CLOCK:
+            when = datetime.now(UTC) + (when - self._clock.now())
         self._dated().add_job(
             self._tracked,
             "date",

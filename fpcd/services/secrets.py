@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fpcd.clock import Clock
 from fpcd.domain.access import SECRETS_READ, may
 from fpcd.domain.configs import BASE_ENVIRONMENT, check_name
 from fpcd.domain.crypto import (
@@ -53,7 +53,14 @@ from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.services.keyring import MasterKeys, new_data_key
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import PendingRead, SecretRow, Store
-from fpcd.wire import KeyringStatus, KeyStatus, Page, RotationStatus, SecretView
+from fpcd.wire import (
+    ComponentHealth,
+    KeyringStatus,
+    KeyStatus,
+    Page,
+    RotationStatus,
+    SecretView,
+)
 
 log = logging.getLogger("fpcd.secrets")
 
@@ -103,11 +110,10 @@ class SecretService:
         master: MasterKeys,
         scheduler: Scheduler,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         max_value_bytes: int,
         rewrap_batch: int = 100,
         push_batch: int = 200,
-        time_source: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._committer = committer
@@ -116,7 +122,6 @@ class SecretService:
         self._scheduler = scheduler
         self._node_id = node_id
         self._clock = clock
-        self._time = time_source
         self.max_value_bytes = max_value_bytes
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
@@ -230,7 +235,7 @@ class SecretService:
 
     def _change(self, key: str, op: str, payload: Payload, caller: Caller) -> Change:
         return Change.by(
-            caller, key=key, op=op, payload=payload, at=self._clock(), origin=self._node_id
+            caller, key=key, op=op, payload=payload, at=self._clock.now(), origin=self._node_id
         )
 
     # -- encryption helpers ------------------------------------------------------------
@@ -263,7 +268,7 @@ class SecretService:
             )
 
     def _is_expired(self, row: SecretRow) -> bool:
-        return row.expires_at is not None and row.expires_at <= self._time()
+        return row.expires_at is not None and row.expires_at <= self._clock.time()
 
     async def plan_values(
         self,
@@ -305,7 +310,7 @@ class SecretService:
                 ciphertext=ciphertext,
                 description=description,
                 expires_at=expires_at,
-                created_at=self._clock(),
+                created_at=self._clock.now(),
                 created_by=caller.subject,
             )
             changes.append(self._change(f"{service}/{environment}/{name}", "put", record, caller))
@@ -336,11 +341,11 @@ class SecretService:
             )
         if ttl_seconds is not None:
             expires_at = checked_utc(
-                datetime.fromtimestamp(self._time() + ttl_seconds, UTC), "$.ttlSeconds"
+                datetime.fromtimestamp(self._clock.time() + ttl_seconds, UTC), "$.ttlSeconds"
             )
         elif expires_at is not None:
             expires_at = checked_utc(expires_at, "$.expiresAt")
-        if expires_at is not None and expires_at.timestamp() <= self._time():
+        if expires_at is not None and expires_at.timestamp() <= self._clock.time():
             raise Invalid(
                 "expiresAt is in the past", errors=[FieldError("$.expiresAt", "in the past")]
             )
@@ -411,7 +416,7 @@ class SecretService:
         """Record a decrypting read on this host (outbox row and access counts, one local
         transaction) and have it pushed as a `SecretRead` change in the background: a read
         never waits for, or fails with, the upstream. Returns the counts after it."""
-        at = self._clock()
+        at = self._clock.now()
         read = PendingRead(
             id=uuid.uuid4().hex,
             at=rfc3339(at),
@@ -514,6 +519,29 @@ class SecretService:
     async def pending_reads(self) -> int:
         """Reads recorded here and not yet in the change log (health, metrics)."""
         return await self._store.pending_secret_reads_count()
+
+    async def reads_health(self) -> ComponentHealth:
+        """/health's `secret_reads`: reads recorded here and not yet in the audited change
+        log (the upstream is down, or they are on their way)."""
+        pending = await self.pending_reads()
+        detail = "reads wait on this host for the upstream" if pending else None
+        return ComponentHealth(status="ok", detail=detail, counts={"pending": pending})
+
+    async def keyring_health(self) -> ComponentHealth:
+        """/health's `keyring`: down without a primary key, degraded after an integrity
+        failure; live keys and ciphertexts still to rewrap."""
+        state = await self.status()
+        counts = {
+            "keys": sum(1 for k in state.keys if k.state != "retired"),
+            "rotationRemaining": state.rotation.remaining,
+        }
+        if self.keyring.primary is None:
+            return ComponentHealth(status="down", detail="no primary key", counts=counts)
+        if state.rotation.failed or self.tampered:
+            problem = "ciphertexts failed their integrity check"
+            return ComponentHealth(status="degraded", detail=problem, counts=counts)
+        running = "rotation running" if state.rotation.running else None
+        return ComponentHealth(status="ok", detail=running, counts=counts)
 
     async def layered(self, service: str, environments: Iterable[str]) -> dict[str, SecretRow]:
         """Live secrets of a service's layers, later environments overriding earlier ones."""
@@ -631,7 +659,7 @@ class SecretService:
 
     async def expire_due(self) -> int:
         """Destroy everything past its expiry (start-up and the periodic cleanup job)."""
-        due = await self._store.secrets_expiring(before=self._time())
+        due = await self._store.secrets_expiring(before=self._clock.time())
         for row in due:
             await self.expire(row.service, row.environment, row.name, row.version)
         return len(due)
@@ -643,7 +671,7 @@ class SecretService:
 
         async def plan() -> list[Change]:
             records = await self._store.data_keys()
-            fresh = new_data_key(self._master.current, self._master.salt, self._clock())
+            fresh = new_data_key(self._master.current, self._master.salt, self._clock.now())
             changes = [self._change(fresh.id, "rotate", fresh, caller)]
             for record in records:
                 if record.state == "primary":

@@ -12,11 +12,12 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, assert_never
 
 import aiosqlite
 import msgspec
@@ -30,6 +31,7 @@ from fpcd.domain.model import (
     Change,
     ConfigVersion,
     DataKey,
+    DestroyReason,
     FlagRecord,
     ReloadRequest,
     SchemaRecord,
@@ -45,6 +47,7 @@ from fpcd.observe.problems import RecordProblems
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.store.files import secure_data_dir
 from fpcd.store.migrations import LATEST, MIGRATIONS, REDACTION_STEP
+from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.store")
 
@@ -91,15 +94,44 @@ def database_error(error: sqlite3.Error) -> FpcdError:
     return Unavailable(f"local database error: {error.__class__.__name__}")
 
 
-async def _rollback(db: aiosqlite.Connection) -> None:
+def _begin(conn: sqlite3.Connection) -> None:
+    # IMMEDIATE: take the write lock now, so no statement of the transaction meets SQLITE_BUSY.
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open: SQLite ends one by itself on some errors
     (SQLITE_FULL), and a second ROLLBACK's error must not hide the first one."""
-    if not db.in_transaction:
+    if not conn.in_transaction:
         return
     try:
-        await db.execute("ROLLBACK")
+        conn.execute("ROLLBACK")
     except sqlite3.Error as error:
         log.warning("rollback failed", extra={"error": str(error)})
+
+
+def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work(conn)` between BEGIN IMMEDIATE and COMMIT, rolled back if anything raises: the
+    one transaction every write of the store runs in (the group commit's `Transaction`
+    opens, commits and rolls back with the same three functions)."""
+    _begin(conn)
+    try:
+        result = work(conn)
+        _commit(conn)
+    except BaseException:
+        _rollback(conn)
+        raise
+    return result
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy and busy[0]:
+        log.warning("WAL checkpoint did not complete (a reader held it); it will be retried")
 
 
 async def quick_check(path: Path, *, limit: int = 5) -> list[str]:
@@ -124,91 +156,6 @@ async def quick_check(path: Path, *, limit: int = 5) -> list[str]:
     return [line for line in lines if line and not line.startswith("***")]
 
 
-class _InlineResult:
-    """What `_Inline.execute` returns: awaitable (the cursor) and an async context manager,
-    like aiosqlite's, so the same code runs on either connection."""
-
-    __slots__ = ("_args", "_conn", "_cursor", "_sql")
-
-    def __init__(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
-        self._conn, self._sql, self._args = conn, sql, args
-        self._cursor: _InlineCursor | None = None
-
-    async def _run(self) -> _InlineCursor:
-        self._cursor = _InlineCursor(self._conn.execute(self._sql, self._args))
-        return self._cursor
-
-    def __await__(self) -> Any:
-        return self._run().__await__()
-
-    async def __aenter__(self) -> _InlineCursor:
-        return await self._run()
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._cursor is not None:
-            self._cursor.close()
-
-
-class _InlineCursor:
-    __slots__ = ("_cur",)
-
-    def __init__(self, cur: sqlite3.Cursor) -> None:
-        self._cur = cur
-
-    @property
-    def lastrowid(self) -> int | None:
-        return self._cur.lastrowid
-
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
-    async def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    async def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-    def close(self) -> None:
-        self._cur.close()
-
-
-class _Inline:
-    """The write connection used from the event loop's own thread, statement by statement.
-
-    An aiosqlite call costs a thread hop (about 90 µs here) for a statement that takes
-    5-20 µs, and staging a change is four or five statements. Inside a transaction that
-    holds the store's write lock nothing else uses the connection, so the statements
-    run inline; BEGIN (which may wait for another process) and COMMIT (the fsync) still
-    go through aiosqlite's thread, off the loop.
-    """
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> _InlineResult:
-        return _InlineResult(self._conn, sql, args)
-
-    async def executemany(self, sql: str, rows: Any) -> _InlineCursor:
-        return _InlineCursor(self._conn.executemany(sql, rows))
-
-    async def execute_fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        return self._conn.execute(sql, args).fetchall()
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
-
-
-def _inline(db: aiosqlite.Connection) -> _Inline | aiosqlite.Connection:
-    """The inline view of aiosqlite's connection (opened with check_same_thread=False);
-    aiosqlite itself if its sqlite3 connection cannot be reached."""
-    conn = getattr(db, "_connection", None)
-    return _Inline(conn) if isinstance(conn, sqlite3.Connection) else db
-
-
 #: The transaction whose plan is running in this task: its reads see what it staged.
 _staging: ContextVar[Transaction | None] = ContextVar("fpcd_store_staging", default=None)
 
@@ -227,7 +174,7 @@ class SecretRow(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float | None
     created_at: str
     created_by: str
-    destroyed: str | None
+    destroyed: DestroyReason | None
     access_count: int = 0
     last_accessed_at: str | None = None
 
@@ -278,11 +225,11 @@ class PendingRead(msgspec.Struct, frozen=True, kw_only=True):
 _names_decoder = msgspec.json.Decoder(list[str])
 
 
-async def _count_reads(
-    db: aiosqlite.Connection, service: str, environment: str, names: Sequence[str], at: datetime
+def _count_reads(
+    conn: sqlite3.Connection, service: str, environment: str, names: Sequence[str], at: datetime
 ) -> None:
     """Access counts; `last_at` only moves forward (reads arrive from other hosts late)."""
-    await db.executemany(
+    conn.executemany(
         "INSERT INTO secret_access (service, environment, name, count, last_at)"
         " VALUES (?, ?, ?, 1, ?) ON CONFLICT (service, environment, name)"
         " DO UPDATE SET count = count + 1, last_at = CASE"
@@ -327,9 +274,9 @@ def _scrub_destroyed(db: sqlite3.Connection) -> None:
         updates.append(
             (_change_encoder.encode(msgspec.structs.replace(change, payload=scrubbed)), seq)
         )
-    db.execute("BEGIN")
-    db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
-    db.execute("COMMIT")
+    _transaction(
+        db, lambda c: c.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
+    )
 
 
 class ServiceSummary(msgspec.Struct, frozen=True):
@@ -339,8 +286,8 @@ class ServiceSummary(msgspec.Struct, frozen=True):
     change_seq: int
 
 
-async def _set_meta(db: Any, key: str, value: str) -> None:
-    await db.execute(
+def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
@@ -350,48 +297,48 @@ async def _set_meta(db: Any, key: str, value: str) -> None:
 async def migrate(path: Path) -> tuple[int, int]:
     """Bring the database at `path` to the latest schema; returns (before, after)."""
     secure_data_dir(path)
-    db = await aiosqlite.connect(path, isolation_level=None)
+    return await asyncio.to_thread(_migrate, path)
+
+
+def _migrate(path: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(path, isolation_level=None)
     try:
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA secure_delete=ON")
-        before = (await (await db.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA secure_delete=ON")
+        before: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if before > LATEST:
             raise FpcdError(
                 f"{path} has schema version {before}, newer than this fpcd ({LATEST}); upgrade fpcd"
             )
         for step in range(before, LATEST):
-            await db.execute("BEGIN IMMEDIATE")
-            try:
+
+            def run(conn: sqlite3.Connection, step: int = step) -> None:
                 for statement in MIGRATIONS[step].split(";"):
                     if statement.strip():
-                        await db.execute(statement)
+                        conn.execute(statement)
                 if step + 1 == REDACTION_STEP and before:
-                    await _scrub_journal(db)
-                await db.execute(f"PRAGMA user_version = {step + 1}")
-                await db.execute("COMMIT")
-            except BaseException:
-                await _rollback(db)
-                raise
+                    _scrub_journal(conn)
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+
+            _transaction(conn, run)
         if 0 < before < REDACTION_STEP:
             # Pages freed before secure_delete was on may still hold destroyed material:
             # rebuild the file once, then empty the WAL that held the old pages.
-            await db.execute("VACUUM")
-            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before, LATEST
     finally:
-        await db.close()
+        conn.close()
 
 
-async def _scrub_journal(db: aiosqlite.Connection) -> None:
+def _scrub_journal(conn: sqlite3.Connection) -> None:
     """Redact what a store from before redaction destroyed but kept in its journal."""
-    rows = list(
-        await db.execute_fetchall(
-            "SELECT seq, payload FROM changes WHERE entity IN"
-            " ('secret', 'secret_rewrap', 'secret_destroyed', 'data_key') ORDER BY seq"
-        )
-    )
+    rows = conn.execute(
+        "SELECT seq, payload FROM changes WHERE entity IN"
+        " ('secret', 'secret_rewrap', 'secret_destroyed', 'data_key') ORDER BY seq"
+    ).fetchall()
     redacted = scrub_history([_change_decoder.decode(r[1]) for r in rows])
-    await db.executemany(
+    conn.executemany(
         "UPDATE changes SET payload = ? WHERE seq = ?",
         [(_change_encoder.encode(c), rows[i][0]) for i, c in redacted],
     )
@@ -403,10 +350,22 @@ async def _scrub_journal(db: aiosqlite.Connection) -> None:
 
 
 class Store:
+    """The local database.
+
+    Writes run on one thread of their own, the writer (datasette's write thread is the
+    model): a write hands one function to it (`_write`), which runs it against the write
+    connection inside one transaction (`_transaction`), so a write costs one thread hop
+    however many statements it makes. Only the group commit's `Transaction` stays open
+    across awaits; its plans' statements run on the event loop's thread, which is safe
+    because the write lock keeps everything else off the connection meanwhile.
+    """
+
     def __init__(self, path: Path, *, synchronous: Synchronous = "full") -> None:
         self.path = path
         self._synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
+        #: The write connection, used on the writer thread (and inline by an open group).
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._audit_head: tuple[int, str] = (0, GENESIS_HASH)
@@ -418,7 +377,7 @@ class Store:
         self.problems = RecordProblems()
         #: Reads that found stored data failing its checksum (for /metrics).
         self.integrity_failures = 0
-        #: Seconds per read query and per write transaction (apply), for /metrics.
+        #: Seconds per read query and per write transaction, for /metrics.
         self.read_latency = LatencyHistogram()
         self.write_latency = LatencyHistogram()
         #: Write transactions committed and the changes in them (their ratio is the
@@ -445,15 +404,8 @@ class Store:
             if _error_code(error) in _CORRUPT_CODES:
                 raise DatabaseCorrupt(f"{self.path} is damaged: {error}") from None
             raise
-        self._writer = await aiosqlite.connect(
-            self.path, isolation_level=None, check_same_thread=False
-        )
-        await self._writer.execute("PRAGMA journal_mode=WAL")
-        # Deleted and overwritten content is zeroed in the file (destroyed secrets).
-        await self._writer.execute("PRAGMA secure_delete=ON")
-        await self._writer.execute(f"PRAGMA synchronous={self._synchronous}")
-        await self._writer.execute("PRAGMA busy_timeout=5000")
-        await self._writer.execute("PRAGMA foreign_keys=ON")
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="fpcd-sqlite-writer")
+        self._writer = await self._hop(self._connect_writer)
         self._reader = await aiosqlite.connect(
             f"file:{self.path}?mode=ro", uri=True, isolation_level=None
         )
@@ -464,6 +416,17 @@ class Store:
             self._audit_head = (int(head_id), head_hash)
         row = await self._fetchone("SELECT value FROM meta WHERE key = 'upstream_cursor'")
         self._cursor = int(row[0]) if row else 0
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        # check_same_thread=False: an open group's statements run on the loop's thread.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # Deleted and overwritten content is zeroed in the file (destroyed secrets).
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
 
     async def local_changes_count(self) -> int:
         """Changes made here without an upstream (a standalone history)."""
@@ -478,21 +441,14 @@ class Store:
 
     async def mark_upstream(self, pairs: Sequence[tuple[int, int]]) -> None:
         """(upstream seq, local seq) for a standalone history just pushed upstream."""
-        async with self._write_lock:
-            db = self._writable()
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                await db.executemany("UPDATE changes SET upstream_seq = ? WHERE seq = ?", pairs)
-                cursor = max(upstream for upstream, _ in pairs)
-                await _set_meta(db, "upstream_cursor", str(cursor))
-                await db.execute("COMMIT")
-            except sqlite3.Error as error:
-                await _rollback(db)
-                raise self._failed(error, "write") from error
-            except BaseException:
-                await _rollback(db)
-                raise
-            self._cursor = cursor
+        cursor = max(upstream for upstream, _ in pairs)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE changes SET upstream_seq = ? WHERE seq = ?", pairs)
+            _set_meta(conn, "upstream_cursor", str(cursor))
+
+        await self._write(work)
+        self._cursor = cursor
 
     async def open_readonly(self) -> None:
         """Read without migrating or writing (offline `fpcd audit verify`)."""
@@ -510,36 +466,30 @@ class Store:
             return
         self._closed = True
         async with self._write_lock:
-            for conn in (self._reader, self._writer):
-                if conn is not None:
-                    await conn.close()
-        self._reader = self._writer = None
-
-    def _read(self) -> Any:
-        staging = _staging.get()
-        if staging is not None and staging.store is self and staging.db is not None:
-            return staging.db  # a plan reads through its open transaction
-        if self._reader is None:
-            raise StoreClosed("the store is closed")
-        return self._reader
+            if self._reader is not None:
+                await self._reader.close()
+            if self._writer is not None:
+                await self._hop(self._writer.close)
+            if self._writer_thread is not None:
+                self._writer_thread.shutdown(wait=False)
+        self._reader = self._writer = self._writer_thread = None
 
     async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        started = perf_counter()
-        try:
-            # One call that runs the statement to its end: a cursor left open between
-            # calls would hold a read transaction, and every query that concurrent
-            # readers run meanwhile would see its old snapshot (miss a fresh commit).
-            rows = await self._read().execute_fetchall(sql, args)
-            return next(iter(rows), None)
-        except sqlite3.Error as error:
-            raise self._failed(error, "read") from error
-        finally:
-            self.read_latency.observe(perf_counter() - started)
+        return next(iter(await self._fetchall(sql, args)), None)
 
     async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         started = perf_counter()
         try:
-            return list(await self._read().execute_fetchall(sql, args))
+            staging = _staging.get()
+            if staging is not None and staging.store is self and staging.open:
+                # A plan reads through its open transaction (on this thread: see Store).
+                return staging.conn.execute(sql, args).fetchall()
+            if self._reader is None:
+                raise StoreClosed("the store is closed")
+            # One call that runs the statement to its end: a cursor left open between
+            # calls would hold a read transaction, and every query that concurrent
+            # readers run meanwhile would see its old snapshot (miss a fresh commit).
+            return list(await self._reader.execute_fetchall(sql, args))
         except sqlite3.Error as error:
             raise self._failed(error, "read") from error
         finally:
@@ -547,6 +497,14 @@ class Store:
 
     async def ping(self) -> None:
         await self._fetchone("SELECT 1")
+
+    async def health(self) -> ComponentHealth:
+        """/health's `sqlite`: it answers, and no integrity check found damage."""
+        await self.ping()
+        if self.corrupt is not None:
+            detail = f"integrity check failed, writes refused: {self.corrupt}"
+            return ComponentHealth(status="degraded", detail=detail)
+        return ComponentHealth(status="ok")
 
     def _failed(self, error: sqlite3.Error, what: str) -> FpcdError:
         """Log SQLite's own error (never a generic one) and say what it means to a caller."""
@@ -575,7 +533,7 @@ class Store:
             self._mark_corrupt("; ".join(problems[:3]))
         return problems
 
-    def _writable(self) -> aiosqlite.Connection:
+    def _writable(self) -> sqlite3.Connection:
         if self._writer is None:
             raise StoreClosed("the store is closed")
         if self.corrupt is not None:
@@ -585,6 +543,30 @@ class Store:
             )
         return self._writer
 
+    async def _hop(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the writer thread (one thread hop)."""
+        assert self._writer_thread is not None
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, fn)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T], *, raw: bool = False) -> T:
+        """A write: under the write lock, `work(connection)` runs on the writer thread inside
+        one transaction (`raw`: `work` opens and ends its own with the same helpers).
+
+        If the caller is cancelled meanwhile, `work` still runs to its end on its thread,
+        and the next write queues behind it there.
+        """
+        async with self._write_lock:
+            conn = self._writable()
+            started = perf_counter()
+            try:
+                if raw:
+                    return await self._hop(lambda: work(conn))
+                return await self._hop(lambda: _transaction(conn, work))
+            except sqlite3.Error as error:
+                raise self._failed(error, "write") from error
+            finally:
+                self.write_latency.observe(perf_counter() - started)
+
     # -- local bookkeeping (node id, cursors): not changes, never replicated -------
 
     async def meta_get(self, key: str) -> str | None:
@@ -592,18 +574,13 @@ class Store:
         return row[0] if row else None
 
     async def meta_set(self, key: str, value: str) -> None:
-        async with self._write_lock:
-            db = self._writable()
-            try:
-                await _set_meta(db, key, value)
-            except sqlite3.Error as error:
-                raise self._failed(error, "write") from error
+        await self._write(lambda conn: _set_meta(conn, key, value))
 
     # -- the one write path ----------------------------------------------------
 
     async def apply(self, changes: Sequence[Change], *, upstream: bool = False) -> list[Change]:
         """Store and materialize `changes` in one transaction; returns them with the local
-        `seq` set.
+        `seq` set. One function on the writer thread: one hop for the whole batch.
 
         With `upstream`, each change's `seq` on input is its place in the upstream log:
         changes at or below the cursor are skipped (already applied), and the cursor moves
@@ -611,31 +588,48 @@ class Store:
         """
         if not changes:
             return []
-        txn = await self.begin()
-        try:
-            stored = await txn.stage(changes, upstream=upstream)
-            if stored:
-                await txn.commit()
-        finally:
-            await txn.rollback()  # a no-op once committed
-        return stored
+
+        def work(conn: sqlite3.Connection) -> list[Change]:
+            _begin(conn)
+            txn = Transaction(self, conn)
+            try:
+                stored = txn.stage_now(changes, upstream=upstream)
+                if stored:
+                    txn.commit_now()
+            finally:
+                _rollback(conn)  # a no-op once committed
+            return stored
+
+        return await self._write(work, raw=True)
 
     async def begin(self) -> Transaction:
-        """Open the write transaction (taking the write lock until commit or rollback)."""
+        """Open the write transaction of a group commit: it holds the write lock until
+        `commit` or `rollback`, and its statements run on the loop's thread."""
         await self._write_lock.acquire()
         try:
-            db = self._writable()
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as error:
-                raise self._failed(error, "write") from error
+            conn = self._writable()
         except BaseException:
             self._write_lock.release()
             raise
-        return Transaction(self, db)
+        try:
+            await self._hop(lambda: _begin(conn))  # may wait for another process
+        except sqlite3.Error as error:
+            self._write_lock.release()
+            raise self._failed(error, "write") from error
+        except BaseException:  # cancelled: BEGIN may still run on the writer thread
+            self._end_on_writer(conn)
+            raise
+        return Transaction(self, conn, locked=True)
 
-    async def _stage(
-        self, db: Any, changes: Sequence[Change], upstream: bool, txn: Transaction
+    def _end_on_writer(self, conn: sqlite3.Connection) -> None:
+        """After a hop its caller stopped waiting for: roll back on the writer thread,
+        behind whatever that hop still does there, then release the write lock."""
+        assert self._writer_thread is not None
+        done = asyncio.get_running_loop().run_in_executor(self._writer_thread, _rollback, conn)
+        done.add_done_callback(lambda _: self._write_lock.release())
+
+    def _stage(
+        self, conn: sqlite3.Connection, changes: Sequence[Change], upstream: bool, txn: Transaction
     ) -> list[Change]:
         """Insert `changes` (journal, materialized rows, audit entries) into the open
         transaction, advancing the transaction's audit head and cursor."""
@@ -650,7 +644,7 @@ class Store:
                 if change.seq != cursor + 1:
                     raise FpcdError(f"upstream change {change.seq} follows {cursor}: a gap")
                 upstream_seq = cursor = change.seq
-            cur = await db.execute(
+            cur = conn.execute(
                 "INSERT INTO changes (entity, key, op, actor, at, origin, request_id,"
                 " upstream_seq, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -667,9 +661,9 @@ class Store:
             )
             assert cur.lastrowid is not None
             change = msgspec.structs.replace(change, seq=cur.lastrowid)
-            txn.shredded = await self._materialize(db, change) or txn.shredded
+            txn.shredded = self._materialize(conn, change) or txn.shredded
             entry = next_entry(audit_id, audit_hash, change)
-            await db.execute(
+            conn.execute(
                 "INSERT INTO audit_log (id, at, actor, action, target, details,"
                 " request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -694,35 +688,35 @@ class Store:
         """The last upstream change applied here (0: none)."""
         return self._cursor
 
-    async def _materialize(self, db: Any, change: Change) -> bool:
+    def _materialize(self, db: sqlite3.Connection, change: Change) -> bool:
         """Write the change's effect; True when it destroyed stored material."""
         match change.payload:
             case ConfigVersion() as v:
-                await db.execute(
+                db.execute(
                     "INSERT INTO config_versions (service, environment, version, change_seq,"
                     " record) VALUES (?, ?, ?, ?, ?)",
                     (v.service, v.environment, v.version, change.seq, _change_encoder.encode(v)),
                 )
             case SchemaRecord() as s:
-                await db.execute(
+                db.execute(
                     "INSERT INTO config_schemas (service, record) VALUES (?, ?)"
                     " ON CONFLICT (service) DO UPDATE SET record = excluded.record",
                     (s.service, _change_encoder.encode(s)),
                 )
             case FlagRecord() as f:
-                await db.execute(
+                db.execute(
                     "INSERT INTO flag_versions (key, version, change_seq, record)"
                     " VALUES (?, ?, ?, ?)",
                     (f.key, f.version, change.seq, _change_encoder.encode(f)),
                 )
             case DataKey() as k:
-                await db.execute(
+                db.execute(
                     "INSERT INTO data_keys (id, record) VALUES (?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
                     (k.id, _change_encoder.encode(k)),
                 )
                 # Only this newest change of the key keeps its material.
-                shredded = await self._redact(
+                shredded = self._redact(
                     db,
                     "SELECT seq, payload FROM changes WHERE entity = 'data_key' AND key = ?"
                     " AND seq < ?",
@@ -732,7 +726,7 @@ class Store:
                 if k.state == "retired":
                     # Ciphertexts made under it: only it could open them.
                     shredded = (
-                        await self._redact(
+                        self._redact(
                             db,
                             "SELECT seq, payload FROM changes WHERE seq IN"
                             " (SELECT seq FROM secret_copies WHERE key_id = ?)",
@@ -741,16 +735,16 @@ class Store:
                         )
                         or shredded
                     )
-                    await db.execute("DELETE FROM secret_copies WHERE key_id = ?", (k.id,))
+                    db.execute("DELETE FROM secret_copies WHERE key_id = ?", (k.id,))
                 return shredded
             case SecretVersion() as v:
                 if v.ciphertext:
-                    await db.execute(
+                    db.execute(
                         "INSERT OR IGNORE INTO secret_copies (service, environment, name,"
                         " version, seq, key_id) VALUES (?, ?, ?, ?, ?, ?)",
                         (v.service, v.environment, v.name, v.version, change.seq, v.key_id),
                     )
-                await db.execute(
+                db.execute(
                     "INSERT INTO secret_versions (service, environment, name, version, change_seq,"
                     " key_id, nonce, ciphertext, description, expires_at, created_at, created_by)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -770,7 +764,7 @@ class Store:
                     ),
                 )
             case SecretDestroyed() as d:
-                await db.executemany(
+                db.executemany(
                     "UPDATE secret_versions SET nonce = NULL, ciphertext = NULL, destroyed = ?"
                     " WHERE service = ? AND environment = ? AND name = ? AND version = ?"
                     " AND destroyed IS NULL",
@@ -781,18 +775,18 @@ class Store:
                     f" WHERE service = ? AND environment = ? AND name = ? AND version IN ({marks})"
                 )
                 args = (d.service, d.environment, d.name, *d.versions)
-                shredded = await self._redact(
+                shredded = self._redact(
                     db,
                     "SELECT seq, payload FROM changes WHERE seq IN"
                     f" (SELECT seq FROM secret_copies{where})",
                     args,
                     versions={(d.service, d.environment, d.name, n) for n in d.versions},
                 )
-                await db.execute(f"DELETE FROM secret_copies{where}", args)
+                db.execute(f"DELETE FROM secret_copies{where}", args)
                 return shredded
             case SecretRewrap() as r:
                 live = [i for i in r.items if i.ciphertext]  # empty: destroyed meanwhile
-                await db.executemany(
+                db.executemany(
                     "INSERT OR IGNORE INTO secret_copies (service, environment, name, version,"
                     " seq, key_id) VALUES (?, ?, ?, ?, ?, ?)",
                     [
@@ -800,7 +794,7 @@ class Store:
                         for i in live
                     ],
                 )
-                await db.executemany(
+                db.executemany(
                     "UPDATE secret_versions SET key_id = ?, nonce = ?, ciphertext = ?"
                     " WHERE service = ? AND environment = ? AND name = ? AND version = ?"
                     " AND destroyed IS NULL",
@@ -819,23 +813,25 @@ class Store:
                 )
             case SecretRead() as read:
                 if read.read_id:
-                    cur = await db.execute("DELETE FROM secret_reads WHERE id = ?", (read.read_id,))
+                    cur = db.execute("DELETE FROM secret_reads WHERE id = ?", (read.read_id,))
                     if cur.rowcount > 0:
                         return False  # this host's own read: counted when it happened
-                await _count_reads(db, read.service, read.environment, read.names, change.at)
+                _count_reads(db, read.service, read.environment, read.names, change.at)
             case ServiceRegistration() as reg:
-                await db.execute(
+                db.execute(
                     "INSERT INTO services (name, record) VALUES (?, ?)"
                     " ON CONFLICT (name) DO UPDATE SET record = excluded.record",
                     (reg.name, _change_encoder.encode(reg)),
                 )
             case AuditNote() | ReloadRequest():
                 pass
+            case _:
+                assert_never(change.payload)
         return False
 
-    async def _redact(
+    def _redact(
         self,
-        db: aiosqlite.Connection,
+        db: sqlite3.Connection,
         sql: str,
         args: Sequence[Any],
         *,
@@ -844,8 +840,7 @@ class Store:
         retired: AbstractSet[str] = frozenset(),
     ) -> bool:
         """Redact the journal rows `sql` selects (seq, payload); True if any changed."""
-        async with db.execute(sql, args) as cur:
-            rows = list(await cur.fetchall())
+        rows = db.execute(sql, args).fetchall()
         updates = []
         for seq, payload in rows:
             redacted = redact(
@@ -853,7 +848,7 @@ class Store:
             )
             if redacted is not None:
                 updates.append((_change_encoder.encode(redacted), seq))
-        await db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
+        db.executemany("UPDATE changes SET payload = ? WHERE seq = ?", updates)
         return bool(updates)
 
     async def upstream_copies(
@@ -895,14 +890,8 @@ class Store:
         async with self._write_lock:
             if self._writer is None:
                 raise StoreClosed("the store is closed")
-            await self._checkpoint(self._writer)
-
-    @staticmethod
-    async def _checkpoint(db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-            busy = await cur.fetchone()
-        if busy and busy[0]:
-            log.warning("WAL checkpoint did not complete (a reader held it); it will be retried")
+            conn = self._writer
+            await self._hop(lambda: _checkpoint(conn))
 
     # -- configuration reads ---------------------------------------------------
 
@@ -1061,23 +1050,14 @@ class Store:
         """Add evaluation counts (flag, hour, variant, enabled, reason, count) in one commit."""
         if not rows:
             return
-        async with self._write_lock:
-            db = self._writable()
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                await db.executemany(
-                    "INSERT INTO flag_analytics (flag, hour, variant, enabled, reason, count)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (flag, hour, variant, enabled, reason)"
-                    " DO UPDATE SET count = count + excluded.count",
-                    rows,
-                )
-                await db.execute("COMMIT")
-            except sqlite3.Error as error:
-                await _rollback(db)
-                raise self._failed(error, "write") from error
-            except BaseException:
-                await _rollback(db)
-                raise
+        await self._write(
+            lambda conn: conn.executemany(
+                "INSERT INTO flag_analytics (flag, hour, variant, enabled, reason, count)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (flag, hour, variant, enabled, reason)"
+                " DO UPDATE SET count = count + excluded.count",
+                rows,
+            )
+        )
 
     async def analytics(
         self, flag: str, first_hour: int, last_hour: int
@@ -1188,18 +1168,12 @@ class Store:
         """Local bookkeeping rows in one transaction (import marks: never replicated)."""
         if not items:
             return
-        async with self._write_lock:
-            if self._writer is None:
-                raise StoreClosed("the store is closed")
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for key, value in items:
-                    await _set_meta(db, key, value)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+
+        def work(conn: sqlite3.Connection) -> None:
+            for key, value in items:
+                _set_meta(conn, key, value)
+
+        await self._write(work)
 
     async def backup_to(self, target: Path) -> None:
         """A consistent copy of the database at `target`, taken while writes go on.
@@ -1281,44 +1255,32 @@ class Store:
         """A decrypting read, recorded here in one transaction: the outbox row that becomes
         its audited `SecretRead` change later, and the access counts (so they include this
         read). Returns name -> (access count, last access) after it."""
-        async with self._write_lock:
-            db = self._writable()
-            started = perf_counter()
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                await db.execute(
-                    "INSERT INTO secret_reads (id, at, actor, request_id, peer, service,"
-                    " environment, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        read.id,
-                        read.at,
-                        read.actor,
-                        read.request_id,
-                        read.peer,
-                        read.service,
-                        read.environment,
-                        msgspec.json.encode(read.names).decode(),
-                    ),
-                )
-                await _count_reads(db, read.service, read.environment, read.names, at)
-                args = (read.service, read.environment, *read.names)
-                async with db.execute(
-                    "SELECT name, count, last_at FROM secret_access"
-                    " WHERE service = ? AND environment = ?"
-                    f" AND name IN ({', '.join('?' * len(read.names))})",
-                    args,
-                ) as cur:
-                    counts = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-                await db.execute("COMMIT")
-            except sqlite3.Error as error:
-                await _rollback(db)
-                raise self._failed(error, "write") from error
-            except BaseException:
-                await _rollback(db)
-                raise
-            finally:
-                self.write_latency.observe(perf_counter() - started)
-            return counts
+
+        def work(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
+            conn.execute(
+                "INSERT INTO secret_reads (id, at, actor, request_id, peer, service,"
+                " environment, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    read.id,
+                    read.at,
+                    read.actor,
+                    read.request_id,
+                    read.peer,
+                    read.service,
+                    read.environment,
+                    msgspec.json.encode(read.names).decode(),
+                ),
+            )
+            _count_reads(conn, read.service, read.environment, read.names, at)
+            rows = conn.execute(
+                "SELECT name, count, last_at FROM secret_access"
+                " WHERE service = ? AND environment = ?"
+                f" AND name IN ({', '.join('?' * len(read.names))})",
+                (read.service, read.environment, *read.names),
+            ).fetchall()
+            return {r[0]: (r[1], r[2]) for r in rows}
+
+        return await self._write(work)
 
     async def pending_secret_reads(self, limit: int) -> list[PendingRead]:
         """Reads recorded here and not yet committed as changes, oldest first."""
@@ -1485,19 +1447,23 @@ class Store:
 
 
 class Transaction:
-    """One open write transaction of a Store, holding its write lock until `commit` or
-    `rollback`: the group commit.
+    """One open write transaction of a Store: what it has staged, and the audit head and
+    upstream cursor as they will be once it commits.
 
-    Changes are staged a group at a time (each group under a savepoint, so a group that
-    fails leaves the others staged); reads made inside `reading()` go through this
-    transaction and so see what it has staged. Nothing is durable, and the store's audit
-    head and cursor do not move, until `commit`.
+    The group commit holds one (`Store.begin`) across awaits, with the store's write lock,
+    until `commit` or `rollback`: changes are staged a group at a time (each group under a
+    savepoint, so a group that fails leaves the others staged), and reads made inside
+    `reading()` go through it and so see what it has staged. `Store.apply` runs one from
+    start to end on the writer thread. Nothing is durable, and the store's audit head and
+    cursor do not move, until it commits.
     """
 
-    def __init__(self, store: Store, writer: aiosqlite.Connection) -> None:
+    def __init__(self, store: Store, conn: sqlite3.Connection, *, locked: bool = False) -> None:
         self.store = store
-        self._writer = writer
-        self.db: Any = _inline(writer)
+        self.conn = conn
+        #: Holds the store's write lock (a group commit's), released when it ends.
+        self._locked = locked
+        self.open = True
         self.audit_head = store._audit_head
         self.cursor = store._cursor
         #: Everything staged so far, in order.
@@ -1521,24 +1487,26 @@ class Transaction:
         finally:
             _staging.reset(token)
 
-    async def stage(self, changes: Sequence[Change], *, upstream: bool = False) -> list[Change]:
+    # -- on the thread that holds the connection -----------------------------------------
+
+    def stage_now(self, changes: Sequence[Change], *, upstream: bool = False) -> list[Change]:
         """Add `changes` to the transaction, all or none; returns them with local seqs."""
-        if self.db is None:
+        if not self.open:
             raise StoreClosed("the transaction is closed")
         if not changes:
             return []
-        db = self.db
+        conn = self.conn
         head, cursor = self.audit_head, self.cursor
         try:
-            await db.execute("SAVEPOINT stage")
-            stored = await self.store._stage(db, changes, upstream, self)
-            await db.execute("RELEASE stage")
+            conn.execute("SAVEPOINT stage")
+            stored = self.store._stage(conn, changes, upstream, self)
+            conn.execute("RELEASE stage")
         except BaseException as error:
             self.audit_head, self.cursor = head, cursor
-            if db.in_transaction:
+            if conn.in_transaction:
                 try:
-                    await db.execute("ROLLBACK TO stage")
-                    await db.execute("RELEASE stage")
+                    conn.execute("ROLLBACK TO stage")
+                    conn.execute("RELEASE stage")
                 except sqlite3.Error:
                     self.broken = True
             else:  # SQLite ended the whole transaction (SQLITE_FULL, damage)
@@ -1552,41 +1520,70 @@ class Transaction:
         self.staged += stored
         return stored
 
-    async def commit(self) -> None:
-        """Make everything staged durable (one COMMIT, one fsync) and release the lock."""
-        if self.db is None:
-            raise StoreClosed("the transaction is closed")
+    def commit_now(self) -> None:
+        """Record the new audit head and cursor, COMMIT (one fsync), then move the store's
+        own copies of them: all on this thread, so a caller that goes away meanwhile
+        cannot leave them behind what was committed."""
         if self.broken:
             raise self.error or FpcdError("the transaction failed and was rolled back")
+        store, conn = self.store, self.conn
+        if self.audit_head != store._audit_head:
+            audit_id, audit_hash = self.audit_head
+            _set_meta(conn, "audit_head", f"{audit_id}:{audit_hash}")
+        if self.cursor != store._cursor:
+            _set_meta(conn, "upstream_cursor", str(self.cursor))
+        _commit(conn)
+        self.open = False
+        store._audit_head, store._cursor = self.audit_head, self.cursor
+        store.commits += 1
+        store.committed_changes += len(self.staged)
+        if self.shredded:
+            try:
+                _checkpoint(conn)
+            except sqlite3.Error as error:  # committed all the same; the next one retries
+                log.warning("WAL checkpoint failed", extra={"error": str(error)})
+
+    # -- the group commit's side: on the event loop, holding the write lock ----------------
+
+    async def stage(self, changes: Sequence[Change], *, upstream: bool = False) -> list[Change]:
+        """`stage_now` on the loop's thread: a group's statements take microseconds each,
+        less than a thread hop."""
+        return self.stage_now(changes, upstream=upstream)
+
+    async def commit(self) -> None:
+        """Make everything staged durable (one COMMIT, one fsync) and release the lock."""
+        if not self.open:
+            raise StoreClosed("the transaction is closed")
         try:
-            if self.audit_head != self.store._audit_head:
-                audit_id, audit_hash = self.audit_head
-                await _set_meta(self.db, "audit_head", f"{audit_id}:{audit_hash}")
-            if self.cursor != self.store._cursor:
-                await _set_meta(self.db, "upstream_cursor", str(self.cursor))
-            await self._writer.execute("COMMIT")
+            await self.store._hop(self.commit_now)
         except sqlite3.Error as error:
             await self.rollback()
             raise self.store._failed(error, "write") from error
-        self.store._audit_head, self.store._cursor = self.audit_head, self.cursor
-        self.store.commits += 1
-        self.store.committed_changes += len(self.staged)
-        try:
-            if self.shredded:
-                await self.store._checkpoint(self._writer)
+        except asyncio.CancelledError:  # commit_now may still run on the writer thread
+            self.open = False
+            if self._locked:
+                self._locked = False
+                self.store._end_on_writer(self.conn)
+            raise
+        except BaseException:
+            await self.rollback()
+            raise
         finally:
             self._close()
 
     async def rollback(self) -> None:
         """Drop everything staged and release the lock; a no-op once closed."""
-        if self.db is None:
+        if not self.open:
             return
+        self.open = False
         try:
-            await _rollback(self._writer)
+            _rollback(self.conn)
         finally:
             self._close()
 
     def _close(self) -> None:
-        self.db = None
-        self.store.write_latency.observe(perf_counter() - self._started)
-        self.store._write_lock.release()
+        self.open = False
+        if self._locked:
+            self._locked = False
+            self.store.write_latency.observe(perf_counter() - self._started)
+            self.store._write_lock.release()

@@ -16,12 +16,12 @@ import logging
 import pwd
 import shlex
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fpcd.clock import Clock
 from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.errors import FpcdError, IntegrityProblem, NotFound
 from fpcd.domain.model import (
@@ -39,6 +39,7 @@ from fpcd.services.changes import Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.settings import FileSettings
+from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.files")
 
@@ -124,7 +125,7 @@ class FileSync:
         bus: EventBus,
         *,
         node_id: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
     ) -> None:
         self._configs = configs
         self._committer = committer
@@ -174,12 +175,17 @@ class FileSync:
         observer.start()
         self._observer = observer
 
-    def health(self) -> tuple[str, str | None]:
-        """ok, or degraded with why: a file that cannot be written, a command that fails."""
+    def health(self) -> ComponentHealth:
+        """/health's `files`: ok, or degraded with why (a file that cannot be written, a
+        command that fails)."""
         problems = [f"{t.path}: {t.error}" for t in self.targets if t.error]
         failing = [" ".join(argv) for (argv, _), st in self._commands.items() if st.failures]
         problems += [f"command failing: {c}" for c in failing]
-        return ("degraded", "; ".join(problems)) if problems else ("ok", None)
+        counts = {"files": len(self.targets), "commandFailures": self.command_failures}
+        if problems:
+            return ComponentHealth(status="degraded", detail="; ".join(problems), counts=counts)
+        detail = None if self.targets else "no files configured"
+        return ComponentHealth(status="ok", detail=detail, counts=counts)
 
     def idle(self) -> bool:
         """Nothing waiting or in flight: no debounce timer, write, drift check or command."""
@@ -477,7 +483,7 @@ class FileSync:
                     op="drift",
                     payload=note,
                     actor=SYSTEM.subject,
-                    at=self._clock(),
+                    at=self._clock.now(),
                     origin=self._node_id,
                 )
             ]

@@ -32,6 +32,7 @@ from fpcd.domain.flags import FlagDefinition
 from fpcd.domain.model import Caller
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
+from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.source")
 
@@ -170,6 +171,13 @@ class SourceImporter:
         #: path -> the last problem with it (cleared once it imports); shown in /health.
         self.rejected: dict[str, str] = {}
         self._lock = asyncio.Lock()
+
+    def health(self) -> ComponentHealth:
+        """/health's `source_dir`: degraded while a file is rejected."""
+        if self.rejected:
+            problems = "; ".join(sorted(self.rejected.values()))
+            return ComponentHealth(status="degraded", detail=problems)
+        return ComponentHealth(status="ok")
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from fpcd.wire import ComponentHealth
+
 log = logging.getLogger("fpcd.doorbell")
 
 
@@ -29,6 +31,13 @@ class Doorbell:
         self._wake = asyncio.Event()
         self.connected = False
         self.last_error: str | None = None
+
+    def health(self) -> ComponentHealth:
+        """/health's `redis`: down (with the last error) while the subscriber is not
+        connected; peers still poll meanwhile."""
+        if self.connected:
+            return ComponentHealth(status="ok")
+        return ComponentHealth(status="down", detail=self.last_error)
 
     def _client(self, *, listening: bool = False) -> redis.Redis:
         # A listener waits for messages indefinitely; a dead Redis closes the socket.

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from fpcd.domain.errors import Unavailable
 from fpcd.domain.model import Change
 from fpcd.domain.shred import VersionRef, redact, scrub_history
 
@@ -228,29 +229,38 @@ class UpstreamLog:
         )
 
     async def push_analytics(self, node: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Add this node's evaluation counts (flag, hour, variant, enabled, reason, count)."""
-        async with self.pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO fpcd_analytics (node, flag, hour, variant, enabled, reason, count)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                " ON CONFLICT (node, flag, hour, variant, enabled, reason)"
-                " DO UPDATE SET count = fpcd_analytics.count + excluded.count",
-                [(node, f, h, v, bool(e), r, n) for f, h, v, e, r, n in rows],
-            )
+        """Add this node's evaluation counts (flag, hour, variant, enabled, reason, count);
+        `Unavailable` while Postgres cannot be reached (the `AnalyticsSink` contract)."""
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.executemany(
+                    "INSERT INTO fpcd_analytics"
+                    " (node, flag, hour, variant, enabled, reason, count)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " ON CONFLICT (node, flag, hour, variant, enabled, reason)"
+                    " DO UPDATE SET count = fpcd_analytics.count + excluded.count",
+                    [(node, f, h, v, bool(e), r, n) for f, h, v, e, r, n in rows],
+                )
+        except UPSTREAM_ERRORS as error:
+            raise Unavailable(f"the upstream is unreachable: {error.__class__.__name__}") from None
 
     async def analytics(
         self, flag: str, first_hour: int, last_hour: int
     ) -> list[tuple[int, str, int, str, int]]:
-        """Every node's counts, summed: (hour, variant, enabled, reason, count)."""
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT hour, variant, enabled, reason, sum(count) AS n FROM fpcd_analytics"
-                " WHERE flag = $1 AND hour BETWEEN $2 AND $3"
-                " GROUP BY hour, variant, enabled, reason",
-                flag,
-                first_hour,
-                last_hour,
-            )
+        """Every node's counts, summed: (hour, variant, enabled, reason, count);
+        `Unavailable` while Postgres cannot be reached."""
+        try:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT hour, variant, enabled, reason, sum(count) AS n FROM fpcd_analytics"
+                    " WHERE flag = $1 AND hour BETWEEN $2 AND $3"
+                    " GROUP BY hour, variant, enabled, reason",
+                    flag,
+                    first_hour,
+                    last_hour,
+                )
+        except UPSTREAM_ERRORS as error:
+            raise Unavailable(f"the upstream is unreachable: {error.__class__.__name__}") from None
         return [
             (r["hour"], r["variant"], int(r["enabled"]), r["reason"], int(r["n"])) for r in rows
         ]

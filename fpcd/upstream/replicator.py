@@ -14,17 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 import msgspec
 
+from fpcd.clock import Clock
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
 from fpcd.domain.shred import destroyed_versions, retired_keys, superseded_keys
-from fpcd.services.changes import MAX_GROUP, Plan, groupable
+from fpcd.services.changes import MAX_GROUP, Group, GroupCommitter, groupable
 from fpcd.services.events import ChangeApplied, EventBus
 from fpcd.store.sqlite import Store, Transaction
 from fpcd.upstream.doorbell import Doorbell
@@ -34,9 +32,9 @@ from fpcd.wire import ComponentHealth
 log = logging.getLogger("fpcd.replication")
 
 
-class _Group:
-    """Writers committed together: one upstream transaction holding the write lock, one
-    local transaction, one future that settles when both are done."""
+class _Group(Group):
+    """A group of writers: one upstream transaction holding the write lock, one local
+    transaction, one future that settles when both are done."""
 
     def __init__(
         self,
@@ -45,16 +43,18 @@ class _Group:
         txn: Transaction,
         durable: asyncio.Future[None],
     ) -> None:
-        self.stack, self.conn, self.txn, self.durable = stack, conn, txn, durable
+        super().__init__(txn, durable)
+        self.stack, self.conn = stack, conn
         #: The staged changes, numbered, as they go upstream.
         self.upstream: list[Change] = []
         #: How many of them are inserted upstream already (the rest go at the flush).
         self.inserted = 0
-        #: Set when the group cannot commit (an upstream or local failure while staging).
-        self.failed: BaseException | None = None
 
 
-class Replicator:
+class Replicator(GroupCommitter[_Group]):
+    """The replicated Committer (the group commit of `GroupCommitter`, with each group
+    appended to the upstream log under its advisory lock) and the pull loop."""
+
     def __init__(
         self,
         store: Store,
@@ -64,24 +64,19 @@ class Replicator:
         poll_interval: float,
         batch_size: int = 500,
         max_group: int = MAX_GROUP,
-        time_source: Callable[[], float] = time.time,
+        clock: Clock,
+        redis_url: str = "",
+        channel: str = "",
     ) -> None:
+        super().__init__(bus, max_group=max_group)
         self._store = store
-        self._bus = bus
         self.upstream = upstream
-        self.doorbell: Doorbell | None = None
+        #: Redis pub/sub (with upstream.redis_url): rung after each commit, it rings this
+        #: replicator's pull loop on every host; without it hosts poll.
+        self.doorbell = Doorbell(redis_url, channel, self.ring) if redis_url else None
         self._poll_interval = poll_interval
         self._batch = batch_size
-        self._time = time_source
-        self._lock = asyncio.Lock()
-        self._inflight: set[asyncio.Future[Any]] = set()
-        self._max_group = max_group
-        #: Writers waiting for the lock: while there are any, the open group waits for them.
-        self._waiting = 0
-        self._group: _Group | None = None
-        #: Groups committed upstream and changes in them.
-        self.groups = 0
-        self.grouped_changes = 0
+        self._clock = clock
         self._ring = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         #: Set after the first complete catch-up (the daemon is ready then).
@@ -93,59 +88,7 @@ class Replicator:
         #: Failed exchanges with the upstream (pulls and commits), for /metrics.
         self.errors = 0
 
-    # -- the Committer protocol --------------------------------------------------------
-
-    async def commit(self, plan: Plan) -> list[Change]:
-        task = asyncio.ensure_future(self._commit(plan))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
-
-    async def drain(self) -> None:
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-
-    async def _commit(self, plan: Plan) -> list[Change]:
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        except BaseException:
-            self._waiting -= 1
-            self._flush_if_abandoned()
-            raise
-        self._waiting -= 1
-        staged: list[Change] = []
-        refused: BaseException | None = None
-        try:
-            if self._group is None:
-                self._group = await self._open_group()
-            group = self._group
-            try:
-                with group.txn.reading():
-                    drafts = await plan()
-            except BaseException as error:
-                refused = error
-            else:
-                try:
-                    staged = await self._stage(group, drafts)
-                except BaseException as error:
-                    group.failed = refused = self._unavailable(error)
-            # Leave the group open only for a writer already waiting for the lock.
-            if (
-                not self._waiting
-                or group.failed is not None
-                or group.txn.broken
-                or len(group.txn.staged) >= self._max_group
-                or not groupable(staged)
-            ):
-                await self._flush()
-        finally:
-            self._lock.release()
-        if refused is not None:
-            await asyncio.gather(asyncio.shield(group.durable), return_exceptions=True)
-            raise refused
-        await asyncio.shield(group.durable)
-        return staged
+    # -- the group commit's steps ----------------------------------------------------------
 
     def _unavailable(self, error: BaseException) -> BaseException:
         if isinstance(error, UPSTREAM_ERRORS):
@@ -157,7 +100,7 @@ class Replicator:
             )
         return error
 
-    async def _open_group(self) -> _Group:
+    async def _open(self) -> _Group:
         """Take the upstream write lock, catch up, and open the local transaction."""
         stack = contextlib.AsyncExitStack()
         txn: Transaction | None = None
@@ -191,22 +134,26 @@ class Replicator:
                 txn = await self._store.begin()
             if len(batch) < self._batch:
                 break
-        self.last_sync = self._time()
+        self.last_sync = self._clock.time()
         return txn
 
     async def _stage(self, group: _Group, drafts: list[Change]) -> list[Change]:
         """Number the plan's changes after everything before them and stage them locally;
-        they go upstream with the rest of the group."""
+        they go upstream with the rest of the group. A failure here fails the group."""
         if not drafts:
             return []
-        first = group.txn.cursor + 1
-        numbered = [msgspec.structs.replace(c, seq=first + i) for i, c in enumerate(drafts)]
-        with group.txn.reading():
-            if destroyed_versions(drafts) or superseded_keys(drafts):
-                # Redaction rewrites earlier rows upstream: the group's own go in first.
-                await self._insert_pending(group)
-                await self._shred_upstream(group.conn, drafts)
-            staged = await group.txn.stage(numbered, upstream=True)
+        try:
+            first = group.txn.cursor + 1
+            numbered = [msgspec.structs.replace(c, seq=first + i) for i, c in enumerate(drafts)]
+            with group.txn.reading():
+                if destroyed_versions(drafts) or superseded_keys(drafts):
+                    # Redaction rewrites earlier rows upstream: the group's own go in first.
+                    await self._insert_pending(group)
+                    await self._shred_upstream(group.conn, drafts)
+                staged = await group.txn.stage(numbered, upstream=True)
+        except BaseException as error:
+            group.failed = self._unavailable(error)
+            raise group.failed from None
         group.upstream.extend(numbered)
         return staged
 
@@ -216,59 +163,33 @@ class Replicator:
             await self.upstream.insert(group.conn, pending)
             group.inserted = len(group.upstream)
 
-    async def _flush(self) -> None:
+    async def _make_durable(self, group: _Group) -> None:
         """Append the group upstream and commit there (the acknowledgement point), then
-        commit locally, announce and ring the doorbell."""
-        group, self._group = self._group, None
-        if group is None:
-            return
-        txn, durable = group.txn, group.durable
-        try:
-            if group.failed is not None:
-                raise group.failed
-            if txn.broken:
-                raise txn.error or RuntimeError("the group's local transaction failed")
-            await self._insert_pending(group)
-            await group.stack.aclose()  # COMMIT upstream, release the lock
-        except BaseException as error:
-            with contextlib.suppress(Exception):
-                await group.stack.__aexit__(type(error), error, error.__traceback__)
-            await txn.rollback()
-            durable.set_exception(self._unavailable(error))
-            durable.exception()  # retrieved: a group of one may have no one else
-            return
+        commit locally."""
+        await self._insert_pending(group)
+        await group.stack.aclose()  # COMMIT upstream, release the lock
         self._up()
-        try:
-            if txn.staged:
-                await txn.commit()
-            else:
-                await txn.rollback()
-        except BaseException as error:
-            # Durable upstream already: the next pull applies what this could not.
+        txn = group.txn
+        # Durable upstream already: if the local commit fails, the next pull applies it.
+        if txn.staged:
+            await txn.commit()
+        else:
             await txn.rollback()
-            durable.set_exception(error)
-            durable.exception()
-            return
         if group.upstream:
             self.groups += 1
             self.grouped_changes += len(group.upstream)
             self.head = max(self.head, group.upstream[-1].seq)
-        for change in txn.staged:
-            self._bus.publish(ChangeApplied(change))
-        durable.set_result(None)
+
+    async def _abandon(self, group: _Group, error: BaseException) -> BaseException:
+        # Roll back the upstream side unless it committed (then this is a no-op).
+        with contextlib.suppress(Exception):
+            await group.stack.__aexit__(type(error), error, error.__traceback__)
+        await group.txn.rollback()
+        return self._unavailable(error)
+
+    def _announced(self, group: _Group) -> None:
         if self.doorbell is not None and group.upstream:
             self.doorbell.ring(group.upstream[-1].seq)
-
-    def _flush_if_abandoned(self) -> None:
-        """A waiter went away (shutdown): close a group nobody else is coming to close."""
-        if not self._waiting and self._group is not None and not self._lock.locked():
-            task = asyncio.ensure_future(self._flush_locked())
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-
-    async def _flush_locked(self) -> None:
-        async with self._lock:
-            await self._flush()
 
     async def _shred_upstream(self, conn: asyncpg.Connection, drafts: list[Change]) -> None:
         """Destroyed values and superseded key material leave the upstream log in the same
@@ -300,7 +221,7 @@ class Replicator:
             total += len(await self._apply(batch))
             if len(batch) < self._batch:
                 break
-        self.last_sync = self._time()
+        self.last_sync = self._clock.time()
         return total
 
     async def sync_once(self) -> int:
@@ -390,7 +311,12 @@ class Replicator:
 
     # -- health --------------------------------------------------------------------------------
 
+    def waiting_for(self) -> str | None:
+        """/health/ready's gate: what readiness waits for; None after the first catch-up."""
+        return None if self.caught_up.is_set() else "catch-up with the upstream"
+
     def health(self) -> ComponentHealth:
+        """/health's `upstream`: down while Postgres does not answer; cursor, head, lag."""
         cursor = self._store.upstream_cursor
         counts = {
             "cursor": cursor,
@@ -398,7 +324,7 @@ class Replicator:
             "lag": max(self.head - cursor, 0),
         }
         if self.last_sync is not None:
-            counts["secondsSinceSync"] = int(self._time() - self.last_sync)
+            counts["secondsSinceSync"] = int(self._clock.time() - self.last_sync)
         if not self.available:
             return ComponentHealth(
                 status="down", detail=self.last_error or "not connected yet", counts=counts

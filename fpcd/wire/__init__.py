@@ -1,4 +1,8 @@
-"""Wire shapes: request bodies and response documents shared by every door and the client.
+"""Wire shapes: everything that crosses a process boundary, for the daemon's doors, the
+Python client and the OpenAPI document alike.
+
+This module: REST request bodies and response documents. `fpcd.wire.live`: the
+WebSocket protocol; `fpcd.wire.flagsocket`: the flag socket's lines.
 
 Request bodies forbid unknown fields so a typo (`enviroment`) is an error with its
 path rather than a silently ignored value. Responses use the seed's camelCase
@@ -12,8 +16,16 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from fpcd.domain.flags import EvaluationContext, EvaluationResult
-from fpcd.domain.model import ConfigVersion, FlagRecord, SchemaRecord, ServiceRegistration
+from fpcd.domain.flags import EvaluationContext, EvaluationResult, FlagDefinition
+from fpcd.domain.model import (
+    ConfigAction,
+    ConfigVersion,
+    DestroyReason,
+    FlagRecord,
+    KeyState,
+    SchemaRecord,
+    ServiceRegistration,
+)
 
 T = TypeVar("T")
 
@@ -90,14 +102,14 @@ class SecretView(View, kw_only=True, omit_defaults=True):
     expires_at: datetime | None = None
     access_count: int = 0
     last_accessed_at: datetime | None = None
-    #: "deleted" or "expired" once the ciphertext is gone.
-    destroyed: str | None = None
+    #: Set once the ciphertext is gone.
+    destroyed: DestroyReason | None = None
     value: str | None = None
 
 
 class KeyStatus(View, kw_only=True):
     id: str
-    state: str
+    state: KeyState
     created_at: datetime
     ciphertexts: int
 
@@ -155,7 +167,7 @@ class VersionView(View, kw_only=True, omit_defaults=True):
     created_by: str
     description: str = ""
     tags: list[str] = []
-    action: str = "update"
+    action: ConfigAction = "update"
     rolled_back_from: int | None = None
     secrets: list[str] = []
 
@@ -248,9 +260,12 @@ class AuditVerifyResult(View, kw_only=True):
 
 # -- health -------------------------------------------------------------------------
 
+#: `down` in a critical component makes the daemon `down` (503); anywhere else, `degraded`.
+HealthStatus = Literal["ok", "degraded", "down"]
+
 
 class ComponentHealth(View, kw_only=True, omit_defaults=True):
-    status: str
+    status: HealthStatus
     detail: str | None = None
     latency_ms: float | None = None
     #: Gauges of the component (e.g. WebSocket connections and subscriptions).
@@ -258,7 +273,7 @@ class ComponentHealth(View, kw_only=True, omit_defaults=True):
 
 
 class HealthDocument(View, kw_only=True):
-    status: str
+    status: HealthStatus
     version: str
     uptime_seconds: float
     node_id: str
@@ -287,6 +302,41 @@ class StatusDocument(View, kw_only=True):
 
 
 # -- flags --------------------------------------------------------------------------
+
+
+class FlagView(FlagDefinition, kw_only=True, forbid_unknown_fields=False):
+    """A flag version as every door shows it (`/api/features` answers, FEATURE_FLAG_UPDATE,
+    the client's cache file): its definition with `key` set, then the version's metadata.
+    Being a definition, it compiles as one (`compile_flag`)."""
+
+    key: str
+    version: int
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+    #: Only in answers to PUT and PATCH: false when the write made no new version.
+    changed: bool | msgspec.UnsetType = msgspec.UNSET
+
+    @classmethod
+    def of(
+        cls, record: FlagRecord, *, changed: bool | msgspec.UnsetType = msgspec.UNSET
+    ) -> FlagView:
+        fields = msgspec.structs.asdict(record.definition)
+        fields["key"] = record.key
+        return cls(
+            **fields,
+            version=record.version,
+            archived=record.archived,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            updated_by=record.updated_by,
+            changed=changed,
+        )
+
+    def definition(self) -> FlagDefinition:
+        """The definition alone (what PUT takes), without the version's metadata."""
+        return FlagDefinition(**{f: getattr(self, f) for f in FlagDefinition.__struct_fields__})
 
 
 class AnalyticsDay(View, kw_only=True):
@@ -322,6 +372,7 @@ class EvaluateResponse(View, kw_only=True):
 
 #: Flag keys as stored (the same rule as the `/api/features/{key}` path).
 FlagKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")]
+#: The reasons of evaluations that count (an evaluation that failed is not counted).
 Reason = Literal["STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT"]
 
 
@@ -390,6 +441,9 @@ class ServiceRegister(Body, kw_only=True):
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=315_360_000)] | None = None
 
 
+ServiceStatus = Literal["healthy", "degraded", "unhealthy", "unknown", "stale"]
+
+
 class ServiceView(View, kw_only=True, omit_defaults=True):
     """A registered service: the original's field names, then fpcd's extras."""
 
@@ -410,8 +464,8 @@ class ServiceView(View, kw_only=True, omit_defaults=True):
     ttl_seconds: int | None = None
     registered_at: datetime
     registered_by: str
-    #: healthy, degraded (requiredConfigs missing), unhealthy, unknown or stale.
-    status: str
+    #: degraded: requiredConfigs missing.
+    status: ServiceStatus
     last_heartbeat: datetime | None = None
     last_check: datetime | None = None
     last_error: str | None = None

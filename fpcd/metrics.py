@@ -1,5 +1,8 @@
 """`/metrics`: every component's counters as Prometheus metric families, built at scrape.
 
+It reads every component, so it sits beside the composition root (`fpcd.components`),
+not among the parts it reads.
+
 Components count in plain attributes (see `fpcd.observe.stats`); this collector reads
 them when Prometheus scrapes, so nothing on a request path touches prometheus-client.
 Each daemon has its own CollectorRegistry (several daemons can share a process in
@@ -56,9 +59,9 @@ def _load_prometheus() -> None:
     )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Sources:
-    """What the collector reads; filled in by the daemon as it starts."""
+    """The components the collector reads (built by `fpcd.components.build`)."""
 
     store: Store
     http: HttpStats
@@ -69,12 +72,19 @@ class Sources:
     files: FileSync
     scheduler: Scheduler
     alerts: Alerts
-    replicator: Replicator | None = None
-    flag_socket: SocketStats | None = None
-    #: TCP connections per port (set when the ports open).
-    connections: ConnectionStats | None = None
-    registry: RegistryService | None = None
-    #: Ciphertexts still under an old key (refreshed before each scrape: it needs a query).
+    flag_socket: SocketStats
+    #: TCP connections per port ("api", "ws").
+    connections: ConnectionStats
+    registry: RegistryService
+    #: Only with an upstream.
+    replicator: Replicator | None
+
+
+@dataclass(slots=True)
+class _Queried:
+    """What needs a query, refreshed before each scrape."""
+
+    #: Ciphertexts still under an old key, and whether a rewrap runs.
     rotation_remaining: int = 0
     rotation_running: bool = False
     secret_reads_pending: int = 0
@@ -127,8 +137,9 @@ def _connection_families(stats: ConnectionStats) -> Iterator[Metric]:
 
 
 class DaemonCollector:  # a prometheus_client Collector: it has collect()
-    def __init__(self, sources: Sources) -> None:
+    def __init__(self, sources: Sources, queried: _Queried) -> None:
         self.sources = sources
+        self._queried = queried
 
     @staticmethod
     def _missing_configs(registry: RegistryService, cap: int) -> GaugeMetricFamily:
@@ -201,8 +212,7 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
         for service, n in sorted(s.configs.reads_by_service.items()):
             by_service.add_metric([service], n)
         yield by_service
-        if s.registry is not None:
-            yield self._missing_configs(s.registry, s.configs.max_service_labels)
+        yield self._missing_configs(s.registry, s.configs.max_service_labels)
 
         # Flags
         evaluations = CounterMetricFamily(
@@ -282,26 +292,24 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
         )
 
         # TCP connections
-        if s.connections is not None:
-            yield from _connection_families(s.connections)
+        yield from _connection_families(s.connections)
 
         # Flag socket
-        if s.flag_socket is not None:
-            sock = s.flag_socket
-            yield _gauge(
-                "fpcd_flag_socket_connections", "Open flag-socket connections", sock.connections
-            )
-            yield _counter(
-                "fpcd_flag_socket_connections_opened",
-                "Flag-socket connections accepted",
-                sock.connections_total,
-            )
-            yield _counter("fpcd_flag_socket_lookups", "Flag-socket queries answered", sock.lookups)
-            yield _counter(
-                "fpcd_flag_socket_rejected",
-                "Flag-socket lines answered with an error object",
-                sock.rejected,
-            )
+        sock = s.flag_socket
+        yield _gauge(
+            "fpcd_flag_socket_connections", "Open flag-socket connections", sock.connections
+        )
+        yield _counter(
+            "fpcd_flag_socket_connections_opened",
+            "Flag-socket connections accepted",
+            sock.connections_total,
+        )
+        yield _counter("fpcd_flag_socket_lookups", "Flag-socket queries answered", sock.lookups)
+        yield _counter(
+            "fpcd_flag_socket_rejected",
+            "Flag-socket lines answered with an error object",
+            sock.rejected,
+        )
 
         # SQLite
         yield _histogram(
@@ -369,7 +377,7 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
             )
 
         # Secrets
-        sec = s.secrets
+        sec, q = s.secrets, self._queried
         yield _counter("fpcd_secret_reads", "Secret values decrypted for a caller", sec.reads)
         yield _counter("fpcd_secret_expiries", "Secret versions destroyed at expiry", sec.expired)
         yield _counter(
@@ -383,15 +391,15 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
         yield _gauge(
             "fpcd_secret_rotation_remaining",
             "Ciphertexts still under an older key",
-            s.rotation_remaining,
+            q.rotation_remaining,
         )
         yield _gauge(
-            "fpcd_secret_rotation_running", "1 while a rewrap runs", int(s.rotation_running)
+            "fpcd_secret_rotation_running", "1 while a rewrap runs", int(q.rotation_running)
         )
         yield _gauge(
             "fpcd_secret_reads_pending",
             "Secret reads recorded on this host, not yet in the audited change log",
-            s.secret_reads_pending,
+            q.secret_reads_pending,
         )
 
         # Files
@@ -435,8 +443,11 @@ class DaemonCollector:  # a prometheus_client Collector: it has collect()
 
 
 class Metrics:
+    """/metrics: the exposition of a per-daemon registry (`fpcd.api.routes_metrics`)."""
+
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
+        self._queried = _Queried()
         self._registry: CollectorRegistry | None = None
 
     @property
@@ -454,16 +465,16 @@ class Metrics:
             # The library's process/platform/GC collectors, on our registry, not its global one.
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 registry.register(collector)
-            registry.register(DaemonCollector(self.sources))
+            registry.register(DaemonCollector(self.sources, self._queried))
             self._registry = registry
         return self._registry
 
     async def refresh(self) -> None:
         """What needs a query before a scrape."""
         status = await self.sources.secrets.status()
-        self.sources.rotation_remaining = status.rotation.remaining
-        self.sources.rotation_running = status.rotation.running
-        self.sources.secret_reads_pending = await self.sources.secrets.pending_reads()
+        self._queried.rotation_remaining = status.rotation.remaining
+        self._queried.rotation_running = status.rotation.running
+        self._queried.secret_reads_pending = await self.sources.secrets.pending_reads()
 
     async def render(self, accept: str | None) -> tuple[bytes, str]:
         if self._registry is None:  # the first scrape imports the library off the loop

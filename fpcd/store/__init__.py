@@ -1,0 +1,1 @@
+"""The local SQLite store: the only SQL, migrations, the data dir's lock."""
