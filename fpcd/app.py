@@ -47,6 +47,7 @@ from fpcd.domain.errors import (
     SettingsError,
     Unavailable,
 )
+from fpcd.domain.model import Caller
 from fpcd.observe.alerts import Alerts, Check, HistogramWindow, RatioWindow
 from fpcd.observe.changelog import log_change
 from fpcd.observe.health import Health
@@ -58,6 +59,7 @@ from fpcd.services.analytics import FlagAnalytics
 from fpcd.services.audit import AuditService
 from fpcd.services.changes import Committer, LocalCommitter
 from fpcd.services.configs import ConfigLimits, ConfigService
+from fpcd.services.environments import Environments
 from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
 from fpcd.services.keyring import MasterKeyError, open_keyring
@@ -253,6 +255,7 @@ class Daemon:
             )
         except MasterKeyError as error:
             raise KeyStartupError(str(error)) from None
+        environments = Environments(settings.environments, settings.server.default_environment)
         self.secrets = SecretService(
             store,
             committer,
@@ -265,6 +268,7 @@ class Daemon:
             max_value_bytes=settings.secrets.max_value_bytes,
             rewrap_batch=settings.secrets.rewrap_batch,
             time_source=lambda: self._clock().timestamp(),
+            environments=environments,
         )
         await self.secrets.start()
         self._stack.push_async_callback(self.secrets.stop)
@@ -283,7 +287,7 @@ class Daemon:
             default_environment=settings.server.default_environment,
             limits=config_limits(settings),
             secrets=self.secrets,
-            environments=settings.environments,
+            environments=environments,
             max_service_labels=settings.metrics.max_service_labels,
         )
         self._stack.push_async_callback(self.configs.close)  # its schema validator process
@@ -498,7 +502,7 @@ class Daemon:
             )
 
         async def keyring_health() -> ComponentHealth:
-            state = await secrets_.status()
+            state = await secrets_.status(Caller.system("fpcd:health"))
             counts = {
                 "keys": sum(1 for k in state.keys if k.state != "retired"),
                 "rotationRemaining": state.rotation.remaining,

@@ -29,6 +29,7 @@ from fpcd.client import (
     FpcdUnavailable,
     SyncConfigurationClient,
 )
+from fpcd.domain.model import Caller
 from tests.conftest import DaemonProcess, admin_token, auth, make_settings, secret_value
 
 
@@ -352,7 +353,7 @@ async def test_local_evaluation_agrees_with_the_daemon(daemon: Daemon) -> None:
             seen.update(r.detail or "" for r in ours.values())
             if context.environment is None:  # the client's environment is the default
                 context = with_env(context, "prod")
-            theirs = daemon.flags.evaluate(keys, context, now)
+            theirs = daemon.flags.evaluate(keys, context, Caller.system("test"), now)
             assert ours == theirs, (context, now)
         # Every outcome of the evaluation order was exercised.
         reasons = {"STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT", "ERROR"}

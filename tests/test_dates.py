@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from fpcd.app import Daemon
-from fpcd.domain.model import Change, FlagRecord
+from fpcd.domain.model import Caller, Change, FlagRecord
 from fpcd.upstream.log import UpstreamLog
 from tests.conftest import LOG_LINES, DaemonProcess, api_session, make_settings
 from tests.test_daemon_process import request
@@ -228,7 +228,7 @@ async def test_replicated_out_of_range_change_neither_stops_a_host_nor_a_new_one
 
             # A host of an older release (or a hostile one) ships a change with the attack.
             assert first.flags is not None
-            current = first.flags.get("promo")
+            current = first.flags.get("promo", Caller.system("test"))
             definition = current.definition
             bad = FlagRecord(
                 key="promo",

@@ -29,14 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fpcd.domain.access import ROLES
 from fpcd.domain.errors import BadRequest, Unauthenticated
-from fpcd.domain.model import Caller
+from fpcd.domain.model import SYSTEM_SCOPES, Caller
 from fpcd.settings import Settings
 
 log = logging.getLogger("fpcd.auth")
 
 AUTH_KEY_FILE = "auth.key"
 ADMIN_TOKEN_FILE = "admin.token"
-_ALL = frozenset({"*"})
 #: The subject of a request without a token under auth.anonymous_role (audit, rate limits).
 ANONYMOUS = "anonymous"
 
@@ -246,7 +245,7 @@ class Authenticator:
             subject=f"unix:{_user_name(uid)}",
             peer=f"uid={uid} pid={pid}",
             roles=("admin",),
-            scopes=_ALL,
+            scopes=SYSTEM_SCOPES,
         )
 
     async def authenticate(self, request: web.Request, *, optional: bool = False) -> Caller | None:

@@ -23,9 +23,13 @@ from typing import Any, cast
 import msgspec
 
 from fpcd.domain.flags import EvaluationContext, EvaluationResult
+from fpcd.domain.model import Caller
 from fpcd.services.flags import FlagService
 
 log = logging.getLogger("fpcd.flagsocket")
+#: Who evaluates through the socket: its peers, whom its file mode admits (the daemon's
+#: own door, trusted as the Unix API socket's peers are).
+SOCKET_CALLER = Caller.system("fpcd:flag-socket")
 
 
 class FlagQuery(msgspec.Struct, kw_only=True):
@@ -146,7 +150,7 @@ class FlagProtocol(asyncio.Protocol):
     def _answer(self, lines: list[bytes], out: bytearray) -> None:
         """Answer complete lines in order into `out`, all evaluated at one instant."""
         flags = self._flags
-        batch = flags.batch(flags.time())
+        batch = flags.batch(SOCKET_CALLER, flags.time())
         one, many = batch.one, batch.many
         decode, encode_into, max_line = _decode, _encode_into, self._max_line
         answered = rejected = 0

@@ -23,7 +23,7 @@ from yarl import URL
 
 from fpcd.api.auth import Authenticator
 from fpcd.api.permissions import METRICS_SCRAPE, RateLimiter, Rule, rule_for
-from fpcd.domain.access import authorize, unrestricted
+from fpcd.domain.access import authorize, authorize_everywhere
 from fpcd.domain.configs import ANY_VERSION, check_limits
 from fpcd.domain.errors import (
     BadRequest,
@@ -310,21 +310,17 @@ def _admit(request: web.Request, info: RouteInfo) -> Caller:
     found = authenticator.identify(request, optional=rule.websocket)
     caller = found if found is not None else PUBLIC_CALLER
     service = request.match_info.get(rule.service) if rule.service else None
+    # An early refusal only: the service called next decides again, with everything it
+    # knows (the environment, a service named in the body).
     if rule.action is not None:
-        authorize(caller, rule.action, service=service)
-        if rule.unrestricted and not unrestricted(caller):
-            raise Forbidden("this view spans every service: it needs a token limited to none")
+        if rule.unrestricted:
+            authorize_everywhere(caller, rule.action)
+        else:
+            authorize(caller, rule.action, service=service, environment=rule.environment)
     retry = info.limiter.check(caller.subject, service)
     if retry is not None:
         raise TooManyRequests("rate limit exceeded; slow down", headers={"Retry-After": str(retry)})
     return caller
-
-
-def allow(
-    request: web.Request, action: str, *, service: str | None = None, environment: str | None = None
-) -> None:
-    """A handler's own check, once it knows the environment (or a service in the body)."""
-    authorize(request[CALLER], action, service=service, environment=environment)
 
 
 # -- reading input ---------------------------------------------------------------

@@ -6,7 +6,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from fpcd.api.http import json_response
+from fpcd.api.http import caller, json_response
 from fpcd.api.routes_health import HEALTH
 from fpcd.observe.metrics import Metrics
 from fpcd.wire import FlagUsage, StatusDocument
@@ -25,7 +25,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     sources = request.app[METRICS].sources
     report = await request.app[HEALTH].report()
-    services = (await sources.configs.services()).items
+    services, environments, layers = await sources.configs.layer_counts(caller=caller(request))
     evaluations: Counter[str] = Counter()
     enabled: Counter[str] = Counter()
     for (flag, _variant, _reason, on), n in sources.flags.analytics.totals().items():
@@ -34,9 +34,9 @@ async def status(request: web.Request) -> web.Response:
     alerts = sources.alerts.active
     doc = StatusDocument(
         health=report,
-        services=len(services),
-        environments=len({e.name for s in services for e in s.environments}),
-        config_layers=sum(len(s.environments) for s in services),
+        services=services,
+        environments=environments,
+        config_layers=layers,
         flags=sources.flags.counts()["flags"],
         top_flags=[
             FlagUsage(key=key, evaluations=n, enabled=enabled[key])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from fpcd import __version__
 from fpcd.api.connections import ConnectionStats
 from fpcd.api.flag_socket import SocketStats
+from fpcd.domain.model import Caller
 from fpcd.observe.alerts import Alerts
 from fpcd.observe.stats import HttpStats, LatencyHistogram
 from fpcd.services.configs import OTHER_SERVICE, ConfigService
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     )
 
     from fpcd.upstream.replicator import Replicator
+
+#: The collector reads the keyring's rotation progress as the daemon itself.
+_METRICS = Caller.system("fpcd:metrics")
 
 
 def _load_prometheus() -> None:
@@ -460,7 +464,7 @@ class Metrics:
 
     async def refresh(self) -> None:
         """What needs a query before a scrape."""
-        status = await self.sources.secrets.status()
+        status = await self.sources.secrets.status(_METRICS)
         self.sources.rotation_remaining = status.rotation.remaining
         self.sources.rotation_running = status.rotation.running
         self.sources.secret_reads_pending = await self.sources.secrets.pending_reads()

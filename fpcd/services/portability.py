@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from fpcd.domain.access import DATA_ADMIN, authorize_everywhere
 from fpcd.domain.configs import (
     check_limits,
     compile_schema,
@@ -75,7 +76,8 @@ class PortabilityService:
 
     # -- export --------------------------------------------------------------------
 
-    async def export_page(self, kind: str, *, limit: int, offset: int) -> Page[Any]:
+    async def export_page(self, kind: str, caller: Caller, *, limit: int, offset: int) -> Page[Any]:
+        authorize_everywhere(caller, DATA_ADMIN)
         items: list[Any]
         if kind == "configs":
             items, total = await self._store.export_config_versions(limit=limit, offset=offset)
@@ -112,8 +114,9 @@ class PortabilityService:
         return Page(items=items, total=total, limit=limit, offset=offset)
 
     @asynccontextmanager
-    async def backup(self) -> AsyncIterator[Path]:
+    async def backup(self, caller: Caller) -> AsyncIterator[Path]:
         """A consistent copy of the database in a temporary file, removed afterwards."""
+        authorize_everywhere(caller, DATA_ADMIN)
         directory = self._store.path.parent
         with tempfile.TemporaryDirectory(prefix=".backup-", dir=directory) as tmp:
             target = Path(tmp) / "fpcd.db"
@@ -152,6 +155,7 @@ class PortabilityService:
         Imported history is not validated against the current schema (it is a record of
         what was), but names, sizes and checksums are checked.
         """
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -193,6 +197,7 @@ class PortabilityService:
         self, items: list[SchemaRecord], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """The current schema of each service (a schema has no history to keep)."""
+        authorize_everywhere(caller, DATA_ADMIN)
         refused: list[ImportSkip] = []
         good: list[SchemaRecord] = []
         for item in items:
@@ -228,6 +233,7 @@ class PortabilityService:
         self, items: list[FlagRecord], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """Flag versions with their own numbers, in order, each one valid where it lands."""
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -284,6 +290,7 @@ class PortabilityService:
         self, items: list[ServiceRegistration], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """Registrations as they were (time and author kept); an identical one is skipped."""
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -306,7 +313,7 @@ class PortabilityService:
         return ImportResult(imported=len(planned), skipped=list(skipped))
 
     async def import_analytics(
-        self, source: str, counts: list[ImportedCount], *, dry_run: bool = False
+        self, source: str, counts: list[ImportedCount], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """Each cell's total in `source`: only what grew since the last import is added.
 
@@ -314,6 +321,7 @@ class PortabilityService:
         (`meta`), so run an import on one host of a cluster: counts reach the others
         through the upstream's analytics like any evaluation.
         """
+        authorize_everywhere(caller, DATA_ADMIN)
         cells: dict[str, ImportedCount] = {}
         for c in counts:
             mark = (
@@ -343,6 +351,7 @@ class PortabilityService:
         self, items: list[ImportedNote], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """History kept as audit notes; a note whose target is already logged is skipped."""
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from fpcd.domain.access import REGISTRY_READ, REGISTRY_WRITE, authorize
 from fpcd.domain.configs import BASE_ENVIRONMENT, check_name, missing_paths
 from fpcd.domain.errors import FieldError, Invalid, NotFound
 from fpcd.domain.model import (
@@ -363,8 +364,9 @@ class RegistryService:
         )
 
     def list_services(
-        self, *, tag: str | None, environment: str | None, status: str | None
+        self, caller: Caller, *, tag: str | None, environment: str | None, status: str | None
     ) -> Page[ServiceView]:
+        authorize(caller, REGISTRY_READ)
         items = []
         for name in sorted(self._services):
             reg = self._services[name]
@@ -378,7 +380,8 @@ class RegistryService:
             items.append(view)
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    def get(self, name: str) -> ServiceView:
+    def get(self, name: str, caller: Caller) -> ServiceView:
+        authorize(caller, REGISTRY_READ)
         reg = self._services.get(name)
         if reg is None:
             raise NotFound(f"no registered service {name!r}")
@@ -411,11 +414,19 @@ class RegistryService:
             caller, key=name, op=op, payload=reg, at=self._clock(), origin=self._node_id
         )
 
+    def _may_change(self, caller: Caller, name: str) -> None:
+        """A registration belongs to its environment: a token limited to some environments
+        may change (re-register, deregister, heartbeat) only those in its scope."""
+        authorize(
+            caller, REGISTRY_WRITE, service=name, environment=self.registered_environment(name)
+        )
+
     async def register(self, body: ServiceRegister, caller: Caller) -> tuple[RegisterResult, bool]:
         name = registration_name(body)
-        environment = check_name(
-            "environment", body.environment or self._configs.default_environment
-        )
+        environment = body.environment or self._configs.default_environment
+        authorize(caller, REGISTRY_WRITE, service=name, environment=environment)
+        self._may_change(caller, name)
+        check_name("environment", environment)
         self._configs.environments.check_write(environment)
         url = (
             body.health_check.url
@@ -470,6 +481,8 @@ class RegistryService:
         return result, created
 
     async def deregister(self, name: str, caller: Caller) -> None:
+        self._may_change(caller, name)
+
         async def plan() -> list[Change]:
             reg = self._services.get(name)
             if reg is None:
@@ -485,7 +498,8 @@ class RegistryService:
 
         await self._committer.commit(plan)
 
-    def heartbeat(self, name: str) -> ServiceView:
+    def heartbeat(self, name: str, caller: Caller) -> ServiceView:
+        self._may_change(caller, name)
         reg = self._services.get(name)
         if reg is None:
             raise NotFound(f"no registered service {name!r}")

@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fpcd.domain.access import SECRETS_READ, may
+from fpcd.domain.access import (
+    KEYRING_ADMIN,
+    SECRETS_LIST,
+    SECRETS_READ,
+    SECRETS_WRITE,
+    authorize,
+    may,
+)
 from fpcd.domain.configs import BASE_ENVIRONMENT, check_name
 from fpcd.domain.crypto import (
     KeyMismatch,
@@ -49,6 +56,8 @@ from fpcd.domain.model import (
     rfc3339,
 )
 from fpcd.services.changes import Committer
+from fpcd.services.environments import ANY as ANY_ENVIRONMENT
+from fpcd.services.environments import Environments
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.services.keyring import MasterKeys, new_data_key
 from fpcd.services.scheduler import Scheduler
@@ -56,8 +65,6 @@ from fpcd.store.sqlite import PendingRead, SecretRow, Store
 from fpcd.wire import KeyringStatus, KeyStatus, Page, RotationStatus, SecretView
 
 log = logging.getLogger("fpcd.secrets")
-
-READ_SECRETS = SECRETS_READ
 
 
 class IntegrityError(FpcdError):
@@ -108,9 +115,12 @@ class SecretService:
         rewrap_batch: int = 100,
         push_batch: int = 200,
         time_source: Callable[[], float] = time.time,
+        environments: Environments | None = None,
     ) -> None:
         self._store = store
         self._committer = committer
+        #: Reads of an environment that does not exist are 404, writes 422.
+        self._environments = environments or Environments((ANY_ENVIRONMENT,), BASE_ENVIRONMENT)
         self.keyring = keyring
         self._master = master
         self._scheduler = scheduler
@@ -314,6 +324,19 @@ class SecretService:
 
     # -- the secrets API -----------------------------------------------------------------
 
+    def _may(
+        self, caller: Caller, action: str, service: str, environment: str, *, write: bool = False
+    ) -> None:
+        """`action` on (service, environment), then whether the environment exists (after
+        the permission check, so a 403 reveals nothing). The environment comes from the
+        query string (`?environment=`), which error paths name."""
+        check_name("environment", environment)
+        authorize(caller, action, service=service, environment=environment)
+        if write:
+            self._environments.check_write(environment, "query.environment")
+        else:
+            self._environments.check_read(environment)
+
     async def put(
         self,
         service: str,
@@ -326,6 +349,7 @@ class SecretService:
         ttl_seconds: int | None = None,
         description: str = "",
     ) -> tuple[SecretView, bool]:
+        self._may(caller, SECRETS_WRITE, service, environment, write=True)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
         self.check_value(name, value, "$.value")
@@ -361,8 +385,9 @@ class SecretService:
         assert row is not None
         return secret_view(row), bool(applied)
 
-    def require_read(self, caller: Caller, service: str, environment: str) -> None:
-        if not may(caller, READ_SECRETS, service=service, environment=environment):
+    @staticmethod
+    def _require_read(caller: Caller, service: str, environment: str) -> None:
+        if not may(caller, SECRETS_READ, service=service, environment=environment):
             raise Forbidden(
                 "reading secret values needs the secrets:read permission for this service"
                 " (the Unix socket has it; over TCP, a token that carries it)"
@@ -378,9 +403,10 @@ class SecretService:
         version: int | None = None,
     ) -> SecretView:
         """A decrypting read: permission checked, expiry enforced, audited and counted."""
+        self._may(caller, SECRETS_LIST, service, environment)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
-        self.require_read(caller, service, environment)
+        self._require_read(caller, service, environment)
         row = await self._store.secret_version(service, environment, name, version)
         if (
             version is None
@@ -533,7 +559,8 @@ class SecretService:
     async def reveal(
         self, service: str, environment: str, rows: dict[str, SecretRow], caller: Caller
     ) -> dict[str, Secret]:
-        """Decrypt layered secrets for an includeSecrets read; one audit entry per layer."""
+        """Decrypt layered secrets for an includeSecrets read; one audit entry per layer.
+        For ConfigService, which has checked that `caller` may read them."""
         values = {name: self._decrypt(row) for name, row in rows.items()}
         by_env: dict[str, list[str]] = {}
         for name, row in rows.items():
@@ -542,7 +569,10 @@ class SecretService:
             await self._record_read(service, env, sorted(names), caller)
         return values
 
-    async def list_secrets(self, service: str, environment: str) -> Page[SecretView]:
+    async def list_secrets(
+        self, service: str, environment: str, caller: Caller
+    ) -> Page[SecretView]:
+        self._may(caller, SECRETS_LIST, service, environment)
         check_name("service", service)
         check_name("environment", environment)
         rows = [
@@ -553,7 +583,10 @@ class SecretService:
         items = [secret_view(r) for r in rows]
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    async def versions(self, service: str, environment: str, name: str) -> Page[SecretView]:
+    async def versions(
+        self, service: str, environment: str, name: str, caller: Caller
+    ) -> Page[SecretView]:
+        self._may(caller, SECRETS_LIST, service, environment)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
         rows = await self._store.secret_history(service, environment, name)
@@ -564,6 +597,7 @@ class SecretService:
 
     async def delete(self, service: str, environment: str, name: str, caller: Caller) -> None:
         """Destroy every version's ciphertext; the versions' metadata stays for the record."""
+        self._may(caller, SECRETS_WRITE, service, environment)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
 
@@ -611,7 +645,7 @@ class SecretService:
 
     async def expire(self, service: str, environment: str, name: str, version: int) -> None:
         """The expiry job: destroy the ciphertext, audit it, announce it."""
-        system = Caller(subject="fpcd:expiry")
+        system = Caller.system("fpcd:expiry")
 
         async def plan() -> list[Change]:
             row = await self._store.secret_version(service, environment, name, version)
@@ -640,6 +674,7 @@ class SecretService:
 
     async def rotate(self, caller: Caller) -> KeyringStatus:
         """Add a primary data key and rewrap every ciphertext in the background."""
+        authorize(caller, KEYRING_ADMIN)
 
         async def plan() -> list[Change]:
             records = await self._store.data_keys()
@@ -661,7 +696,7 @@ class SecretService:
         await self._committer.commit(plan)
         self._rewrap_failed.clear()
         self._start_rewrap()
-        return await self.status()
+        return await self.status(caller)
 
     def _start_rewrap(self) -> None:
         if self._rewrap_task is None or self._rewrap_task.done():
@@ -669,7 +704,7 @@ class SecretService:
 
     async def _rewrap_all(self) -> None:
         """Batches of rewraps, each its own commit: a stop midway loses nothing."""
-        system = Caller(subject="fpcd:rotation")
+        system = Caller.system("fpcd:rotation")
         batch_sizes: list[int] = []
 
         async def plan() -> list[Change]:
@@ -737,7 +772,7 @@ class SecretService:
         """Re-wrap every data key that only the previous master key opens under the current
         one: one commit (all or nothing, so an interrupted start simply does it again),
         audited as `keyring.rekey`, replicated like every change. Returns how many."""
-        system = Caller(subject="fpcd:master-key")
+        system = Caller.system("fpcd:master-key")
 
         async def plan() -> list[Change]:
             changes: list[Change] = []
@@ -773,7 +808,8 @@ class SecretService:
             for r in await self._store.data_keys()
         )
 
-    async def status(self) -> KeyringStatus:
+    async def status(self, caller: Caller) -> KeyringStatus:
+        authorize(caller, KEYRING_ADMIN)
         counts = await self._store.ciphertexts_by_key()
         records = await self._store.data_keys()
         primary = self.keyring.primary
@@ -795,6 +831,7 @@ class SecretService:
 
     async def retire(self, key_id: str, caller: Caller) -> KeyringStatus:
         """Destroy an old key's material once no ciphertext uses it."""
+        authorize(caller, KEYRING_ADMIN)
 
         async def plan() -> list[Change]:
             records = {r.id: r for r in await self._store.data_keys()}
@@ -810,4 +847,4 @@ class SecretService:
             return [self._change(key_id, "retire", retired, caller)]
 
         await self._committer.commit(plan)
-        return await self.status()
+        return await self.status(caller)

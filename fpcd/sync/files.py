@@ -43,7 +43,8 @@ from fpcd.settings import FileSettings
 log = logging.getLogger("fpcd.files")
 
 OUTPUT_LIMIT = 4096
-SYSTEM = Caller(subject="fpcd:files", scopes=frozenset({"*"}))
+#: Who file sync reads (and audits drift) as: the daemon itself, a trusted caller.
+SYSTEM = Caller.system("fpcd:files")
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -263,8 +264,8 @@ class FileSync:
                 doc = await self._configs.document(
                     spec.service,
                     spec.environment,
-                    include_secrets=spec.include_secrets,
                     caller=SYSTEM,
+                    include_secrets=spec.include_secrets,
                 )
             except NotFound:
                 target.error = "no configuration to write yet"
