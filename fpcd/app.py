@@ -775,7 +775,7 @@ class Daemon:
             raise StartupError(f"cannot listen on {path}: {error.strerror}") from None
         self._stack.callback(path.unlink, missing_ok=True)
         self._stack.push_async_callback(server.stop)
-        _set_socket_access(path, int(settings.flags.socket_mode, 8), settings.flags.socket_group)
+        _set_socket_access(path, settings.flags_socket_mode, settings.flags.socket_group)
         self.addresses["flags"] = str(path)
 
     async def _secret_reads_health(self) -> ComponentHealth:

@@ -14,6 +14,7 @@ import msgspec
 
 from fpcd.domain.flags import EvaluationContext, EvaluationResult
 from fpcd.domain.model import ConfigVersion, FlagRecord, SchemaRecord, ServiceRegistration
+from fpcd.domain.names import FLAG_KEY_PATTERN
 
 T = TypeVar("T")
 
@@ -319,7 +320,7 @@ class EvaluateResponse(View, kw_only=True):
 
 
 #: Flag keys as stored (the same rule as the `/api/features/{key}` path).
-FlagKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")]
+FlagKey = Annotated[str, msgspec.Meta(pattern=f"^{FLAG_KEY_PATTERN}$")]
 Reason = Literal["STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT"]
 
 

@@ -359,25 +359,40 @@ async def read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None) -> T:
+def _decode(body: bytes, kind: type[T]) -> T:
     try:
-        decoded = msgspec.json.decode(body, type=kind)
+        return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
         raise invalid_from(error) from None
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
-    if limits is not None and not _within_limits(body, limits):
-        # Depth and key count of the whole body, whatever the type lets through (Any fields).
-        errors = check_limits(
-            msgspec.json.decode(body),
-            max_depth=limits.max_json_depth + 2,  # the body and its wrapper objects
-            max_keys=limits.max_json_keys + 64,
-            path="$",
-        )
-        if errors:
-            raise Invalid("the request breaks a size rule", errors=errors)
+
+
+def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None) -> T:
+    """The body as `kind`, decoded once. A body that might break the depth or key limits
+    (whatever the type lets through: `Any` fields) is decoded untyped, walked, and
+    converted to `kind` (a conversion, not a second parse)."""
+    if limits is None or _within_limits(body, limits):
+        return _decode(body, kind)
+    try:
+        raw = msgspec.json.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        _decode(body, kind)  # raises: the typed decode names the problem, as for any body
+        raise BadRequest("malformed JSON") from None  # (not reached)
+    try:
+        decoded = msgspec.convert(raw, kind)
+    except msgspec.ValidationError as error:
+        raise invalid_from(error) from None
+    errors = check_limits(
+        raw,
+        max_depth=limits.max_json_depth + 2,  # the body and its wrapper objects
+        max_keys=limits.max_json_keys + 64,
+        path="$",
+    )
+    if errors:
+        raise Invalid("the request breaks a size rule", errors=errors)
     return decoded
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -21,23 +20,22 @@ from fpcd.api.http import (
     query_bool,
     read_body,
 )
-from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
 from fpcd.domain.flags import FlagDefinition
 from fpcd.domain.instants import checked_utc, parse_iso
+from fpcd.domain.names import FLAG_KEY_PATTERN, check_name, valid_flag_key
 from fpcd.services.flags import FlagService, flag_document
 from fpcd.wire import EvaluateRequest, EvaluateResponse, EvaluationCounts
 
 FLAGS = web.AppKey("flags", FlagService)
-_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 
 
 def _key(request: web.Request) -> str:
     key = request.match_info["key"]
-    if not _KEY.fullmatch(key):
+    if not valid_flag_key(key):
         raise BadRequest(
             "invalid flag key: use 1-128 of a-z, 0-9, '_', '.', '-'",
-            errors=[FieldError("key", "must match [a-z0-9][a-z0-9_.-]{0,127}")],
+            errors=[FieldError("key", f"must match {FLAG_KEY_PATTERN}")],
         )
     return key
 

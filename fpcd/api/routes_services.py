@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from fpcd.api.http import body_as, caller, json_response
-from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
+from fpcd.domain.names import check_name
 from fpcd.services.registry import (
     DEGRADED,
     HEALTHY,

@@ -31,9 +31,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
 from fpcd.api.ws_frames import StrictWebSocketResponse
-from fpcd.domain.configs import valid_name
 from fpcd.domain.errors import Forbidden, FpcdError
 from fpcd.domain.model import Caller
+from fpcd.domain.names import valid_name
 from fpcd.services.environments import Environments
 from fpcd.services.live import (
     TOPICS,

@@ -50,7 +50,7 @@ from fpcd.domain.model import (
     SecretVersion,
     ServiceRegistration,
 )
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.environments import ANY as ANY_ENVIRONMENT
 from fpcd.services.environments import Environments
 from fpcd.services.events import ChangeApplied, Event, EventBus
@@ -154,8 +154,8 @@ class ConfigService:
         self._store = store
         self._secrets = secrets
         self._committer = committer
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self.default_environment = default_environment
         self.limits = limits
         # service -> (environment, raw, version) -> document; dropped on any change to it.
@@ -223,11 +223,6 @@ class ConfigService:
 
     def environment(self, environment: str | None) -> str:
         return check_name("environment", environment or self.default_environment)
-
-    def _change(self, key: str, op: str, payload: Any, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=key, op=op, payload=payload, at=self._clock(), origin=self._node_id
-        )
 
     # -- reads -------------------------------------------------------------------
 

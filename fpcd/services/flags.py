@@ -46,7 +46,7 @@ from fpcd.domain.instants import RANGE, in_range
 from fpcd.domain.model import Caller, Change, FlagRecord
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.analytics import FlagAnalytics
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import Store
@@ -106,8 +106,8 @@ class FlagService:
         self._store = store
         self._committer = committer
         self._bus = bus
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self._time = time_source
         #: The clock for callers that evaluate a batch at one instant (the flag socket).
         self.time = time_source
@@ -368,11 +368,6 @@ class FlagService:
     def _known(self, key: str) -> FlagDefinition | None:
         record = self._records.get(key)
         return record.definition if record is not None and not record.archived else None
-
-    def _change(self, key: str, op: str, record: FlagRecord, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=key, op=op, payload=record, at=self._clock(), origin=self._node_id
-        )
 
     @staticmethod
     def _check_expected(key: str, current: FlagRecord | None, expected: int | None) -> None:

@@ -33,12 +33,11 @@ from fpcd.domain.model import (
     Change,
     ConfigVersion,
     FlagRecord,
-    Payload,
     SchemaRecord,
     ServiceRegistration,
 )
 from fpcd.services.analytics import FlagAnalytics
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.configs import ConfigLimits
 from fpcd.services.flags import FlagService
 from fpcd.services.secrets import secret_view
@@ -65,14 +64,9 @@ class PortabilityService:
         self._committer = committer
         self._flags = flags
         self._analytics = analytics
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self._limits = limits
-
-    def _change(self, caller: Caller, key: str, payload: Payload) -> Change:
-        return Change.by(
-            caller, key=key, op="import", payload=payload, at=self._clock(), origin=self._node_id
-        )
 
     # -- export --------------------------------------------------------------------
 
@@ -184,7 +178,7 @@ class PortabilityService:
                         ImportSkip(key=label, reason=f"gap: {where} is at version {heads[layer]}")
                     )
                     continue
-                changes.append(self._change(caller, where, item))
+                changes.append(self._change(where, "import", item, caller))
                 heads[layer] = item.version
             planned[:] = changes
             return [] if dry_run else changes
@@ -221,7 +215,7 @@ class PortabilityService:
                     continue
                 version = max(item.version, (current.version if current else 0) + 1)
                 record = msgspec.structs.replace(item, version=version)
-                changes.append(self._change(caller, item.service, record))
+                changes.append(self._change(item.service, "import", record, caller))
             planned[:] = changes
             return [] if dry_run else changes
 
@@ -277,7 +271,7 @@ class PortabilityService:
                     detail = "; ".join(f"{e.path}: {e.message}" for e in error.errors)
                     skipped.append(ImportSkip(key=label, reason=detail or str(error)))
                     continue
-                changes.append(self._change(caller, item.key, item))
+                changes.append(self._change(item.key, "import", item, caller))
                 state[item.key] = item
             planned[:] = changes
             return [] if dry_run else changes
@@ -303,7 +297,7 @@ class PortabilityService:
                 elif stored.get(item.name) == item:
                     skipped.append(ImportSkip(key=item.name, reason="already present"))
                 else:
-                    changes.append(self._change(caller, item.name, item))
+                    changes.append(self._change(item.name, "import", item, caller))
                     stored[item.name] = item
             planned[:] = changes
             return [] if dry_run else changes
@@ -365,7 +359,7 @@ class PortabilityService:
                     continue
                 seen.add(item.target)
                 note = AuditNote(action=item.action, target=item.target, details=item.details)
-                changes.append(self._change(caller, item.target, note))
+                changes.append(self._change(item.target, "import", note, caller))
             planned[:] = changes
             return [] if dry_run else changes
 

@@ -21,7 +21,7 @@ import aiohttp
 import msgspec
 
 from fpcd.domain.access import REGISTRY_READ, REGISTRY_WRITE, authorize
-from fpcd.domain.configs import BASE_ENVIRONMENT, check_name, missing_paths
+from fpcd.domain.configs import BASE_ENVIRONMENT, missing_paths
 from fpcd.domain.errors import FieldError, Invalid, NotFound
 from fpcd.domain.model import (
     Caller,
@@ -31,7 +31,8 @@ from fpcd.domain.model import (
     SecretVersion,
     ServiceRegistration,
 )
-from fpcd.services.changes import Committer
+from fpcd.domain.names import check_name
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, ServiceStatusChanged
 from fpcd.store.sqlite import Store
@@ -149,8 +150,8 @@ class RegistryService:
         self._committer = committer
         self._bus = bus
         self._configs = configs
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self._time = time_source
         self.check_interval = check_interval
         self.check_timeout = check_timeout
@@ -408,11 +409,6 @@ class RegistryService:
         }
 
     # -- writes ---------------------------------------------------------------------------
-
-    def _change(self, name: str, op: str, reg: ServiceRegistration, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=name, op=op, payload=reg, at=self._clock(), origin=self._node_id
-        )
 
     def _may_change(self, caller: Caller, name: str) -> None:
         """A registration belongs to its environment: a token limited to some environments

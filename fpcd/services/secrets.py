@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fpcd.aio import Backoff
 from fpcd.domain.access import (
     KEYRING_ADMIN,
     SECRETS_LIST,
@@ -24,7 +25,7 @@ from fpcd.domain.access import (
     authorize,
     may,
 )
-from fpcd.domain.configs import BASE_ENVIRONMENT, check_name
+from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.crypto import (
     KeyMismatch,
     Keyring,
@@ -47,7 +48,6 @@ from fpcd.domain.model import (
     Caller,
     Change,
     DataKey,
-    Payload,
     RewrapItem,
     SecretDestroyed,
     SecretRead,
@@ -55,7 +55,8 @@ from fpcd.domain.model import (
     SecretVersion,
     rfc3339,
 )
-from fpcd.services.changes import Committer
+from fpcd.domain.names import check_name
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.environments import ANY as ANY_ENVIRONMENT
 from fpcd.services.environments import Environments
 from fpcd.services.events import ChangeApplied, Event, EventBus
@@ -126,6 +127,7 @@ class SecretService:
         self._scheduler = scheduler
         self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self._time = time_source
         self.max_value_bytes = max_value_bytes
         self._rewrap_batch = rewrap_batch
@@ -237,11 +239,6 @@ class SecretService:
                     self._store.problems.clear(
                         f"secret:{d.service}/{d.environment}/{d.name} v{version}"
                     )
-
-    def _change(self, key: str, op: str, payload: Payload, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=key, op=op, payload=payload, at=self._clock(), origin=self._node_id
-        )
 
     # -- encryption helpers ------------------------------------------------------------
 
@@ -759,14 +756,13 @@ class SecretService:
             self._rekey_task = asyncio.create_task(self._rekey_until_done(), name="master-rekey")
 
     async def _rekey_until_done(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             try:
                 await self.rekey_master()
                 return
             except Unavailable:
-                await asyncio.sleep(delay)  # the upstream is down: writes wait for it
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(backoff.next())  # the upstream is down: writes wait for it
 
     async def rekey_master(self) -> int:
         """Re-wrap every data key that only the previous master key opens under the current

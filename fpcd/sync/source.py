@@ -26,10 +26,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from fpcd.domain.configs import valid_name
+from fpcd.aio import TaskSet
 from fpcd.domain.errors import FpcdError
 from fpcd.domain.flags import FlagDefinition
 from fpcd.domain.model import Caller
+from fpcd.domain.names import valid_name
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
 
@@ -165,7 +166,7 @@ class SourceImporter:
         self._flags = flags
         self._settle = settle
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._observer: BaseObserver | None = None
         #: path -> the last problem with it (cleared once it imports); shown in /health.
         self.rejected: dict[str, str] = {}
@@ -197,9 +198,7 @@ class SourceImporter:
             await asyncio.to_thread(observer.join)
         for timer in self._timers.values():
             timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     def touched(self, raw: str) -> None:
         """Editors write in several steps: import once the path has been quiet a moment."""
@@ -210,9 +209,7 @@ class SourceImporter:
 
     def _fire(self, raw: str) -> None:
         self._timers.pop(raw, None)
-        task = asyncio.create_task(self.import_file(Path(raw)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.import_file(Path(raw)))
 
     async def import_file(self, path: Path) -> bool:
         source = classify(self.root, path)

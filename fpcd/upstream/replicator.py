@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from fpcd.aio import Backoff
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
 from fpcd.domain.shred import destroyed_versions, retired_keys, superseded_keys
@@ -375,6 +376,7 @@ class Replicator:
 
     async def _run(self) -> None:
         delay = self._poll_interval
+        backoff = Backoff(max(2 * self._poll_interval, 0.5), 30.0)  # while Postgres is down
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ring.wait(), delay)
@@ -382,11 +384,13 @@ class Replicator:
             try:
                 await self.sync_once()
                 delay = self._poll_interval
+                backoff.reset()
             except UPSTREAM_ERRORS:
-                delay = min(max(delay * 2, 0.5), 30.0)  # back off while it is down
+                delay = backoff.next()
             except Exception:
                 log.exception("replication pull failed")
                 delay = self._poll_interval
+                backoff.reset()
 
     # -- health --------------------------------------------------------------------------------
 
