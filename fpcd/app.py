@@ -365,7 +365,7 @@ class Daemon:
             self._stack.push_async_callback(source.stop)
         audit = AuditService(store, settle=self.secrets.settle_reads)
         health = self.health = Health(node_id)
-        alerts = Alerts(lambda: self.settings.alerts)
+        alerts = Alerts()
         health.alerts = alerts
         http_stats = HttpStats()
         flag_socket = FlagSocketServer(self.flags, max_line=settings.flags.max_line_bytes)
@@ -857,6 +857,3 @@ class Daemon:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-
-    def request_stop(self) -> None:
-        self._stopping.set()

@@ -248,11 +248,8 @@ class Authenticator:
             scopes=SYSTEM_SCOPES,
         )
 
-    async def authenticate(self, request: web.Request, *, optional: bool = False) -> Caller | None:
-        return self.identify(request, optional=optional)
-
     def identify(self, request: web.Request, *, optional: bool = False) -> Caller | None:
-        """`authenticate` without a coroutine (it never waits): the request pipeline's call."""
+        """Who is calling (it never waits): the request pipeline's call."""
         local = self.unix_caller(request)
         if local is not None:
             return local

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import msgspec
 
 from fpcd.observe.stats import LatencyHistogram
-from fpcd.settings import AlertSettings
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.alerts")
@@ -72,8 +71,7 @@ class RatioWindow:
 
 
 class Alerts:
-    def __init__(self, settings: Callable[[], AlertSettings]) -> None:
-        self._settings = settings
+    def __init__(self) -> None:
         self.checks: list[Check] = []
         #: Check name -> what is wrong, while it is wrong.
         self.active: dict[str, str] = {}

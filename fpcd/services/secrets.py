@@ -133,8 +133,6 @@ class SecretService:
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
         self._rekey_task: asyncio.Task[None] | None = None
-        #: Data keys from other hosts that this host's master key(s) cannot unwrap.
-        self.key_errors = 0
         self._rewrap_failed: set[tuple[str, str, str, int]] = set()
         self._push_batch = push_batch
         self._push_lock = asyncio.Lock()
@@ -214,7 +212,6 @@ class SecretService:
                     try:
                         material, under_previous = self._master.unwrap(key)
                     except KeyMismatch:
-                        self.key_errors += 1
                         log.error(
                             "a data key from another host does not unwrap with this host's"
                             " master key: give every host the same CONFIG_ENCRYPTION_KEY (and"
