@@ -9,7 +9,6 @@ import json
 import random
 import stat
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,16 +29,7 @@ from fpcd.client import (
     SyncConfigurationClient,
 )
 from fpcd.domain.model import Caller
-from tests.conftest import DaemonProcess, admin_token, auth, make_settings, secret_value
-
-
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait (at most 15 s) until `predicate()` holds: the client applies updates in the
-    background."""
-    deadline = asyncio.get_running_loop().time() + 15
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
+from tests.conftest import DaemonProcess, admin_token, auth, eventually, make_settings, secret_value
 
 
 async def send(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.conftest import (
     LOG_LINES,
     admin_token,
     api_session,
+    eventually,
     issue_token,
     make_settings,
     run_cli,
@@ -58,14 +58,6 @@ async def scrape(http: aiohttp.ClientSession) -> Samples:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return parse(await r.text())
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("did not happen in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

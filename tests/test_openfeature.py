@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from openfeature.provider import ProviderStatus
 
 from fpcd.client import SyncConfigurationClient
 from fpcd.client.openfeature import FpcdProvider
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, eventually_blocking
 
 FLAGS: list[dict[str, Any]] = [
     {"key": "dark_mode", "name": "Dark mode", "enabled": True},
@@ -162,7 +161,7 @@ def test_provider_events(provider: FpcdProvider, proc: DaemonProcess) -> None:
     # Wait for the live subscription before changing anything.
     sync_client = provider.client
     assert isinstance(sync_client, SyncConfigurationClient)
-    wait_until(lambda: sync_client.connected)
+    eventually_blocking(lambda: sync_client.connected)
     call(proc, "PATCH", "/api/features/dark_mode", {"enabled": False})
     assert changed.wait(15)
     assert (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ["dark_mode"]) in events
@@ -174,15 +173,7 @@ def test_provider_events(provider: FpcdProvider, proc: DaemonProcess) -> None:
     assert client.get_object_value("checkout", {}, EvaluationContext("u", {"userGroup": "beta"}))
     # Back: READY again.
     proc.start()
-    wait_until(lambda: client.get_provider_status() == ProviderStatus.READY)
+    eventually_blocking(lambda: client.get_provider_status() == ProviderStatus.READY)
     kinds = [kind for kind, _ in events]
     last_stale = len(kinds) - 1 - kinds[::-1].index(ProviderEvent.PROVIDER_STALE)
     assert ProviderEvent.PROVIDER_READY in kinds[last_stale:]
-
-
-def wait_until(predicate: Callable[[], bool]) -> None:
-    """Wait (at most 15 s) for something the client does in its own thread."""
-    deadline = time.monotonic() + 15
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)

@@ -18,7 +18,15 @@ import asyncpg
 import pytest
 
 from fpcd.app import Daemon, StartupError
-from tests.conftest import DaemonProcess, api_session, auth, make_settings, run_cli, secret_value
+from tests.conftest import (
+    DaemonProcess,
+    api_session,
+    auth,
+    eventually,
+    make_settings,
+    run_cli,
+    secret_value,
+)
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -82,15 +90,6 @@ async def cluster(
         await host.http.close()
         if host.daemon.health is not None and host.daemon.store is not None:
             await host.daemon.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > seconds:
-            raise AssertionError("did not converge in time")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def history(host: Host, service: str, env: str = "prod") -> list[Any]:

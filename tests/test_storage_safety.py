@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
 import re
 import sqlite3
 import subprocess
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +23,18 @@ import pytest
 
 from fpcd.app import Daemon
 from fpcd.domain.configs import content_checksum
-from tests.conftest import LOG_LINES, DaemonProcess, api_session, free_port, make_settings, run_cli
+from tests.conftest import (
+    LOG_LINES,
+    DaemonProcess,
+    api_session,
+    eventually,
+    free_port,
+    make_settings,
+    run_cli,
+)
 from tests.test_daemon_process import request
 
 KEY = "q2Zx4j9b2r0cE4y0w9VgSx1mO6kq8D9yq1cJ8a6T3bI="
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def serve_once(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
