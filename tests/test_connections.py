@@ -102,9 +102,9 @@ async def test_past_the_cap_tcp_is_refused_and_the_unix_sockets_keep_working(
     # The WebSocket port has its own cap.
     assert await tcp_health(small.addresses["ws"].replace("ws://", "http://")) == 200
     # The silent ones are closed after the header timeout; then TCP works again.
-    for r, w in idle:
-        assert await closed_by_server(r) == b""
-        w.close()
+    for reader, writer in idle:
+        assert await closed_by_server(reader) == b""
+        writer.close()
     await eventually(lambda: stats.open["api"] == 0)
     assert stats.header_timeouts["api"] == 5
     assert await tcp_health(api) == 200

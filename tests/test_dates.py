@@ -276,7 +276,7 @@ async def test_replicated_out_of_range_change_neither_stops_a_host_nor_a_new_one
         async with api_session(first) as http:
 
             async def fixed() -> bool:
-                return (await records_health(http))["status"] == "ok"
+                return bool((await records_health(http))["status"] == "ok")
 
             await eventually(fixed)
     finally:

@@ -247,8 +247,8 @@ async def test_file_sync_and_the_cli_refuse_colliding_keys(
 
         async def file_sync_health() -> dict[str, Any]:
             async with http.get("/health") as r:
-                components: dict[str, Any] = (await r.json())["components"]
-                return components["files"]
+                files: dict[str, Any] = (await r.json())["components"]["files"]
+                return files
 
         for _ in range(500):
             if (await file_sync_health())["status"] == "degraded":

@@ -237,7 +237,8 @@ async def test_failing_command_is_logged_and_blocks_nothing(
     await eventually(lambda: len(lines(ran)) == 1)
     await eventually(lambda: any(getattr(r, "exit_status", None) == 3 for r in caplog.records))
     failed = next(r for r in caplog.records if getattr(r, "exit_status", None) == 3)
-    assert "boom" in failed.output and failed.command == ["sh", "-c", "echo boom; exit 3"]
+    output, command = getattr(failed, "output", ""), getattr(failed, "command", None)
+    assert "boom" in output and command == ["sh", "-c", "echo boom; exit 3"]
     assert json.loads(bad.read_text()) == {"a": 1}
     caplog.clear()
     await put(daemon, {"a": 2})  # retried on the next change (after its back-off)
@@ -408,20 +409,19 @@ async def test_source_dir_imports_and_rejects(tmp_path: Path, make_daemon: Any) 
             async with http.get("/api/config/web?environment=staging") as r:
                 return r.status == 200
 
-        for _ in range(200):
-            if await staging_ok():
-                break
-            await asyncio.sleep(0.05)
-        assert await staging_ok()
+        await eventually(staging_ok, 10)
 
         (src / "services" / "web" / "prod.toml").write_text('port = 80\n[db\nhost = "b"\n')
-        for _ in range(200):
+        source_dir: dict[str, Any] = {}
+
+        async def refused() -> bool:
+            nonlocal source_dir
             async with http.get("/health") as r:
-                health = await r.json()
-            if health["components"]["source_dir"]["status"] == "degraded":
-                break
-            await asyncio.sleep(0.05)
-        detail = health["components"]["source_dir"]["detail"]
+                source_dir = (await r.json())["components"]["source_dir"]
+            return bool(source_dir["status"] == "degraded")
+
+        await eventually(refused, 10)
+        detail = source_dir["detail"]
         assert "services/web/prod.toml:2" in detail
         assert (await config())["config"]["db"] == {"host": "a"}  # the last good version
 

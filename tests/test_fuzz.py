@@ -205,7 +205,7 @@ def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
 
 def _seed_huge_flag(target: DaemonProcess) -> None:
     """A flag whose rule compares with 10**400 (accepted): evaluating it must work too."""
-    body = {
+    body: dict[str, Any] = {
         "key": "huge",
         "name": "huge",
         "enabled": True,

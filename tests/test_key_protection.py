@@ -254,7 +254,7 @@ async def test_master_key_rotation_in_a_cluster(
     await call(a, "PUT", "/api/secrets/app/DB_PASSWORD", {"value": value})
 
     async def b_reads() -> bool:
-        return await read(b) == value
+        return bool(await read(b) == value)
 
     await eventually(b_reads)
 

@@ -13,9 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from fpcd.app import Daemon
@@ -32,6 +31,11 @@ from tests.conftest import (
 )
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def openmetrics_families(text: str) -> list[Metric]:
+    """prometheus-client's OpenMetrics parser, which carries no annotations."""
+    return list(openmetrics_parser.text_string_to_metric_families(text))  # type: ignore[no-untyped-call]
 
 
 def parse(text: str) -> Samples:

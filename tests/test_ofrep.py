@@ -151,6 +151,7 @@ def test_single_evaluation_matches_the_protocol_schema(proc: DaemonProcess) -> N
     status, _, doc = request(proc, "/ofrep/v1/evaluate/flags/dark_mode", b"{not json")
     assert status == 400 and doc["errorCode"] == "PARSE_ERROR"
     jsonschema.validate(doc, schema("evaluationFailure"))
+    bad: dict[str, Any]
     for bad in ({"context": []}, {"context": {"targetingKey": 7}}, {"context": {"userId": {}}}):
         status, _, doc = request(
             proc, "/ofrep/v1/evaluate/flags/dark_mode", json.dumps(bad).encode()

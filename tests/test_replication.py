@@ -139,7 +139,7 @@ async def test_every_kind_of_change_reaches_the_other_hosts(cluster: Any) -> Non
 
     async def arrived() -> bool:
         status, doc = await b.call("GET", "/api/config/shop?environment=prod")
-        return status == 200 and doc["config"] == {"port": 80}
+        return status == 200 and bool(doc["config"] == {"port": 80})
 
     await eventually(arrived)
     await eventually(lambda: converged(a, b))
@@ -201,9 +201,8 @@ async def test_redis_down_then_back(cluster: Any, redis_server: Any) -> None:
         await a.put("svc", {"n": 1})  # writes do not need Redis
 
         async def b_has(n: int) -> bool:
-            return (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"] == {
-                "n": n
-            }
+            config = (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"]
+            return bool(config == {"n": n})
 
         await eventually(lambda: b_has(1), 10)  # by polling
 
@@ -259,7 +258,7 @@ async def test_postgres_down_then_back(cluster: Any, postgres: Any) -> None:
         postgres.start()
 
     async def writable() -> bool:
-        return (await a.put("svc", {"n": 4}))[0] == 200
+        return bool((await a.put("svc", {"n": 4}))[0] == 200)
 
     await eventually(writable, 20)  # no restart needed
     await eventually(lambda: converged(a, b), 20)

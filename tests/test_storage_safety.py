@@ -219,9 +219,9 @@ async def test_config_row_edited_by_hand_is_not_served_and_audit_verify_says_so(
             async with http.get("/api/config/web?environment=production") as r:
                 assert r.status == 500
                 assert r.content_type == "application/problem+json"
-                body = await r.text()
-            assert "6666" not in body
-            problem = json.loads(body)
+                text = await r.text()
+            assert "6666" not in text
+            problem = json.loads(text)
             assert problem["type"] == "urn:fpcd:problem:integrity"
             assert "config:web/production v2" in problem["detail"]
             async with http.get("/api/config/web/history?environment=production") as r:
@@ -268,8 +268,8 @@ async def test_config_row_edited_by_hand_is_not_served_and_audit_verify_says_so(
                 assert r.status == 500  # rolling back to the damaged version is refused
     finally:
         await daemon.stop()
-    r = run_cli("audit", "verify", "--data-dir", str(data))
-    assert r.returncode == 1 and "config api/production version 1" in r.stdout
+    verified = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verified.returncode == 1 and "config api/production version 1" in verified.stdout
 
 
 # -- disk full --------------------------------------------------------------------------
@@ -315,14 +315,16 @@ async def test_full_disk_answers_507_and_reads_keep_working(small_disk: Path) ->
                 assert r.status == 200
             filler = _fill_disk(small_disk)
             LOG_LINES.clear()
-            big = {"environment": "production", "config": {"blob": "x" * 300_000}}
+            blob = "x" * 300_000
+            status, problem = 200, {}
             for _ in range(3):  # however much the WAL still had room for, it runs out
+                big = {"environment": "production", "config": {"blob": blob}}
                 async with http.put("/api/config/web", json=big) as r:
                     status = r.status
                     problem = await r.json()
                 if status != 200:
                     break
-                big["config"]["blob"] += "y"
+                blob += "y"
             assert status == 507, problem
             assert r.content_type == "application/problem+json"
             assert problem["type"] == "urn:fpcd:problem:disk-full"
