@@ -36,9 +36,7 @@ async def use_every_door(daemon: Daemon, n: int) -> None:
             async with http.get("/api/config/web?environment=prod") as r:
                 assert (await r.json())["config"] == {"n": n}
         async with http.ws_connect(daemon.addresses["api"] + "/ws") as ws:
-            await ws.send_json(
-                {"type": "SUBSCRIBE", "serviceName": "web", "environment": "prod"}
-            )
+            await ws.send_json({"type": "SUBSCRIBE", "serviceName": "web", "environment": "prod"})
             assert (await ws.receive_json(timeout=10))["type"] == "SUBSCRIBED"
     connector = aiohttp.UnixConnector(path=daemon.addresses["socket"])
     async with (

@@ -297,5 +297,3 @@ def test_http_parser_errors_are_problems(target: DaemonProcess) -> None:
     ):
         status, head = _status_line(target.port, request)
         assert status == 400 and b"content-type: application/problem+json" in head, head
-
-
