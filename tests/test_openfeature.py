@@ -171,9 +171,12 @@ def test_provider_events(provider: FpcdProvider, proc: DaemonProcess) -> None:
     assert stale.wait(15)
     assert client.get_provider_status() == ProviderStatus.STALE
     assert client.get_object_value("checkout", {}, EvaluationContext("u", {"userGroup": "beta"}))
-    # Back: READY again.
+    # Back: READY again (the SDK sets the status before it runs the handlers: wait for
+    # the handler itself).
+    ready.clear()
     proc.start()
-    eventually_blocking(lambda: client.get_provider_status() == ProviderStatus.READY)
+    assert ready.wait(15)
+    assert client.get_provider_status() == ProviderStatus.READY
     kinds = [kind for kind, _ in events]
     last_stale = len(kinds) - 1 - kinds[::-1].index(ProviderEvent.PROVIDER_STALE)
     assert ProviderEvent.PROVIDER_READY in kinds[last_stale:]
