@@ -92,7 +92,7 @@ def main() -> None:
                 print(name, run["pipelined"][-1], run["same_core"][-1], file=sys.stderr)
 
     def median(name: str, kind: str, field: str) -> float:
-        return round(statistics.median(r[field] for r in runs[name][kind]), 1)
+        return round(float(statistics.median(r[field] for r in runs[name][kind])), 1)
 
     summary = {
         name: {

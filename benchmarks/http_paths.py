@@ -132,7 +132,9 @@ def measure(
     minimal = next(label for label in targets if label.startswith("minimal"))
     for label, series in runs.items():
         median_rps = statistics.median(r["requests_per_s"] for r in series)
-        chosen = dict(min(series, key=lambda r: abs(r["requests_per_s"] - median_rps)))
+        chosen: dict[str, Any] = dict(
+            min(series, key=lambda r: abs(r["requests_per_s"] - median_rps))
+        )
         chosen["all_rounds_rps"] = [r["requests_per_s"] for r in series]
         chosen["all_rounds_p99_ms"] = [r["p99_ms"] for r in series]
         chosen["median_cpu_us_per_request"] = statistics.median(

@@ -94,7 +94,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for label, measure in measures.items():
             runs[label].append(measure())
-    results = {
+    results: dict[str, dict[str, Any]] = {
         label: {
             key: statistics.median(r[key] for r in series)
             for key in ("VmRSS", "RssAnon", "RssFile")

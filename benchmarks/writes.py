@@ -127,10 +127,9 @@ def run(rounds: int, base: Path | None) -> None:
                     )
             for name, runs in samples.items():
                 median = sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2]
-                results.setdefault(name, {})[str(connections)] = {
-                    **median,
-                    "rounds": [r["requests_per_s"] for r in runs],
-                }
+                row: dict[str, Any] = dict(median)
+                row["rounds"] = [r["requests_per_s"] for r in runs]
+                results.setdefault(name, {})[str(connections)] = row
         request = urllib.request.Request(
             daemon["url"] + "/api/config/w-1/history?environment=production&limit=1",
             headers={"Authorization": f"Bearer {daemon['token']}"},

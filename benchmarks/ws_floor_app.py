@@ -39,7 +39,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def fan_out(app: web.Application, data: str) -> None:
-    for ws in list(app[SUBSCRIBERS]):
+    subscribers: set[web.WebSocketResponse] = app[SUBSCRIBERS]
+    for ws in list(subscribers):
         await ws.send_str(data)
 
 

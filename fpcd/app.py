@@ -208,7 +208,7 @@ class Daemon:
             raise StartupError(f"cannot listen on {path}: {error.strerror}") from None
         self._stack.callback(path.unlink, missing_ok=True)
         self._stack.push_async_callback(c.flag_socket.stop)
-        _set_socket_access(path, int(settings.flags.socket_mode, 8), settings.flags.socket_group)
+        _set_socket_access(path, settings.flags_socket_mode, settings.flags.socket_group)
         self.addresses["flags"] = str(path)
 
     async def _serve_tcp(
@@ -313,6 +313,3 @@ class Daemon:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-
-    def request_stop(self) -> None:
-        self._stopping.set()

@@ -41,6 +41,7 @@ from fpcd.services.audit import AuditService
 from fpcd.services.changelog import log_change
 from fpcd.services.changes import Committer, LocalCommitter
 from fpcd.services.configs import ConfigLimits, ConfigService
+from fpcd.services.environments import Environments
 from fpcd.services.events import EventBus
 from fpcd.services.flags import FlagService
 from fpcd.services.keyring import MasterKeyError, open_keyring
@@ -212,6 +213,7 @@ async def build(
     except MasterKeyError as error:
         raise KeyStartupError(str(error)) from None
 
+    environments = Environments(settings.environments, settings.server.default_environment)
     secrets_ = SecretService(
         store,
         committer,
@@ -223,6 +225,7 @@ async def build(
         clock=clock,
         max_value_bytes=settings.secrets.max_value_bytes,
         rewrap_batch=settings.secrets.rewrap_batch,
+        environments=environments,
     )
     registered = Registered(enforce_required_configs=settings.registry.enforce_required_configs)
     configs = ConfigService(
@@ -234,7 +237,7 @@ async def build(
         default_environment=settings.server.default_environment,
         limits=config_limits(settings),
         secrets=secrets_,
-        environments=settings.environments,
+        environments=environments,
         max_service_labels=settings.metrics.max_service_labels,
         required_configs=registered.required_configs,
     )

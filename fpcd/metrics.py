@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from fpcd import __version__
 from fpcd.api.connections import ConnectionStats
 from fpcd.api.flag_socket import SocketStats
+from fpcd.domain.model import Caller
 from fpcd.observe.alerts import Alerts
 from fpcd.observe.stats import HttpStats, LatencyHistogram
 from fpcd.services.configs import OTHER_SERVICE, ConfigService
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     )
 
     from fpcd.upstream.replicator import Replicator
+
+#: The collector reads the keyring's rotation progress as the daemon itself.
+_METRICS = Caller.system("fpcd:metrics")
 
 
 def _load_prometheus() -> None:
@@ -471,7 +475,7 @@ class Metrics:
 
     async def refresh(self) -> None:
         """What needs a query before a scrape."""
-        status = await self.sources.secrets.status()
+        status = await self.sources.secrets.status(_METRICS)
         self._queried.rotation_remaining = status.rotation.remaining
         self._queried.rotation_running = status.rotation.running
         self._queried.secret_reads_pending = await self.sources.secrets.pending_reads()

@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from fpcd.domain.access import ROLES
-from fpcd.domain.errors import SettingsError
+from fpcd.domain.errors import SettingsError, validation_message
+from fpcd.domain.names import valid_name
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -379,7 +380,13 @@ class Settings(Section, frozen=True, kw_only=True):
 
     @property
     def socket_mode(self) -> int:
-        return int(self.server.socket_mode, 8)
+        """server.socket_mode's permission bits (fpcd.sock)."""
+        return file_mode(self.server.socket_mode, "server.socket_mode")
+
+    @property
+    def flags_socket_mode(self) -> int:
+        """flags.socket_mode's permission bits (flags.sock)."""
+        return file_mode(self.flags.socket_mode, "flags.socket_mode")
 
 
 #: The seed's variables and fpcd's short names -> (section, key).
@@ -413,21 +420,12 @@ def _dec_hook(kind: type, value: Any) -> Any:
     raise NotImplementedError
 
 
-_MESSAGE = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _key_of(path: str) -> str:
-    return path.lstrip(".").replace("`", "")
-
-
 def _describe(error: msgspec.ValidationError) -> tuple[str, str]:
     """(dotted key, problem) from msgspec's message, e.g. ("server.api_port", "expected int")."""
-    match = _MESSAGE.match(str(error))
-    assert match is not None
-    what, path = match.group("what"), _key_of(match.group("path") or "")
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
-    if unknown:
-        return (f"{path}.{unknown.group(1)}" if path else unknown.group(1)), "unknown key"
+    message = validation_message(error)
+    what, path = message.what, message.path[1:].lstrip(".")
+    if message.unknown and message.field is not None:
+        return (f"{path}.{message.field}" if path else message.field), "unknown key"
     what = re.sub(r"`([^`]*)`", r"\1", what)
     if what.startswith("Invalid enum value") and (choices := _choices(path)):
         what += f" (one of: {', '.join(choices)})"
@@ -507,26 +505,33 @@ def load_settings(
     return settings
 
 
+def file_mode(text: str, where: str) -> int:
+    """An octal file mode as written in settings ("0640") -> its permission bits; the one
+    parser of server.socket_mode, flags.socket_mode and [[files]] mode."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise SettingsError(f"{where}: expected octal digits like 0640") from None
+    if mode & ~0o777:
+        raise SettingsError(f"{where}: only permission bits (0-0777)")
+    return mode
+
+
 def _check(settings: Settings, label: str) -> None:
     """Rules that types alone cannot state."""
     for key, raw in (
         ("server.socket_mode", settings.server.socket_mode),
         ("flags.socket_mode", settings.flags.socket_mode),
     ):
-        try:
-            mode = int(raw, 8)
-        except ValueError:
-            raise SettingsError(f"{label}: {key}: expected octal digits like 0660") from None
-        if mode & ~0o777:
-            raise SettingsError(f"{label}: {key}: only permission bits (0-0777)")
+        file_mode(raw, f"{label}: {key}")
     if settings.websocket.heartbeat < 1:
         raise SettingsError(f"{label}: websocket.heartbeat: at least 1s")
     if settings.alerts.interval < 0.1:
         raise SettingsError(f"{label}: alerts.interval: at least 100ms")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", settings.server.default_environment):
+    if not valid_name(settings.server.default_environment):
         raise SettingsError(f"{label}: server.default_environment: not a valid environment name")
     for name in settings.environments:
-        if name != "*" and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
+        if name != "*" and not valid_name(name):
             raise SettingsError(f"{label}: server.environments: {name!r} is not a valid name")
     if settings.auth.anonymous_role and settings.auth.anonymous_role not in ROLES:
         raise SettingsError(
@@ -570,16 +575,11 @@ def _check(settings: Settings, label: str) -> None:
 
 def _check_file(entry: FileSettings, where: str) -> None:
     for kind, value in (("service", entry.service), ("environment", entry.environment)):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
+        if not valid_name(value):
             raise SettingsError(f"{where}.{kind}: not a valid {kind} name")
     if not os.path.isabs(entry.path):
         raise SettingsError(f"{where}.path: must be an absolute path")
-    try:
-        mode = int(entry.mode, 8)
-    except ValueError:
-        raise SettingsError(f"{where}.mode: expected octal digits like 0640") from None
-    if mode & ~0o777:
-        raise SettingsError(f"{where}.mode: only permission bits (0-0777)")
+    mode = file_mode(entry.mode, f"{where}.mode")
     if entry.include_secrets and mode & 0o007:
         raise SettingsError(
             f"{where}.include_secrets: the file would hold secrets but mode {entry.mode} lets"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import secrets as secrets_module
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,42 @@ def pytest_configure(config: Any) -> None:
     handler.setFormatter(JsonFormatter())
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.DEBUG)
+
+
+# -- waiting for a condition -------------------------------------------------------------
+
+#: How often a wait looks again.
+POLL = 0.02
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], seconds: float = 15, *, what: str = "condition"
+) -> float:
+    """Wait until `check()` (plain or async) holds, looking every POLL seconds; fail the
+    test if it does not within `seconds`. Returns how long it took. Tests wait for the
+    exact condition this way, never for a fixed time."""
+    started = time.monotonic()
+    while True:
+        held = check()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return time.monotonic() - started
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"{what} not reached within {seconds:g} s")
+        await asyncio.sleep(POLL)
+
+
+def eventually_blocking(
+    check: Callable[[], bool], seconds: float = 15, *, what: str = "condition"
+) -> float:
+    """`eventually` for code outside an event loop (a client's own thread, a process)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"{what} not reached within {seconds:g} s")
+        time.sleep(POLL)
+    return time.monotonic() - started
 
 
 def secret_value(label: str) -> str:

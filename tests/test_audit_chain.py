@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from fpcd.domain.audit import GENESIS_HASH, next_entry, verify_chain
-from fpcd.domain.model import AuditEntry, AuditNote, Change, rfc3339
+from fpcd.domain.model import AuditEntry, AuditNote, Caller, Change, rfc3339
 from fpcd.services.audit import AuditService, verify_store
 from fpcd.store.sqlite import Store
 
@@ -183,9 +183,10 @@ async def test_concurrent_verifications_share_one_run(tmp_path: Path) -> None:
     await store.open()
     try:
         service = AuditService(store)
-        results = await asyncio.gather(*(service.verify() for _ in range(5)))
+        admin = Caller.system("test")
+        results = await asyncio.gather(*(service.verify(admin) for _ in range(5)))
         assert service.verify_runs == 1 and all(r == results[0] for r in results)
-        await service.verify()  # a later call runs again
+        await service.verify(admin)  # a later call runs again
         assert service.verify_runs == 2
     finally:
         await store.close()

@@ -9,7 +9,6 @@ import json
 import random
 import stat
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,8 @@ from fpcd.client import (
     FpcdUnavailable,
     SyncConfigurationClient,
 )
-from tests.conftest import DaemonProcess, admin_token, auth, make_settings, secret_value
-
-
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait (at most 15 s) until `predicate()` holds: the client applies updates in the
-    background."""
-    deadline = asyncio.get_running_loop().time() + 15
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
+from fpcd.domain.model import Caller
+from tests.conftest import DaemonProcess, admin_token, auth, eventually, make_settings, secret_value
 
 
 async def send(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -351,7 +342,7 @@ async def test_local_evaluation_agrees_with_the_daemon(daemon: Daemon) -> None:
             seen.update(r.detail or "" for r in ours.values())
             if context.environment is None:  # the client's environment is the default
                 context = with_env(context, "prod")
-            theirs = daemon.components.flags.evaluate(keys, context, now)
+            theirs = daemon.components.flags.evaluate(keys, context, Caller.system("test"), now)
             assert ours == theirs, (context, now)
         # Every outcome of the evaluation order was exercised.
         reasons = {"STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT", "ERROR"}

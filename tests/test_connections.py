@@ -18,7 +18,7 @@ import pytest
 
 from fpcd.api.connections import tcp_connection_cap
 from fpcd.app import Daemon
-from tests.conftest import DaemonProcess, auth, make_settings
+from tests.conftest import DaemonProcess, auth, eventually, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,20 +80,13 @@ async def small(tmp_path: Path) -> AsyncIterator[Daemon]:
         await daemon.stop()
 
 
-async def wait_until(predicate: Any, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
-
-
 async def test_past_the_cap_tcp_is_refused_and_the_unix_sockets_keep_working(
     small: Daemon, caplog: pytest.LogCaptureFixture
 ) -> None:
     api = small.addresses["api"]
     stats = small.components.connection_stats
     idle = await open_idle(api, 5)
-    await wait_until(lambda: stats.open["api"] == 5)
+    await eventually(lambda: stats.open["api"] == 5)
     # The sixth is answered 503 (problem+json) and closed at once.
     reader, writer = (await open_idle(api, 1))[0]
     answer = await closed_by_server(reader, within=5)
@@ -109,10 +102,10 @@ async def test_past_the_cap_tcp_is_refused_and_the_unix_sockets_keep_working(
     # The WebSocket port has its own cap.
     assert await tcp_health(small.addresses["ws"].replace("ws://", "http://")) == 200
     # The silent ones are closed after the header timeout; then TCP works again.
-    for r, w in idle:
-        assert await closed_by_server(r) == b""
-        w.close()
-    await wait_until(lambda: stats.open["api"] == 0)
+    for reader, writer in idle:
+        assert await closed_by_server(reader) == b""
+        writer.close()
+    await eventually(lambda: stats.open["api"] == 0)
     assert stats.header_timeouts["api"] == 5
     assert await tcp_health(api) == 200
     async with (
@@ -156,7 +149,7 @@ async def test_an_idle_keep_alive_connection_is_closed(small: Daemon) -> None:
     await closed_by_server(reader)  # the rest of the response, then the close
     writer.close()
     assert time.monotonic() - started >= 0.5
-    await wait_until(lambda: small.components.connection_stats.open["api"] == 0)
+    await eventually(lambda: small.components.connection_stats.open["api"] == 0)
 
 
 def test_the_cap_fits_the_descriptor_limit() -> None:

@@ -6,13 +6,19 @@ import json
 import signal
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import FPCD, DaemonProcess, auth_for, free_port, run_cli
+from tests.conftest import (
+    FPCD,
+    DaemonProcess,
+    auth_for,
+    eventually_blocking,
+    free_port,
+    run_cli,
+)
 
 
 def request(method: str, url: str, body: Any = None, timeout: float = 5) -> tuple[int, Any]:
@@ -38,13 +44,20 @@ def test_embedded_default_uses_cwd_data_dir(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        # A daemon that never answers fails here, naming what it waited for (this loop
+        # once ended in an UnboundLocalError instead).
+        answer: tuple[int, Any] = (0, None)
+
+        def answers() -> bool:
+            nonlocal answer
             try:
-                status, doc = request("GET", f"http://127.0.0.1:{port}/health")
-                break
+                answer = request("GET", f"http://127.0.0.1:{port}/health")
             except OSError:
-                time.sleep(0.05)
+                return False
+            return True
+
+        eventually_blocking(answers, 20, what="an answer from /health")
+        status, doc = answer
         assert status == 200 and doc["status"] == "ok"
         assert (tmp_path / "fpcd-data" / "fpcd.db").exists()
         assert (tmp_path / "fpcd-data" / "fpcd.sock").is_socket()
@@ -147,9 +160,7 @@ def test_writes_acknowledged_before_sigterm_survive(spawn: Any) -> None:
 
     thread = threading.Thread(target=writer)
     thread.start()
-    deadline = time.monotonic() + 30
-    while len(acknowledged) <= 5 and time.monotonic() < deadline:  # writes are in flight
-        time.sleep(0.01)
+    eventually_blocking(lambda: len(acknowledged) > 5, 30, what="writes in flight")
     assert proc.stop() == 0
     stop.set()
     thread.join(10)
@@ -173,9 +184,7 @@ def test_sighup_rereads_settings(spawn: Any, tmp_path: Path) -> None:
     )
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "settings reloaded" not in proc.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually_blocking(lambda: "settings reloaded" in proc.log(), 10, what="the reload")
     reloaded = next(
         json.loads(line) for line in proc.log().splitlines() if "settings reloaded" in line
     )
@@ -186,10 +195,7 @@ def test_sighup_rereads_settings(spawn: Any, tmp_path: Path) -> None:
     # A broken file on SIGHUP keeps the running settings.
     settings.write_text("[limits]\nmax_body_bytes = 'lots'\n")
     proc.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "settings reload refused" not in proc.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "settings reload refused" in proc.log()
+    eventually_blocking(lambda: "settings reload refused" in proc.log(), 10, what="the refusal")
     assert request("PUT", proc.url + "/api/config/web", big)[0] == 413
     assert request("GET", proc.url + "/health")[0] == 200
 

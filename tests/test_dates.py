@@ -7,11 +7,8 @@ host of the cluster failed with `ValueError: year 10000 is out of range`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +18,9 @@ import asyncpg
 import pytest
 
 from fpcd.app import Daemon
-from fpcd.domain.model import Change, FlagRecord
+from fpcd.domain.model import Caller, Change, FlagRecord
 from fpcd.upstream.log import UpstreamLog
-from tests.conftest import LOG_LINES, DaemonProcess, api_session, make_settings
+from tests.conftest import LOG_LINES, DaemonProcess, api_session, eventually, make_settings
 from tests.test_daemon_process import request
 from tests.test_replication import KEY, upstream_settings
 
@@ -33,13 +30,6 @@ ATTACK_EPOCH = datetime.fromisoformat(ATTACK).timestamp()
 
 def paths(problem: Any) -> list[str]:
     return [e["path"] for e in problem.get("errors", [])]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def call(http: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
@@ -227,7 +217,7 @@ async def test_replicated_out_of_range_change_neither_stops_a_host_nor_a_new_one
             _, doc = await call(http, "GET", "/api/features/promo")
 
             # A host of an older release (or a hostile one) ships a change with the attack.
-            current = first.components.flags.get("promo")
+            current = first.components.flags.get("promo", Caller.system("test"))
             definition = current.definition
             bad = FlagRecord(
                 key="promo",
@@ -285,7 +275,7 @@ async def test_replicated_out_of_range_change_neither_stops_a_host_nor_a_new_one
         async with api_session(first) as http:
 
             async def fixed() -> bool:
-                return (await records_health(http))["status"] == "ok"
+                return bool((await records_health(http))["status"] == "ok")
 
             await eventually(fixed)
     finally:

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fpcd.domain.render import RenderError, render
-from tests.conftest import api_session, run_cli
-from tests.test_files import entry, make_daemon, until
+from tests.conftest import api_session, eventually, run_cli
+from tests.test_files import entry, make_daemon
 
 __all__ = ["make_daemon"]
 
@@ -239,7 +239,7 @@ async def test_file_sync_and_the_cli_refuse_colliding_keys(
         body = {"environment": "prod", "config": {"a_b": "one"}}
         async with http.put("/api/config/web", json=body) as r:
             assert r.status == 200
-        await until(lambda: out.exists())
+        await eventually(lambda: out.exists())
         assert out.read_text() == "A_B=one\n"
         body = {"environment": "prod", "config": {"a_b": "one", "a-b": "two"}}
         async with http.put("/api/config/web", json=body) as r:
@@ -247,8 +247,8 @@ async def test_file_sync_and_the_cli_refuse_colliding_keys(
 
         async def file_sync_health() -> dict[str, Any]:
             async with http.get("/health") as r:
-                components: dict[str, Any] = (await r.json())["components"]
-                return components["files"]
+                files: dict[str, Any] = (await r.json())["components"]["files"]
+                return files
 
         for _ in range(500):
             if (await file_sync_health())["status"] == "degraded":

@@ -4,10 +4,7 @@ through."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +12,10 @@ import aiohttp
 
 from fpcd.app import Daemon
 from fpcd.fileio import atomic_write
-from tests.conftest import api_session, issue_token
-from tests.test_files import entry, make_daemon, put, until
+from tests.conftest import api_session, eventually, issue_token
+from tests.test_files import entry, make_daemon, put
 
 __all__ = ["make_daemon"]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def component(http: aiohttp.ClientSession, name: str) -> dict[str, Any]:
@@ -109,7 +98,7 @@ async def test_file_sync_never_writes_through_a_swapped_directory(
     out = target_dir / "app.json"
     daemon: Daemon = await make_daemon(entry(out))
     await put(daemon, {"v": 1})
-    await until(lambda: out.exists())
+    await eventually(lambda: out.exists())
     # The target directory is swapped for a link to somewhere else.
     (tmp_path / "etc" / "web-old").mkdir()
     target_dir.rename(tmp_path / "etc" / "web-old" / "web")

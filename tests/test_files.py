@@ -20,7 +20,7 @@ from fpcd.app import Daemon
 from fpcd.domain.errors import SettingsError
 from fpcd.domain.render import RenderError, flatten, render
 from fpcd.settings import load_settings
-from tests.conftest import api_session, make_settings, run_cli, secret_value
+from tests.conftest import api_session, eventually, make_settings, run_cli, secret_value
 
 CONFIG = {
     "db": {"host": "db1", "port": 5432, "opts": {"ssl": True}},
@@ -111,14 +111,6 @@ async def put(daemon: Daemon, config: dict[str, Any], env: str = "prod", **extra
         assert r.status == 200, await r.text()
 
 
-async def until(check: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -145,16 +137,16 @@ async def test_every_format_is_written_with_its_mode(tmp_path: Path, make_daemon
     await put(daemon, {"db": {"host": "h", "port": 1}})
     # Each file is written on its own: wait for every one, not for the last of the list.
     expected = {"host": "h", "port": 1}
-    await until(lambda: parsed(out / "a.json", json.loads) == {"db": expected})
-    await until(lambda: parsed(out / "a.toml", tomllib.loads) == {"db": expected})
-    await until(lambda: parsed(out / "a.yaml", yaml.safe_load) == {"db": expected})
-    await until(lambda: parsed(out / "a.env", str) == "DB__HOST=h\nDB__PORT=1\n")
-    await until(lambda: parsed(out / "a.conf", str) == "listen h:1\n")
+    await eventually(lambda: parsed(out / "a.json", json.loads) == {"db": expected})
+    await eventually(lambda: parsed(out / "a.toml", tomllib.loads) == {"db": expected})
+    await eventually(lambda: parsed(out / "a.yaml", yaml.safe_load) == {"db": expected})
+    await eventually(lambda: parsed(out / "a.env", str) == "DB__HOST=h\nDB__PORT=1\n")
+    await eventually(lambda: parsed(out / "a.conf", str) == "listen h:1\n")
     assert stat.S_IMODE((out / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((out / "a.yaml").stat().st_mode) == 0o600
     # default layer changes reach the file too
     await put(daemon, {"db": {"port": 2}, "extra": True}, env="default")
-    await until(lambda: "EXTRA" in (out / "a.env").read_text())
+    await eventually(lambda: "EXTRA" in (out / "a.env").read_text())
     # prod's own port wins over default's
     assert (out / "a.env").read_text() == "DB__HOST=h\nDB__PORT=1\nEXTRA=true\n"
 
@@ -163,7 +155,7 @@ async def test_readers_never_see_a_partial_file(tmp_path: Path, make_daemon: Any
     target = tmp_path / "out" / "big.json"
     daemon = await make_daemon(entry(target))
     await put(daemon, {"n": -1, "blob": "x" * 200_000})
-    await until(target.exists)
+    await eventually(target.exists)
     seen: set[int] = set()
     errors: list[str] = []
     stop = threading.Event()
@@ -182,7 +174,7 @@ async def test_readers_never_see_a_partial_file(tmp_path: Path, make_daemon: Any
     try:
         for n in range(40):
             await put(daemon, {"n": n, "blob": str(n) * 200_000})
-        await until(lambda: 39 in seen)
+        await eventually(lambda: 39 in seen)
     finally:
         stop.set()
         thread.join()
@@ -194,11 +186,11 @@ async def test_unchanged_content_is_not_rewritten(tmp_path: Path, make_daemon: A
     target, ran = tmp_path / "out" / "c.json", tmp_path / "ran.log"
     daemon = await make_daemon(entry(target, command=f"sh -c 'echo run >> {ran}'"))
     await put(daemon, {"a": 1})
-    await until(lambda: len(lines(ran)) == 1)
+    await eventually(lambda: len(lines(ran)) == 1)
     inode, mtime = target.stat().st_ino, target.stat().st_mtime_ns
     await put(daemon, {"a": 1}, description="same content")  # no version
     await put(daemon, {"a": 1}, env="staging")  # other environment
-    await until(daemon.components.files.idle)  # anything these caused would be queued by now
+    await eventually(daemon.components.files.idle)  # anything these caused would be queued by now
     assert (target.stat().st_ino, target.stat().st_mtime_ns) == (inode, mtime)
     assert lines(ran) == ["run"]
 
@@ -212,8 +204,8 @@ async def test_burst_gives_one_write_and_one_command(tmp_path: Path, make_daemon
     )
     for n in range(10):
         await put(daemon, {"n": n})
-    await until(lambda: len(lines(ran)) >= 1)
-    await until(daemon.components.files.idle)
+    await eventually(lambda: len(lines(ran)) >= 1)
+    await eventually(daemon.components.files.idle)
     assert json.loads(a.read_text()) == {"n": 9}
     assert lines(ran) == ["run"]  # one run for both files and all ten changes
 
@@ -242,14 +234,15 @@ async def test_failing_command_is_logged_and_blocks_nothing(
         entry(good, command=["sh", "-c", f"echo ok >> {ran}"]),
     )
     await put(daemon, {"a": 1})
-    await until(lambda: len(lines(ran)) == 1)
-    await until(lambda: any(getattr(r, "exit_status", None) == 3 for r in caplog.records))
+    await eventually(lambda: len(lines(ran)) == 1)
+    await eventually(lambda: any(getattr(r, "exit_status", None) == 3 for r in caplog.records))
     failed = next(r for r in caplog.records if getattr(r, "exit_status", None) == 3)
-    assert "boom" in failed.output and failed.command == ["sh", "-c", "echo boom; exit 3"]
+    output, command = getattr(failed, "output", ""), getattr(failed, "command", None)
+    assert "boom" in output and command == ["sh", "-c", "echo boom; exit 3"]
     assert json.loads(bad.read_text()) == {"a": 1}
     caplog.clear()
     await put(daemon, {"a": 2})  # retried on the next change (after its back-off)
-    await until(lambda: any(getattr(r, "exit_status", None) == 3 for r in caplog.records), 15)
+    await eventually(lambda: any(getattr(r, "exit_status", None) == 3 for r in caplog.records), 15)
     assert lines(ran) == ["ok", "ok"]
 
 
@@ -261,7 +254,7 @@ async def test_commands_never_use_a_shell_unless_asked(tmp_path: Path, make_daem
         entry(tmp_path / "out" / "s.json", command=f"echo hi > {shelled}", shell=True),
     )
     await put(daemon, {"a": 1})
-    await until(
+    await eventually(
         lambda: daemon.components.files.command_runs == 2 and daemon.components.files.idle()
     )
     assert shelled.read_text() == "hi\n"
@@ -272,15 +265,15 @@ async def test_drift_is_restored_or_reported(tmp_path: Path, make_daemon: Any) -
     kept, reported = tmp_path / "out" / "kept.json", tmp_path / "out" / "reported.json"
     daemon = await make_daemon(entry(kept), entry(reported, on_drift="report"))
     await put(daemon, {"a": 1})
-    await until(lambda: reported.exists() and kept.exists())
+    await eventually(lambda: reported.exists() and kept.exists())
     original = kept.read_bytes()
     kept.write_text('{"hacked": true}')
-    await until(lambda: kept.read_bytes() == original)
+    await eventually(lambda: kept.read_bytes() == original)
     kept.unlink()
-    await until(lambda: kept.exists() and kept.read_bytes() == original)
+    await eventually(lambda: kept.exists() and kept.read_bytes() == original)
     seen = daemon.components.files.drift_detected
     reported.write_text("edited by hand")
-    await until(
+    await eventually(
         lambda: daemon.components.files.drift_detected > seen and daemon.components.files.idle()
     )
     assert reported.read_text() == "edited by hand"
@@ -362,10 +355,10 @@ async def test_secrets_only_in_private_files(tmp_path: Path, make_daemon: Any) -
     )
     value = secret_value("filesync")
     await put(daemon, {"a": 1}, secrets={"DB_PASSWORD": value})
-    await until(lambda: target.exists() and value in target.read_text())
+    await eventually(lambda: target.exists() and value in target.read_text())
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     public = tmp_path / "out" / "public.json"
-    await until(lambda: parsed(public, json.loads) == {"a": 1})  # written on its own
+    await eventually(lambda: parsed(public, json.loads) == {"a": 1})  # written on its own
     assert value not in public.read_text()
 
 
@@ -382,13 +375,13 @@ async def test_reload_force_runs_the_command(tmp_path: Path, make_daemon: Any) -
     target, ran = tmp_path / "out" / "a.json", tmp_path / "ran.log"
     daemon = await make_daemon(entry(target, command=["sh", "-c", f"echo run >> {ran}"]))
     await put(daemon, {"a": 1})
-    await until(lambda: len(lines(ran)) == 1)
+    await eventually(lambda: len(lines(ran)) == 1)
     async with (
         api_session(daemon) as http,
         http.post("/api/config/web/reload", json={"environment": "prod", "force": True}) as r,
     ):
         assert r.status == 200
-    await until(lambda: len(lines(ran)) == 2)
+    await eventually(lambda: len(lines(ran)) == 2)
 
 
 # -- the declarative source directory ---------------------------------------------------
@@ -420,20 +413,19 @@ async def test_source_dir_imports_and_rejects(tmp_path: Path, make_daemon: Any) 
             async with http.get("/api/config/web?environment=staging") as r:
                 return r.status == 200
 
-        for _ in range(200):
-            if await staging_ok():
-                break
-            await asyncio.sleep(0.05)
-        assert await staging_ok()
+        await eventually(staging_ok, 10)
 
         (src / "services" / "web" / "prod.toml").write_text('port = 80\n[db\nhost = "b"\n')
-        for _ in range(200):
+        source_dir: dict[str, Any] = {}
+
+        async def refused() -> bool:
+            nonlocal source_dir
             async with http.get("/health") as r:
-                health = await r.json()
-            if health["components"]["source_dir"]["status"] == "degraded":
-                break
-            await asyncio.sleep(0.05)
-        detail = health["components"]["source_dir"]["detail"]
+                source_dir = (await r.json())["components"]["source_dir"]
+            return bool(source_dir["status"] == "degraded")
+
+        await eventually(refused, 10)
+        detail = source_dir["detail"]
         assert "services/web/prod.toml:2" in detail
         assert (await config())["config"]["db"] == {"host": "a"}  # the last good version
 

@@ -27,6 +27,8 @@ from fpcd.domain.flags import (
 )
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
+#: No other flags (for evaluations with no dependencies).
+NO_FLAGS: dict[str, CompiledFlag] = {}
 
 
 def flag(key: str = "f", **fields: Any) -> CompiledFlag:
@@ -123,7 +125,7 @@ def test_key_is_derived_from_name() -> None:
 
 
 def test_unknown_flag() -> None:
-    r = evaluate("nope", ctx(userId="u"), NOW, {}.get)
+    r = evaluate("nope", ctx(userId="u"), NOW, NO_FLAGS.get)
     assert (r.enabled, r.reason, r.error_code) == (False, "ERROR", "FLAG_NOT_FOUND")
 
 
@@ -169,11 +171,15 @@ def test_dependencies() -> None:
 
 def test_dates() -> None:
     f = flag(rollout={"startDate": "2026-07-01", "endDate": "2026-08-01T00:00:00Z"})
-    early = evaluate(f, ctx(userId="u"), datetime(2026, 6, 30, tzinfo=UTC).timestamp(), {}.get)
+    early = evaluate(
+        f, ctx(userId="u"), datetime(2026, 6, 30, tzinfo=UTC).timestamp(), NO_FLAGS.get
+    )
     assert (early.enabled, early.reason, early.detail) == (False, "DISABLED", "scheduled")
-    during = evaluate(f, ctx(userId="u"), datetime(2026, 7, 1, tzinfo=UTC).timestamp(), {}.get)
+    during = evaluate(
+        f, ctx(userId="u"), datetime(2026, 7, 1, tzinfo=UTC).timestamp(), NO_FLAGS.get
+    )
     assert during.enabled
-    ended = evaluate(f, ctx(userId="u"), datetime(2026, 8, 1, tzinfo=UTC).timestamp(), {}.get)
+    ended = evaluate(f, ctx(userId="u"), datetime(2026, 8, 1, tzinfo=UTC).timestamp(), NO_FLAGS.get)
     assert (ended.enabled, ended.detail) == (False, "ended")
 
 

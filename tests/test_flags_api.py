@@ -14,7 +14,7 @@ from fpcd.app import Daemon
 from fpcd.services.events import FlagSwitched
 from tests.conftest import DaemonProcess, api_session, make_settings
 
-CHECKOUT = {
+CHECKOUT: dict[str, Any] = {
     "name": "New Checkout Flow",
     "description": "the one-page checkout",
     "enabled": True,
@@ -165,7 +165,10 @@ async def test_list_filters(http: aiohttp.ClientSession) -> None:
             "environments": {"staging": {"enabled": True}},
         },
     )
-    keys = lambda page: [f["key"] for f in page["items"]]  # noqa: E731
+
+    def keys(page: dict[str, Any]) -> list[str]:
+        return [f["key"] for f in page["items"]]
+
     assert keys((await call(http, "GET", "/api/features?enabled=true"))[1]) == ["a"]
     assert keys((await call(http, "GET", "/api/features?enabled=false"))[1]) == ["b"]
     assert keys((await call(http, "GET", "/api/features?enabled=true&environment=staging"))[1]) == [

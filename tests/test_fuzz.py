@@ -61,6 +61,17 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     proc.kill()
 
 
+@pytest.fixture(autouse=True)
+def lived_through_it(target: DaemonProcess) -> Iterator[None]:
+    """After each test, whatever ran before it: the daemon is up, healthy, and logged no
+    traceback (so no test here depends on running last)."""
+    yield
+    assert target.proc is not None and target.proc.poll() is None
+    with urllib.request.urlopen(target.url + "/health", timeout=10) as r:
+        assert json.loads(r.read())["status"] == "ok"
+    assert "Traceback" not in Path(target.log_path).read_text()
+
+
 def audited(proc: DaemonProcess, request_id: str) -> bool:
     """Did the request with this id leave any audit entry (that is, change anything)?"""
     req = urllib.request.Request(proc.url + "/api/audit?limit=50", headers=proc.auth)
@@ -205,7 +216,7 @@ def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
 
 def _seed_huge_flag(target: DaemonProcess) -> None:
     """A flag whose rule compares with 10**400 (accepted): evaluating it must work too."""
-    body = {
+    body: dict[str, Any] = {
         "key": "huge",
         "name": "huge",
         "enabled": True,
@@ -286,10 +297,3 @@ def test_http_parser_errors_are_problems(target: DaemonProcess) -> None:
     ):
         status, head = _status_line(target.port, request)
         assert status == 400 and b"content-type: application/problem+json" in head, head
-
-
-def test_the_daemon_lived_through_it(target: DaemonProcess) -> None:
-    assert target.proc is not None and target.proc.poll() is None
-    with urllib.request.urlopen(target.url + "/health", timeout=10) as r:
-        assert json.loads(r.read())["status"] == "ok"
-    assert "Traceback" not in Path(target.log_path).read_text()

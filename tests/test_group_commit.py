@@ -79,7 +79,7 @@ async def test_a_refused_writer_leaves_the_rest_of_its_group(
         {"type": "object", "properties": {"n": {"type": "integer"}}},
     )
     assert status == 200
-    bodies = []
+    bodies: list[tuple[dict[str, Any], dict[str, str]]] = []
     for n in range(60):
         if n % 3 == 0:
             bodies.append(({"environment": "prod", "config": {"n": f"not a number {n}"}}, {}))

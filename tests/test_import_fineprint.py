@@ -172,7 +172,7 @@ async def build_original(url: str, values: dict[str, str]) -> None:
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, 9)",
                 sid, cid, key, encrypted, iv, f"{key} of the api", expires,
             )  # fmt: skip
-        flags = [
+        flags: list[tuple[Any, ...]] = [
             ("f1", "base_layout", "Base layout", True, 100.0, [], [], [], None, None, None),
             (
                 "f2",

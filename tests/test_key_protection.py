@@ -3,14 +3,12 @@ the master key (16.5: `secrets.previous_encryption_key`), on one host and on two
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import sqlite3
 import stat
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from fpcd.domain.crypto import (
 )
 from fpcd.domain.model import Change, DataKey
 from fpcd.services.keyring import generate_key_text
-from tests.conftest import make_settings, run_cli, secret_value
+from tests.conftest import eventually, make_settings, run_cli, secret_value
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY1 = base64.b64encode(bytes(range(32))).decode()
@@ -238,13 +236,6 @@ async def stopper() -> AsyncIterator[list[Daemon]]:
             await daemon.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "did not happen in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_master_key_rotation_in_a_cluster(
     tmp_path: Path, pg_url: str, stopper: list[Daemon]
 ) -> None:
@@ -263,7 +254,7 @@ async def test_master_key_rotation_in_a_cluster(
     await call(a, "PUT", "/api/secrets/app/DB_PASSWORD", {"value": value})
 
     async def b_reads() -> bool:
-        return await read(b) == value
+        return bool(await read(b) == value)
 
     await eventually(b_reads)
 

@@ -129,7 +129,7 @@ async def test_versions_arrive_in_order_and_once(
     await asyncio.gather(*(put(session, daemon, "busy", "prod", {"n": n}) for n in range(30)))
     await put(session, daemon, "busy", "default", {"base": True})
     for client in clients:
-        seen = []
+        seen: list[tuple[int, int]] = []
         while len(seen) < 31:
             update = await client.next()
             seen.append((update["version"], update.get("baseVersion") or 0))

@@ -16,7 +16,7 @@ import pytest
 
 from fpcd.app import Daemon
 from fpcd.client import ConfigurationClient
-from tests.conftest import DaemonProcess, admin_token, make_settings
+from tests.conftest import DaemonProcess, admin_token, eventually, make_settings
 from tests.test_live import Client, connect, put, ws_url
 
 
@@ -178,29 +178,22 @@ async def test_the_client_reads_over_rest_when_it_missed_too_much(
             max_reconnect_delay=4.0,
         )
         async with client:
-            await wait_for(lambda: client.connected)
+            await eventually(lambda: client.connected)
             await ws.close_all(daemon.components.ws_app)  # the WebSocket port drops every client
-            await wait_for(lambda: not client.connected)
+            await eventually(lambda: not client.connected)
             for n in (2, 3, 4):  # while it is away: more than one version to replay
                 await put(session, daemon, "web", "prod", {"n": n})
-            await wait_for(
+            await eventually(
                 lambda: client.configuration is not None and client.configuration.version == 4
             )
             assert await client.get_configuration() == {"n": 4}
             assert daemon.components.hub.stats.replays_refused == 1
             await put(session, daemon, "web", "prod", {"n": 5})  # and live again
-            await wait_for(
+            await eventually(
                 lambda: client.configuration is not None and client.configuration.version == 5
             )
     finally:
         await daemon.stop()
-
-
-async def wait_for(predicate: Any, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
 
 
 # -- the flood, as the issue describes it ------------------------------------------------
@@ -284,7 +277,7 @@ async def test_a_replay_flood_does_not_delay_other_subscribers(spawn: Any) -> No
         try:
             line = await asyncio.wait_for(attacker.stdout.readline(), 30)
             assert line.strip() == b"flooding"
-            await wait_for(lambda: proc_counts(proc, "fpcd_websocket_replays_total") >= 4)
+            await eventually(lambda: proc_counts(proc, "fpcd_websocket_replays_total") >= 4)
             delays = []
             for n in range(1, 201):
                 started = time.perf_counter()

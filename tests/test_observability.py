@@ -6,17 +6,15 @@ import asyncio
 import contextlib
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from fpcd.app import Daemon
@@ -25,6 +23,7 @@ from tests.conftest import (
     LOG_LINES,
     admin_token,
     api_session,
+    eventually,
     issue_token,
     make_settings,
     run_cli,
@@ -32,6 +31,11 @@ from tests.conftest import (
 )
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def openmetrics_families(text: str) -> list[Metric]:
+    """prometheus-client's OpenMetrics parser, which carries no annotations."""
+    return list(openmetrics_parser.text_string_to_metric_families(text))  # type: ignore[no-untyped-call]
 
 
 def parse(text: str) -> Samples:
@@ -58,14 +62,6 @@ async def scrape(http: aiohttp.ClientSession) -> Samples:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return parse(await r.text())
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("did not happen in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -151,6 +151,7 @@ def test_single_evaluation_matches_the_protocol_schema(proc: DaemonProcess) -> N
     status, _, doc = request(proc, "/ofrep/v1/evaluate/flags/dark_mode", b"{not json")
     assert status == 400 and doc["errorCode"] == "PARSE_ERROR"
     jsonschema.validate(doc, schema("evaluationFailure"))
+    bad: dict[str, Any]
     for bad in ({"context": []}, {"context": {"targetingKey": 7}}, {"context": {"userId": {}}}):
         status, _, doc = request(
             proc, "/ofrep/v1/evaluate/flags/dark_mode", json.dumps(bad).encode()
@@ -163,12 +164,17 @@ def test_single_evaluation_matches_the_protocol_schema(proc: DaemonProcess) -> N
 
 
 def test_bulk_evaluation_with_etag(proc: DaemonProcess) -> None:
+    # A flag of this test's own to change (the module's flags stay as the other tests
+    # expect them, whatever order they run in).
+    probe = {"key": "etag_probe", "name": "ETag probe", "enabled": True}
+    status, _, _ = request(proc, "/api/features", json.dumps(probe).encode())
+    assert status == 201
     body = json.dumps({"context": {"targetingKey": "u-2", "userGroup": "beta"}}).encode()
     status, headers, doc = request(proc, "/ofrep/v1/evaluate/flags", body)
     assert status == 200
     jsonschema.validate(doc, schema("bulkEvaluationSuccess"))
     by_key = {f["key"]: f for f in doc["flags"]}
-    assert set(by_key) == {f["key"] for f in FLAGS}
+    assert set(by_key) == {f["key"] for f in FLAGS} | {"etag_probe"}
     assert by_key["dark_mode"]["value"] is True and by_key["off_flag"]["reason"] == "DISABLED"
     etag = headers["ETag"]
     status, again, _ = request(proc, "/ofrep/v1/evaluate/flags", body, {"If-None-Match": etag})
@@ -179,13 +185,12 @@ def test_bulk_evaluation_with_etag(proc: DaemonProcess) -> None:
     assert status == 200 and headers["ETag"] != etag
     # A flag change changes the answer, and so the ETag.
     status, _, _ = request(
-        proc, "/api/features/dark_mode", json.dumps({"enabled": False}).encode(), method="PATCH"
+        proc, "/api/features/etag_probe", json.dumps({"enabled": False}).encode(), method="PATCH"
     )
     assert status == 200
     status, headers, doc = request(proc, "/ofrep/v1/evaluate/flags", body, {"If-None-Match": etag})
     assert status == 200 and headers["ETag"] != etag
-    assert {f["key"]: f for f in doc["flags"]}["dark_mode"]["value"] is False
-    request(proc, "/api/features/dark_mode", json.dumps({"enabled": True}).encode(), method="PATCH")
+    assert {f["key"]: f for f in doc["flags"]}["etag_probe"]["value"] is False
     status, _, doc = request(proc, "/ofrep/v1/evaluate/flags", b'{"context": 3}')
     assert status == 400 and doc["errorCode"] == "INVALID_CONTEXT"
     jsonschema.validate(doc, schema("bulkEvaluationFailure"))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from openfeature.provider import ProviderStatus
 
 from fpcd.client import SyncConfigurationClient
 from fpcd.client.openfeature import FpcdProvider
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, eventually_blocking
 
 FLAGS: list[dict[str, Any]] = [
     {"key": "dark_mode", "name": "Dark mode", "enabled": True},
@@ -100,23 +99,23 @@ def test_resolution_through_the_sdk(provider: FpcdProvider) -> None:
     assert (details.value, details.reason, details.variant) == (True, Reason.STATIC, "on")
     assert details.flag_metadata == {"enabled": True, "flagVersion": 1}
     beta = EvaluationContext("user-7", {"userGroup": "beta"})
-    details = client.get_object_details("checkout", {}, beta)
-    assert details.value in ({"steps": 3}, {"steps": 1})
-    assert details.variant in ("control", "onepage") and details.reason == Reason.TARGETING_MATCH
+    checkout = client.get_object_details("checkout", {}, beta)
+    assert checkout.value in ({"steps": 3}, {"steps": 1})
+    assert checkout.variant in ("control", "onepage") and checkout.reason == Reason.TARGETING_MATCH
     # The same user always gets the same variant (the daemon's bucketing).
-    assert client.get_object_value("checkout", {}, beta) == details.value
+    assert client.get_object_value("checkout", {}, beta) == checkout.value
     assert client.get_boolean_value("checkout", False, beta) is True
     public = EvaluationContext("user-7", {"userGroup": "public"})
-    details = client.get_object_details("checkout", {"steps": 0}, public)
-    assert (details.value, details.reason, details.error_code) == ({"steps": 0}, "DEFAULT", None)
-    assert details.flag_metadata["detail"] == "not_targeted"
+    checkout = client.get_object_details("checkout", {"steps": 0}, public)
+    assert (checkout.value, checkout.reason, checkout.error_code) == ({"steps": 0}, "DEFAULT", None)
+    assert checkout.flag_metadata["detail"] == "not_targeted"
     assert client.get_string_value("color", "red") == "blue"  # the variant id
     assert client.get_integer_value("limit", 1) == 25
     assert client.get_float_value("ratio", 1.0) == 0.5
     assert client.get_float_value("limit", 1.0) == 25.0
     # Off: the caller's default, with DISABLED.
-    details = client.get_string_details("off_flag", "fallback")
-    assert (details.value, details.reason, details.error_code) == ("fallback", "DISABLED", None)
+    off = client.get_string_details("off_flag", "fallback")
+    assert (off.value, off.reason, off.error_code) == ("fallback", "DISABLED", None)
     pro = EvaluationContext("u", {"plan": "pro"})
     assert client.get_boolean_value("pro_only", False, pro) is True
     assert client.get_boolean_value("pro_only", True, EvaluationContext("u")) is False
@@ -130,12 +129,12 @@ def test_errors_through_the_sdk(provider: FpcdProvider) -> None:
         ErrorCode.FLAG_NOT_FOUND,
         Reason.ERROR,
     )
-    details = client.get_integer_details(
+    number = client.get_integer_details(
         "checkout", 7, EvaluationContext("u", {"userGroup": "beta"})
     )
-    assert (details.value, details.error_code) == (7, ErrorCode.TYPE_MISMATCH)
-    details = client.get_string_details("dark_mode", "x")  # on, but no variant to give
-    assert (details.value, details.error_code) == ("x", ErrorCode.TYPE_MISMATCH)
+    assert (number.value, number.error_code) == (7, ErrorCode.TYPE_MISMATCH)
+    text = client.get_string_details("dark_mode", "x")  # on, but no variant to give
+    assert (text.value, text.error_code) == ("x", ErrorCode.TYPE_MISMATCH)
     details = client.get_boolean_details("dark_mode", False, EvaluationContext("u", {"region": 3}))
     assert (details.value, details.error_code) == (False, ErrorCode.INVALID_CONTEXT)
 
@@ -162,7 +161,7 @@ def test_provider_events(provider: FpcdProvider, proc: DaemonProcess) -> None:
     # Wait for the live subscription before changing anything.
     sync_client = provider.client
     assert isinstance(sync_client, SyncConfigurationClient)
-    wait_until(lambda: sync_client.connected)
+    eventually_blocking(lambda: sync_client.connected)
     call(proc, "PATCH", "/api/features/dark_mode", {"enabled": False})
     assert changed.wait(15)
     assert (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ["dark_mode"]) in events
@@ -172,17 +171,12 @@ def test_provider_events(provider: FpcdProvider, proc: DaemonProcess) -> None:
     assert stale.wait(15)
     assert client.get_provider_status() == ProviderStatus.STALE
     assert client.get_object_value("checkout", {}, EvaluationContext("u", {"userGroup": "beta"}))
-    # Back: READY again.
+    # Back: READY again (the SDK sets the status before it runs the handlers: wait for
+    # the handler itself).
+    ready.clear()
     proc.start()
-    wait_until(lambda: client.get_provider_status() == ProviderStatus.READY)
+    assert ready.wait(15)
+    assert client.get_provider_status() == ProviderStatus.READY
     kinds = [kind for kind, _ in events]
     last_stale = len(kinds) - 1 - kinds[::-1].index(ProviderEvent.PROVIDER_STALE)
     assert ProviderEvent.PROVIDER_READY in kinds[last_stale:]
-
-
-def wait_until(predicate: Callable[[], bool]) -> None:
-    """Wait (at most 15 s) for something the client does in its own thread."""
-    deadline = time.monotonic() + 15
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)

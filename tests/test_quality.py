@@ -25,8 +25,11 @@ def test_ruff_format() -> None:
 
 
 def test_mypy_strict() -> None:
-    r = run(str(BIN / "mypy"), "fpcd")
+    """Strict, over fpcd, tests and benchmarks (`files` in pyproject.toml)."""
+    r = run(str(BIN / "mypy"))
     assert r.returncode == 0, r.stdout + r.stderr
+    checked = sum(len(list((ROOT / d).rglob("*.py"))) for d in ("fpcd", "tests", "benchmarks"))
+    assert f"in {checked} source files" in r.stdout, r.stdout
 
 
 def test_imports_keep_the_package_layers() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from fpcd.app import Daemon
 from fpcd.services.events import ServiceStatusChanged
-from tests.conftest import api_session, issue_token, make_settings
+from tests.conftest import api_session, eventually, issue_token, make_settings
 
 
 async def call(
@@ -71,12 +70,7 @@ async def fast_http(fast: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def wait_status(http: aiohttp.ClientSession, name: str, status: str) -> dict[str, Any]:
-    for _ in range(100):
-        _, doc = await call(http, "GET", f"/api/services/{name}")
-        if doc["status"] == status:
-            return dict(doc)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} never became {status}: {doc}")
+    return await wait_view(http, name, lambda doc: doc["status"] == status)
 
 
 async def test_register_with_the_seed_body(http: aiohttp.ClientSession) -> None:
@@ -119,7 +113,10 @@ async def test_discovery_filters_and_deregister(http: aiohttp.ClientSession) -> 
         await call(
             http, "POST", "/api/services/register", {"name": name, "tags": tags, "environment": env}
         )
-    names = lambda page: [s["serviceName"] for s in page["items"]]  # noqa: E731
+
+    def names(page: dict[str, Any]) -> list[str]:
+        return [s["serviceName"] for s in page["items"]]
+
     assert names((await call(http, "GET", "/api/services?tag=api"))[1]) == ["a", "c"]
     assert names((await call(http, "GET", "/api/services?environment=prod"))[1]) == ["a", "b"]
     assert names((await call(http, "GET", "/api/services?tag=api&environment=prod"))[1]) == ["a"]
@@ -392,12 +389,16 @@ async def test_required_configs_are_reported_not_enforced(
 async def wait_view(
     http: aiohttp.ClientSession, name: str, check: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    for _ in range(200):
-        _, doc = await call(http, "GET", f"/api/services/{name}")
-        if check(doc):
-            return dict(doc)
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{name} never matched: {doc}")
+    """The service's view once `check` holds for it."""
+    view: dict[str, Any] = {}
+
+    async def matches() -> bool:
+        nonlocal view
+        _, view = await call(http, "GET", f"/api/services/{name}")
+        return check(view)
+
+    await eventually(matches, 5, what=f"the view of {name}")
+    return view
 
 
 async def test_missing_configs_metric_has_bounded_labels(tmp_path: Path) -> None:
@@ -547,12 +548,7 @@ async def test_a_registrant_cannot_aim_health_checks_elsewhere(
         )
         # A few check rounds (100 ms apart) have run once `legit` has been probed again.
         first = (await wait_status(fast_http, "legit", "healthy"))["lastCheck"]
-        for _ in range(200):
-            _, doc = await call(fast_http, "GET", "/api/services/legit")
-            if doc["lastCheck"] != first:
-                break
-            await asyncio.sleep(0.02)
-        assert doc["lastCheck"] != first
+        await wait_view(fast_http, "legit", lambda doc: doc["lastCheck"] != first)
         assert internal.hits == []  # never reached, not even through the redirect
         _, hopped = await call(fast_http, "GET", "/api/services/evil-hop")
         assert hopped["status"] == "healthy"  # a 3xx answer is all it reports

@@ -18,7 +18,15 @@ import asyncpg
 import pytest
 
 from fpcd.app import Daemon, StartupError
-from tests.conftest import DaemonProcess, api_session, auth, make_settings, run_cli, secret_value
+from tests.conftest import (
+    DaemonProcess,
+    api_session,
+    auth,
+    eventually,
+    make_settings,
+    run_cli,
+    secret_value,
+)
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -84,15 +92,6 @@ async def cluster(
             await host.daemon.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > seconds:
-            raise AssertionError("did not converge in time")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def history(host: Host, service: str, env: str = "prod") -> list[Any]:
     status, page = await host.call(
         "GET", f"/api/config/{service}/history?environment={env}&limit=1000"
@@ -139,7 +138,7 @@ async def test_every_kind_of_change_reaches_the_other_hosts(cluster: Any) -> Non
 
     async def arrived() -> bool:
         status, doc = await b.call("GET", "/api/config/shop?environment=prod")
-        return status == 200 and doc["config"] == {"port": 80}
+        return status == 200 and bool(doc["config"] == {"port": 80})
 
     await eventually(arrived)
     await eventually(lambda: converged(a, b))
@@ -201,9 +200,8 @@ async def test_redis_down_then_back(cluster: Any, redis_server: Any) -> None:
         await a.put("svc", {"n": 1})  # writes do not need Redis
 
         async def b_has(n: int) -> bool:
-            return (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"] == {
-                "n": n
-            }
+            config = (await b.call("GET", "/api/config/svc?environment=prod"))[1]["config"]
+            return bool(config == {"n": n})
 
         await eventually(lambda: b_has(1), 10)  # by polling
 
@@ -259,7 +257,7 @@ async def test_postgres_down_then_back(cluster: Any, postgres: Any) -> None:
         postgres.start()
 
     async def writable() -> bool:
-        return (await a.put("svc", {"n": 4}))[0] == 200
+        return bool((await a.put("svc", {"n": 4}))[0] == 200)
 
     await eventually(writable, 20)  # no restart needed
     await eventually(lambda: converged(a, b), 20)

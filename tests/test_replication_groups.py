@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 
 from fpcd.upstream.replicator import Replicator
+from tests.conftest import eventually
 from tests.test_replication import (  # noqa: F401  (fixtures)
     Host,
     assert_same_everywhere,
     cluster,
-    eventually,
 )
 
 

@@ -10,12 +10,10 @@ any leftover material still unwraps.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets as random
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +36,7 @@ from fpcd.domain.crypto import (
 from fpcd.domain.model import Change, DataKey, SecretRewrap, SecretVersion
 from fpcd.store.sqlite import Store
 from tests.clocks import MovableClock
-from tests.conftest import make_settings, secret_value
+from tests.conftest import eventually, make_settings, secret_value
 
 RAW_KEY = bytes(range(32))
 KEY = base64.b64encode(RAW_KEY).decode()
@@ -90,13 +88,6 @@ async def hosts(tmp_path: Path, pg_url: str) -> AsyncIterator[Callable[..., Awai
     for host in started:
         await host.unix.close()
         await host.daemon.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "did not happen in time"
-        await asyncio.sleep(0.05)
 
 
 def stored_ciphertext(host: Host, name: str) -> tuple[str, bytes, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -20,7 +19,14 @@ import pytest
 from fpcd.app import Daemon, StartupError
 from fpcd.domain.crypto import Secret, parse_master_key
 from tests.clocks import MovableClock
-from tests.conftest import api_session, issue_token, make_settings, run_cli, secret_value
+from tests.conftest import (
+    api_session,
+    eventually,
+    issue_token,
+    make_settings,
+    run_cli,
+    secret_value,
+)
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -336,12 +342,15 @@ async def secrets_on_keys(data_dir: Path) -> dict[str, int]:
 
 
 async def wait_rewrap(unix: aiohttp.ClientSession) -> dict[str, Any]:
-    for _ in range(400):
+    status: dict[str, Any] = {}
+
+    async def finished() -> bool:
+        nonlocal status
         _, status = await call(unix, "GET", "/api/keyring")
-        if not status["rotation"]["running"] and status["rotation"]["remaining"] == 0:
-            return dict(status)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"rewrap did not finish: {status}")
+        return not status["rotation"]["running"] and status["rotation"]["remaining"] == 0
+
+    await eventually(finished, 20, what="the rewrap's end")
+    return status
 
 
 async def test_rotation_with_writes_during_the_rewrap(tmp_path: Path) -> None:
@@ -458,12 +467,12 @@ async def test_expiry_while_running(unix: aiohttp.ClientSession, daemon: Daemon)
     value = secret_value("ttl")
     await call(unix, "PUT", "/api/secrets/app/SHORT", {"value": value, "ttlSeconds": 1})
     assert (await call(unix, "GET", "/api/secrets/app/SHORT"))[1]["value"] == value
-    for _ in range(100):
+
+    async def expired() -> bool:
         _, versions = await call(unix, "GET", "/api/secrets/app/SHORT/versions")
-        if versions["items"][0].get("destroyed") == "expired":
-            break
-        await asyncio.sleep(0.05)
-    assert versions["items"][0]["destroyed"] == "expired"
+        return bool(versions["items"][0].get("destroyed") == "expired")
+
+    await eventually(expired, 5, what="the expiry")
     status, problem = await call(unix, "GET", "/api/secrets/app/SHORT")
     assert status == 410 and value not in json.dumps(problem)
     _, audit = await call(unix, "GET", "/api/audit?target=secret:app/development/SHORT")

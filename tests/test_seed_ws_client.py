@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import auth_for
+from tests.conftest import auth_for, eventually_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,44 +48,49 @@ def run_example(proc: Any, tmp_path: Path, address: str) -> None:
     example = (ROOT / "docs" / "examples" / "seed-ws-client.js").read_text()
     script = tmp_path / "client.js"
     script.write_text(example.replace("ws://localhost:8080", address))
-    client = subprocess.Popen(
+    with subprocess.Popen(  # closes its pipe when done
         [node, str(script)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # until the example has subscribed
-            with urllib.request.urlopen(proc.url + "/health", timeout=5) as r:
-                counts = json.loads(r.read())["components"]["websocket"]["counts"]
-            if counts["subscriptions"] == 1:
-                break
-            time.sleep(0.05)
-        http(
-            proc.url + "/api/config/user-service",
-            "PUT",
-            {"environment": "production", "config": {"maxUsers": 100}},
-        )
-        http(proc.url + "/api/features", "POST", {"name": "new-signup", "enabled": True})
-        http(
-            proc.url + "/api/config/user-service/reload",
-            "POST",
-            {"environment": "production", "force": True},
-        )
-        lines: list[str] = []
-        deadline = time.monotonic() + 15
-        assert client.stdout is not None
-        while len(lines) < 3 and time.monotonic() < deadline:
-            line = client.stdout.readline()
-            if line:
-                lines.append(line.strip())
-    finally:
-        client.kill()
-        client.wait(10)
+    ) as client:
+        try:
+            lines = talk_to(proc, client)
+        finally:
+            client.kill()
     assert lines == [
         'Configuration updated: {"maxUsers":100}',
         "Feature flag updated: new_signup true",
         "Configuration reload requested",
     ], lines
+
+
+def subscriptions(proc: Any) -> int:
+    with urllib.request.urlopen(proc.url + "/health", timeout=5) as r:
+        count: int = json.loads(r.read())["components"]["websocket"]["counts"]["subscriptions"]
+    return count
+
+
+def talk_to(proc: Any, client: subprocess.Popen[str]) -> list[str]:
+    """Change what the example subscribed to; the first three lines it prints."""
+    eventually_blocking(lambda: subscriptions(proc) == 1, what="the example's subscription")
+    http(
+        proc.url + "/api/config/user-service",
+        "PUT",
+        {"environment": "production", "config": {"maxUsers": 100}},
+    )
+    http(proc.url + "/api/features", "POST", {"name": "new-signup", "enabled": True})
+    http(
+        proc.url + "/api/config/user-service/reload",
+        "POST",
+        {"environment": "production", "force": True},
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 15
+    assert client.stdout is not None
+    while len(lines) < 3 and time.monotonic() < deadline:
+        line = client.stdout.readline()
+        if line:
+            lines.append(line.strip())
+    return lines

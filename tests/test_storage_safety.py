@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
 import re
 import sqlite3
 import subprocess
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +23,18 @@ import pytest
 
 from fpcd.app import Daemon
 from fpcd.domain.configs import content_checksum
-from tests.conftest import LOG_LINES, DaemonProcess, api_session, free_port, make_settings, run_cli
+from tests.conftest import (
+    LOG_LINES,
+    DaemonProcess,
+    api_session,
+    eventually,
+    free_port,
+    make_settings,
+    run_cli,
+)
 from tests.test_daemon_process import request
 
 KEY = "q2Zx4j9b2r0cE4y0w9VgSx1mO6kq8D9yq1cJ8a6T3bI="
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def serve_once(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
@@ -220,9 +219,9 @@ async def test_config_row_edited_by_hand_is_not_served_and_audit_verify_says_so(
             async with http.get("/api/config/web?environment=production") as r:
                 assert r.status == 500
                 assert r.content_type == "application/problem+json"
-                body = await r.text()
-            assert "6666" not in body
-            problem = json.loads(body)
+                text = await r.text()
+            assert "6666" not in text
+            problem = json.loads(text)
             assert problem["type"] == "urn:fpcd:problem:integrity"
             assert "config:web/production v2" in problem["detail"]
             async with http.get("/api/config/web/history?environment=production") as r:
@@ -269,8 +268,8 @@ async def test_config_row_edited_by_hand_is_not_served_and_audit_verify_says_so(
                 assert r.status == 500  # rolling back to the damaged version is refused
     finally:
         await daemon.stop()
-    r = run_cli("audit", "verify", "--data-dir", str(data))
-    assert r.returncode == 1 and "config api/production version 1" in r.stdout
+    verified = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verified.returncode == 1 and "config api/production version 1" in verified.stdout
 
 
 # -- disk full --------------------------------------------------------------------------
@@ -316,14 +315,16 @@ async def test_full_disk_answers_507_and_reads_keep_working(small_disk: Path) ->
                 assert r.status == 200
             filler = _fill_disk(small_disk)
             LOG_LINES.clear()
-            big = {"environment": "production", "config": {"blob": "x" * 300_000}}
+            blob = "x" * 300_000
+            status, problem = 200, {}
             for _ in range(3):  # however much the WAL still had room for, it runs out
+                big = {"environment": "production", "config": {"blob": blob}}
                 async with http.put("/api/config/web", json=big) as r:
                     status = r.status
                     problem = await r.json()
                 if status != 200:
                     break
-                big["config"]["blob"] += "y"
+                blob += "y"
             assert status == 507, problem
             assert r.content_type == "application/problem+json"
             assert problem["type"] == "urn:fpcd:problem:disk-full"

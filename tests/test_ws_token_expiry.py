@@ -54,7 +54,7 @@ async def receive(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
 async def texts_until_close(
     ws: aiohttp.ClientWebSocketResponse,
 ) -> tuple[list[dict[str, Any]], aiohttp.WSMessage]:
-    got = []
+    got: list[dict[str, Any]] = []
     while True:
         msg = await receive(ws)
         if msg.type != aiohttp.WSMsgType.TEXT:
@@ -92,7 +92,7 @@ async def test_a_session_closes_with_a_reason_clients_can_act_on(strict: Daemon)
     ):
         msg = await receive(ws)
         assert msg.type == aiohttp.WSMsgType.CLOSE
-        assert msg.data == 4401 and "reconnect with a fresh token" in msg.extra
+        assert msg.data == 4401 and "reconnect with a fresh token" in (msg.extra or "")
 
 
 async def test_auth_with_a_fresh_token_extends_the_session(strict: Daemon) -> None:

@@ -20,12 +20,11 @@ from aiohttp import web
 from fpcd.api.session import SessionGuard, session_token
 from fpcd.clock import SYSTEM_CLOCK, Clock
 from fpcd.domain.errors import BadRequest, Unauthenticated
-from fpcd.domain.model import Caller
+from fpcd.domain.model import SYSTEM_SCOPES, Caller
 from fpcd.services.tokens import TokenVerifier
 
 log = logging.getLogger("fpcd.auth")
 
-_ALL = frozenset({"*"})
 #: The subject of a request without a token under auth.anonymous_role (audit, rate limits).
 ANONYMOUS = "anonymous"
 
@@ -91,14 +90,11 @@ class Authenticator:
             subject=f"unix:{_user_name(uid)}",
             peer=f"uid={uid} pid={pid}",
             roles=("admin",),
-            scopes=_ALL,
+            scopes=SYSTEM_SCOPES,
         )
 
-    async def authenticate(self, request: web.Request, *, optional: bool = False) -> Caller | None:
-        return self.identify(request, optional=optional)
-
     def identify(self, request: web.Request, *, optional: bool = False) -> Caller | None:
-        """`authenticate` without a coroutine (it never waits): the request pipeline's call."""
+        """Who is calling (it never waits): the request pipeline's call."""
         local = self.unix_caller(request)
         if local is not None:
             return local

@@ -19,10 +19,14 @@ from typing import cast
 
 import msgspec
 
+from fpcd.domain.model import Caller
 from fpcd.services.flags import FlagService
 from fpcd.wire.flagsocket import ErrorCode, FlagQuery, FlagReply, FlagReplyError, RequestId
 
 log = logging.getLogger("fpcd.flagsocket")
+#: Who evaluates through the socket: its peers, whom its file mode admits (the daemon's
+#: own door, trusted as the Unix API socket's peers are).
+SOCKET_CALLER = Caller.system("fpcd:flag-socket")
 
 
 _decode = msgspec.json.Decoder(FlagQuery).decode
@@ -116,7 +120,7 @@ class FlagProtocol(asyncio.Protocol):
     def _answer(self, lines: list[bytes], out: bytearray) -> None:
         """Answer complete lines in order into `out`, all evaluated at one instant."""
         flags = self._flags
-        batch = flags.batch(flags.clock.time())
+        batch = flags.batch(SOCKET_CALLER, flags.clock.time())
         one, many = batch.one, batch.many
         decode, encode_into, max_line = _decode, _encode_into, self._max_line
         answered = rejected = 0

@@ -23,7 +23,7 @@ from yarl import URL
 
 from fpcd.api.auth import Authenticator
 from fpcd.api.permissions import METRICS_SCRAPE, RateLimiter, Rule, rule_for
-from fpcd.domain.access import authorize, unrestricted
+from fpcd.domain.access import authorize, authorize_everywhere
 from fpcd.domain.configs import ANY_VERSION, check_limits
 from fpcd.domain.errors import (
     BadRequest,
@@ -310,21 +310,17 @@ def _admit(request: web.Request, info: RouteInfo) -> Caller:
     found = authenticator.identify(request, optional=rule.websocket)
     caller = found if found is not None else PUBLIC_CALLER
     service = request.match_info.get(rule.service) if rule.service else None
+    # An early refusal only: the service called next decides again, with everything it
+    # knows (the environment, a service named in the body).
     if rule.action is not None:
-        authorize(caller, rule.action, service=service)
-        if rule.unrestricted and not unrestricted(caller):
-            raise Forbidden("this view spans every service: it needs a token limited to none")
+        if rule.unrestricted:
+            authorize_everywhere(caller, rule.action)
+        else:
+            authorize(caller, rule.action, service=service, environment=rule.environment)
     retry = info.limiter.check(caller.subject, service)
     if retry is not None:
         raise TooManyRequests("rate limit exceeded; slow down", headers={"Retry-After": str(retry)})
     return caller
-
-
-def allow(
-    request: web.Request, action: str, *, service: str | None = None, environment: str | None = None
-) -> None:
-    """A handler's own check, once it knows the environment (or a service in the body)."""
-    authorize(request[CALLER], action, service=service, environment=environment)
 
 
 # -- reading input ---------------------------------------------------------------
@@ -363,25 +359,40 @@ async def read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None) -> T:
+def _decode(body: bytes, kind: type[T]) -> T:
     try:
-        decoded = msgspec.json.decode(body, type=kind)
+        return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
         raise invalid_from(error) from None
     except msgspec.DecodeError as error:
         raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
-    if limits is not None and not _within_limits(body, limits):
-        # Depth and key count of the whole body, whatever the type lets through (Any fields).
-        errors = check_limits(
-            msgspec.json.decode(body),
-            max_depth=limits.max_json_depth + 2,  # the body and its wrapper objects
-            max_keys=limits.max_json_keys + 64,
-            path="$",
-        )
-        if errors:
-            raise Invalid("the request breaks a size rule", errors=errors)
+
+
+def decode_json(body: bytes, kind: type[T], limits: RequestLimits | None = None) -> T:
+    """The body as `kind`, decoded once. A body that might break the depth or key limits
+    (whatever the type lets through: `Any` fields) is decoded untyped, walked, and
+    converted to `kind` (a conversion, not a second parse)."""
+    if limits is None or _within_limits(body, limits):
+        return _decode(body, kind)
+    try:
+        raw = msgspec.json.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        _decode(body, kind)  # raises: the typed decode names the problem, as for any body
+        raise BadRequest("malformed JSON") from None  # (not reached)
+    try:
+        decoded = msgspec.convert(raw, kind)
+    except msgspec.ValidationError as error:
+        raise invalid_from(error) from None
+    errors = check_limits(
+        raw,
+        max_depth=limits.max_json_depth + 2,  # the body and its wrapper objects
+        max_keys=limits.max_json_keys + 64,
+        path="$",
+    )
+    if errors:
+        raise Invalid("the request breaks a size rule", errors=errors)
     return decoded
 
 

@@ -17,6 +17,7 @@ import msgspec
 from fpcd import __version__
 from fpcd.api.http import Problem
 from fpcd.domain.flags import FlagDefinition
+from fpcd.domain.names import FLAG_KEY_PATTERN, NAME_PATTERN
 from fpcd.wire import (
     AuditVerifyResult,
     AuditView,
@@ -72,8 +73,8 @@ _MESSAGES: dict[str, Any] = {
     "WebSocketServerMessage": ServerMessage,
 }
 
-NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
-FLAG_KEY = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,127}$"}
+NAME = {"type": "string", "pattern": f"^{NAME_PATTERN}$"}
+FLAG_KEY = {"type": "string", "pattern": f"^{FLAG_KEY_PATTERN}$"}
 
 
 def _ref(kind: Any) -> dict[str, Any]:

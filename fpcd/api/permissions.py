@@ -3,6 +3,10 @@
 A route that is not in the table is refused (a test checks every registered route has a
 row). Service-scoped rows name the path parameter that holds the service, so the check
 happens before anything is looked up: a 403 never says whether the thing exists.
+
+The table is an early, cheap refusal. The services decide: every service method a door
+reaches takes the `Caller` and checks the same rule (`domain.access.authorize`) with
+what only it knows (the environment, a service named in a body).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from fpcd.domain import access as a
+from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.settings import RateLimitSettings
 
 
@@ -25,12 +30,16 @@ class Rule:
     websocket: bool = False
     #: Cross-service views (the audit log) need a token limited to no service.
     unrestricted: bool = False
+    #: The environment the action always concerns (a schema binds every environment, as
+    #: the `default` layer does), so the early check can include it.
+    environment: str | None = None
 
 
 PUBLIC = Rule(None)
 #: /metrics: public with metrics.public (a plain Prometheus scrape), else a viewer's.
 METRICS_SCRAPE = Rule(a.METRICS_READ)
 S = "service"
+DEFAULT = BASE_ENVIRONMENT
 
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): PUBLIC,
@@ -49,8 +58,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/config/{service}/history"): Rule(a.CONFIG_READ, S),
     ("GET", "/api/config/{service}/diff"): Rule(a.CONFIG_READ, S),
     ("GET", "/api/config/{service}/schema"): Rule(a.CONFIG_READ, S),
-    ("PUT", "/api/config/{service}/schema"): Rule(a.SCHEMA_WRITE, S),
-    ("DELETE", "/api/config/{service}/schema"): Rule(a.SCHEMA_WRITE, S),
+    ("PUT", "/api/config/{service}/schema"): Rule(a.SCHEMA_WRITE, S, environment=DEFAULT),
+    ("DELETE", "/api/config/{service}/schema"): Rule(a.SCHEMA_WRITE, S, environment=DEFAULT),
     ("GET", "/api/features"): Rule(a.FLAGS_READ),
     ("POST", "/api/features"): Rule(a.FLAGS_WRITE),
     ("POST", "/api/features/evaluate"): Rule(a.FLAGS_EVALUATE),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api.http import json_response, page_params
+from fpcd.api.http import caller, json_response, page_params
 from fpcd.services.audit import AuditService
 
 AUDIT = web.AppKey("audit", AuditService)
@@ -13,11 +13,12 @@ AUDIT = web.AppKey("audit", AuditService)
 async def audit_log(request: web.Request) -> web.Response:
     limit, offset = page_params(request)
     target = request.query.get("target") or None
-    return json_response(await request.app[AUDIT].page(target=target, limit=limit, offset=offset))
+    page = await request.app[AUDIT].page(caller(request), target=target, limit=limit, offset=offset)
+    return json_response(page)
 
 
 async def audit_verify(request: web.Request) -> web.Response:
-    result = await request.app[AUDIT].verify()
+    result = await request.app[AUDIT].verify(caller(request))
     return json_response(result, status=200 if result.ok else 409)
 
 

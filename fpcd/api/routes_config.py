@@ -8,9 +8,9 @@ import msgspec
 from aiohttp import web
 
 from fpcd.api.http import (
+    CALLER,
     JSON,
     REQUEST_LIMITS,
-    allow,
     body_as,
     caller,
     decode_json,
@@ -22,8 +22,6 @@ from fpcd.api.http import (
     query_int,
     read_body,
 )
-from fpcd.domain.access import CONFIG_READ, CONFIG_RELOAD, CONFIG_WRITE, SCHEMA_WRITE, may
-from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.services.configs import ConfigService
 from fpcd.wire import ConfigPut, ConfigReload, ConfigRollback
 
@@ -37,20 +35,7 @@ def _service(request: web.Request) -> str:
 
 async def list_configs(request: web.Request) -> web.Response:
     """Only the services and environments the caller may read."""
-    who = caller(request)
-    page = await request.app[CONFIGS].services()
-    items = []
-    for item in page.items:
-        envs = [
-            e
-            for e in item.environments
-            if may(who, CONFIG_READ, service=item.service_name, environment=e.name)
-        ]
-        if envs:
-            items.append(msgspec.structs.replace(item, environments=envs))
-    return json_response(
-        msgspec.structs.replace(page, items=items, total=len(items), limit=len(items))
-    )
+    return json_response(await request.app[CONFIGS].services(caller=caller(request)))
 
 
 class ReadParams(NamedTuple):
@@ -85,26 +70,25 @@ async def get_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     service = _service(request)
     params = _read_params(request)
-    allow(request, CONFIG_READ, service=service, environment=params.environment)
-    configs.environments.check_read(params.environment)
+    who = request[CALLER]
     if params.include_secrets:
         doc = await configs.document(
             service,
             params.environment,
+            caller=who,
             version=params.version,
             raw=params.raw,
             include_secrets=True,
-            caller=caller(request),
         )
         return web.Response(
             body=_encoder.encode(doc), content_type=JSON, headers={"Cache-Control": "no-store"}
         )
     # The hot path: a cached read is the encoded body and its ETag, no coroutine, no I/O.
     cached = configs.cached_document_bytes(
-        service, params.environment, version=params.version, raw=params.raw
+        service, params.environment, caller=who, version=params.version, raw=params.raw
     )
     etag, body = cached or await configs.document_bytes(
-        service, params.environment, version=params.version, raw=params.raw
+        service, params.environment, caller=who, version=params.version, raw=params.raw
     )
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and etag_matches(if_none_match, etag):
@@ -119,7 +103,6 @@ async def put_config(request: web.Request) -> web.Response:
     service = _service(request)
     body = await body_as(request, ConfigPut)
     environment = configs.environment(body.environment)
-    allow(request, CONFIG_WRITE, service=service, environment=environment)
     result = await configs.put(
         service,
         environment,
@@ -137,7 +120,6 @@ async def rollback_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     body = await body_as(request, ConfigRollback)
     environment = configs.environment(body.environment)
-    allow(request, CONFIG_WRITE, service=_service(request), environment=environment)
     result = await configs.rollback(
         _service(request),
         environment,
@@ -153,7 +135,6 @@ async def reload_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     body = await body_as(request, ConfigReload, empty_ok=True)
     environment = configs.environment(body.environment)
-    allow(request, CONFIG_RELOAD, service=_service(request), environment=environment)
     result = await configs.reload(
         _service(request),
         environment,
@@ -167,39 +148,33 @@ async def config_history(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     limit, offset = page_params(request)
     environment = configs.environment(request.query.get("environment"))
-    allow(request, CONFIG_READ, service=_service(request), environment=environment)
-    configs.environments.check_read(environment)
-    page = await configs.history(_service(request), environment, limit=limit, offset=offset)
+    page = await configs.history(
+        _service(request), environment, caller=caller(request), limit=limit, offset=offset
+    )
     return json_response(page)
 
 
 async def config_diff(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     environment = configs.environment(request.query.get("environment"))
-    allow(request, CONFIG_READ, service=_service(request), environment=environment)
-    configs.environments.check_read(environment)
     doc = await configs.diff(
         _service(request),
         environment,
+        caller=caller(request),
         from_=query_int(request, "from", minimum=0),
         to=query_int(request, "to", minimum=1),
     )
     return json_response(doc)
 
 
-def _every_environment(request: web.Request) -> None:
-    """A schema binds every environment of the service, as the `default` layer does: a
-    token limited to some environments may not change it unless `default` is one."""
-    allow(request, SCHEMA_WRITE, service=_service(request), environment=BASE_ENVIRONMENT)
-
-
 async def get_schema(request: web.Request) -> web.Response:
-    return json_response(await request.app[CONFIGS].schema(_service(request)))
+    return json_response(
+        await request.app[CONFIGS].schema(_service(request), caller=caller(request))
+    )
 
 
 async def put_schema(request: web.Request) -> web.Response:
     """Takes `{"schema": {...}}` or the schema document itself."""
-    _every_environment(request)
     doc = decode_json(await read_body(request), dict[str, Any], request.app[REQUEST_LIMITS])
     schema = doc["schema"] if set(doc) == {"schema"} and isinstance(doc["schema"], dict) else doc
     result = await request.app[CONFIGS].put_schema(
@@ -209,7 +184,6 @@ async def put_schema(request: web.Request) -> web.Response:
 
 
 async def delete_schema(request: web.Request) -> web.Response:
-    _every_environment(request)
     result = await request.app[CONFIGS].put_schema(_service(request), None, caller=caller(request))
     return json_response(result)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from fpcd.api.http import (
+    CALLER,
     REQUEST_LIMITS,
     body_as,
     caller,
@@ -20,23 +20,22 @@ from fpcd.api.http import (
     query_bool,
     read_body,
 )
-from fpcd.domain.configs import check_name
 from fpcd.domain.errors import BadRequest, FieldError
 from fpcd.domain.flags import FlagDefinition
 from fpcd.domain.instants import checked_utc, parse_iso
+from fpcd.domain.names import FLAG_KEY_PATTERN, check_name, valid_flag_key
 from fpcd.services.flags import FlagService
 from fpcd.wire import EvaluateRequest, EvaluateResponse, EvaluationCounts, FlagView
 
 FLAGS = web.AppKey("flags", FlagService)
-_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 
 
 def _key(request: web.Request) -> str:
     key = request.match_info["key"]
-    if not _KEY.fullmatch(key):
+    if not valid_flag_key(key):
         raise BadRequest(
             "invalid flag key: use 1-128 of a-z, 0-9, '_', '.', '-'",
-            errors=[FieldError("key", "must match [a-z0-9][a-z0-9_.-]{0,127}")],
+            errors=[FieldError("key", f"must match {FLAG_KEY_PATTERN}")],
         )
     return key
 
@@ -53,6 +52,7 @@ async def list_flags(request: web.Request) -> web.Response:
     enabled = query_bool(request, "enabled") if request.query.get("enabled") else None
     tags = [t for t in request.query.get("tags", "").split(",") if t]
     page = flags.list_flags(
+        caller(request),
         environment=environment,
         enabled=enabled,
         tags=tags,
@@ -70,7 +70,7 @@ async def create_flag(request: web.Request) -> web.Response:
 
 async def get_flag(request: web.Request) -> web.Response:
     record = request.app[FLAGS].get(
-        _key(request), include_archived=query_bool(request, "includeArchived")
+        _key(request), caller(request), include_archived=query_bool(request, "includeArchived")
     )
     return json_response(FlagView.of(record), headers=_etag(record.version))
 
@@ -104,7 +104,9 @@ async def archive_flag(request: web.Request) -> web.Response:
 
 async def flag_history(request: web.Request) -> web.Response:
     limit, offset = page_params(request)
-    page = await request.app[FLAGS].history(_key(request), limit=limit, offset=offset)
+    page = await request.app[FLAGS].history(
+        _key(request), caller(request), limit=limit, offset=offset
+    )
     return json_response(page)
 
 
@@ -123,7 +125,10 @@ def _date(request: web.Request, name: str) -> datetime | None:
 
 async def flag_analytics(request: web.Request) -> web.Response:
     report = await request.app[FLAGS].analytics_report(
-        _key(request), _date(request, "startDate"), _date(request, "endDate")
+        _key(request),
+        caller(request),
+        start=_date(request, "startDate"),
+        end=_date(request, "endDate"),
     )
     return json_response(report)
 
@@ -138,13 +143,14 @@ async def evaluate_flags(request: web.Request) -> web.Response:
         )
     elif context.environment is not None:
         check_name("environment", context.environment)
-    return json_response(EvaluateResponse(results=flags.evaluate(body.flags, context)))
+    results = flags.evaluate(body.flags, context, request[CALLER])
+    return json_response(EvaluateResponse(results=results))
 
 
 async def record_evaluations(request: web.Request) -> web.Response:
     """Counts of evaluations a client made locally, so analytics stay complete."""
     body = await body_as(request, EvaluationCounts)
-    return json_response(request.app[FLAGS].record_counts(body.counts))
+    return json_response(request.app[FLAGS].record_counts(body.counts, caller(request)))
 
 
 def add_routes(app: web.Application) -> None:

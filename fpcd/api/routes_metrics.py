@@ -7,7 +7,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from fpcd.api.http import json_response
+from fpcd.api.http import caller, json_response
 from fpcd.api.routes_config import CONFIGS
 from fpcd.api.routes_flags import FLAGS
 from fpcd.api.routes_health import HEALTH
@@ -39,7 +39,7 @@ async def status(request: web.Request) -> web.Response:
     app = request.app
     flags = app[FLAGS]
     report = await app[HEALTH].report()
-    services = (await app[CONFIGS].services()).items
+    services, environments, layers = await app[CONFIGS].layer_counts(caller=caller(request))
     evaluations: Counter[str] = Counter()
     enabled: Counter[str] = Counter()
     for (flag, _variant, _reason, on), n in flags.analytics.totals().items():
@@ -48,9 +48,9 @@ async def status(request: web.Request) -> web.Response:
     alerts = app[ALERTS].active
     doc = StatusDocument(
         health=report,
-        services=len(services),
-        environments=len({e.name for s in services for e in s.environments}),
-        config_layers=sum(len(s.environments) for s in services),
+        services=services,
+        environments=environments,
+        config_layers=layers,
         flags=flags.counts()["flags"],
         top_flags=[
             FlagUsage(key=key, evaluations=n, enabled=enabled[key])

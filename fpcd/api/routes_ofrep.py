@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from fpcd.api.http import REQUEST_LIMITS, etag_matches, json_response, read_body
+from fpcd.api.http import CALLER, REQUEST_LIMITS, etag_matches, json_response, read_body
 from fpcd.api.routes_flags import FLAGS
 from fpcd.domain.configs import check_limits
 from fpcd.domain.flags import EvaluationContext, EvaluationResult
@@ -92,7 +92,7 @@ async def evaluate_flag(request: web.Request) -> web.Response:
         context = await _context(request)
     except OfrepError as error:
         return _failure(400, key, error.code, error.details)
-    result = request.app[FLAGS].evaluate_one(key, context)
+    result = request.app[FLAGS].evaluate_one(key, context, request[CALLER])
     if result.error_code == "FLAG_NOT_FOUND":
         return _failure(404, key, "FLAG_NOT_FOUND", f"no flag {key!r}")
     return json_response(success(result))
@@ -103,7 +103,7 @@ async def evaluate_all(request: web.Request) -> web.Response:
         context = await _context(request)
     except OfrepError as error:
         return _failure(400, None, error.code, error.details)
-    results = request.app[FLAGS].evaluate(None, context)
+    results = request.app[FLAGS].evaluate(None, context, request[CALLER])
     body = msgspec.json.encode({"flags": [success(r) for r in results.values()]})
     # The answer depends on the context, the flags and the time (date windows): the ETag
     # is the answer's own digest, so a 304 means exactly "the same answer".

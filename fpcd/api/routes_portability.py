@@ -24,7 +24,7 @@ PORTABILITY = web.AppKey("portability", PortabilityService)
 async def export_page(request: web.Request) -> web.Response:
     limit, offset = page_params(request, default_limit=500)
     page = await request.app[PORTABILITY].export_page(
-        request.match_info["kind"], limit=min(limit, 1000), offset=offset
+        request.match_info["kind"], caller(request), limit=min(limit, 1000), offset=offset
     )
     return json_response(page)
 
@@ -53,7 +53,7 @@ async def import_records(request: web.Request) -> web.Response:
         )
     elif kind == "analytics":
         body = await body_as(request, ImportAnalytics)
-        result = await service.import_analytics(body.source, body.counts, dry_run=dry_run)
+        result = await service.import_analytics(body.source, body.counts, who, dry_run=dry_run)
     elif kind == "notes":
         result = await service.import_notes(
             (await body_as(request, ImportNotes)).items, who, dry_run=dry_run
@@ -74,7 +74,7 @@ async def backup(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "no-store",
         }
     )
-    async with request.app[PORTABILITY].backup() as path:
+    async with request.app[PORTABILITY].backup(caller(request)) as path:
         response.content_length = path.stat().st_size
         await response.prepare(request)
         with path.open("rb") as file:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api.http import allow, body_as, caller, json_response, query_int
-from fpcd.api.routes_config import CONFIGS
-from fpcd.domain.access import SECRETS_LIST, SECRETS_WRITE
-from fpcd.domain.configs import check_name
+from fpcd.api.http import body_as, caller, json_response, query_int
 from fpcd.domain.crypto import Secret
 from fpcd.services.secrets import SecretService
 from fpcd.wire import SecretPut
@@ -16,21 +13,14 @@ SECRETS = web.AppKey("secrets", SecretService)
 ENVIRONMENT = web.AppKey("default_environment", str)
 
 
-def _where(request: web.Request, action: str = SECRETS_LIST) -> tuple[str, str]:
+def _where(request: web.Request) -> tuple[str, str]:
+    """(service, environment) of a secrets route; the service checks both."""
     environment = request.query.get("environment") or request.app[ENVIRONMENT]
-    check_name("environment", environment)
-    service = request.match_info["service"]
-    allow(request, action, service=service, environment=environment)
-    known = request.app[CONFIGS].environments
-    if request.method == "PUT":
-        known.check_write(environment, "query.environment")
-    else:
-        known.check_read(environment)
-    return service, environment
+    return request.match_info["service"], environment
 
 
 async def put_secret(request: web.Request) -> web.Response:
-    service, environment = _where(request, SECRETS_WRITE)
+    service, environment = _where(request)
     body = await body_as(request, SecretPut)
     view, changed = await request.app[SECRETS].put(
         service,
@@ -58,7 +48,7 @@ async def get_secret(request: web.Request) -> web.Response:
 
 
 async def delete_secret(request: web.Request) -> web.Response:
-    service, environment = _where(request, SECRETS_WRITE)
+    service, environment = _where(request)
     await request.app[SECRETS].delete(
         service, environment, request.match_info["name"], caller(request)
     )
@@ -67,12 +57,16 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 async def list_secrets(request: web.Request) -> web.Response:
     service, environment = _where(request)
-    return json_response(await request.app[SECRETS].list_secrets(service, environment))
+    return json_response(
+        await request.app[SECRETS].list_secrets(service, environment, caller(request))
+    )
 
 
 async def secret_versions(request: web.Request) -> web.Response:
     service, environment = _where(request)
-    page = await request.app[SECRETS].versions(service, environment, request.match_info["name"])
+    page = await request.app[SECRETS].versions(
+        service, environment, request.match_info["name"], caller(request)
+    )
     return json_response(page)
 
 
@@ -81,7 +75,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def keyring_status(request: web.Request) -> web.Response:
-    return json_response(await request.app[SECRETS].status())
+    return json_response(await request.app[SECRETS].status(caller(request)))
 
 
 async def retire_key(request: web.Request) -> web.Response:

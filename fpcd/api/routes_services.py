@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fpcd.api.http import allow, body_as, caller, json_response
-from fpcd.domain.access import REGISTRY_WRITE
-from fpcd.domain.configs import check_name
+from fpcd.api.http import body_as, caller, json_response
 from fpcd.domain.errors import BadRequest, FieldError
+from fpcd.domain.names import check_name
 from fpcd.services.registry import (
     DEGRADED,
     HEALTHY,
@@ -15,7 +14,6 @@ from fpcd.services.registry import (
     UNHEALTHY,
     UNKNOWN,
     RegistryService,
-    registration_name,
 )
 from fpcd.wire import ServiceRegister
 
@@ -27,21 +25,8 @@ def _name(request: web.Request) -> str:
     return check_name("service", request.match_info["name"])
 
 
-def _registered_environment(request: web.Request, name: str) -> None:
-    """A registration belongs to its environment: a token limited to some environments
-    may change (re-register, deregister, heartbeat) only those in its scope."""
-    environment = request.app[REGISTRY].registered_environment(name)
-    if environment is not None:
-        allow(request, REGISTRY_WRITE, service=name, environment=environment)
-
-
 async def register(request: web.Request) -> web.Response:
     body = await body_as(request, ServiceRegister)
-    registry = request.app[REGISTRY]
-    name = registration_name(body)
-    environment = body.environment or registry.default_environment
-    allow(request, REGISTRY_WRITE, service=name, environment=environment)
-    _registered_environment(request, name)
     result, created = await request.app[REGISTRY].register(body, caller(request))
     return json_response(result, status=201 if created else 200)
 
@@ -54,6 +39,7 @@ async def list_services(request: web.Request) -> web.Response:
             errors=[FieldError("query.status", "unknown status")],
         )
     page = request.app[REGISTRY].list_services(
+        caller(request),
         tag=request.query.get("tag") or None,
         environment=request.query.get("environment") or None,
         status=status,
@@ -62,18 +48,16 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def get_service(request: web.Request) -> web.Response:
-    return json_response(request.app[REGISTRY].get(_name(request)))
+    return json_response(request.app[REGISTRY].get(_name(request), caller(request)))
 
 
 async def deregister(request: web.Request) -> web.Response:
-    _registered_environment(request, _name(request))
     await request.app[REGISTRY].deregister(_name(request), caller(request))
     return web.Response(status=204)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    _registered_environment(request, _name(request))
-    return json_response(request.app[REGISTRY].heartbeat(_name(request)))
+    return json_response(request.app[REGISTRY].heartbeat(_name(request), caller(request)))
 
 
 def add_routes(app: web.Application) -> None:

@@ -33,15 +33,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
 from fpcd.api.ws_frames import StrictWebSocketResponse
 from fpcd.clock import Clock
-from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
-from fpcd.domain.configs import valid_name
-from fpcd.domain.errors import FpcdError
+from fpcd.domain.errors import Forbidden, FpcdError
 from fpcd.domain.model import Caller
+from fpcd.domain.names import valid_name
 from fpcd.services.environments import Environments
 from fpcd.services.live import LiveHub, LiveStats
 from fpcd.wire.live import (
-    CONFIG_UPDATES,
-    FEATURE_FLAGS,
     TOPICS,
     Auth,
     Authenticated,
@@ -322,19 +319,11 @@ def _handle(conn: Connection, app: web.Application, data: str | bytes) -> bool:
                     )
                 )
                 return False
-            needs = {CONFIG_UPDATES: CONFIG_READ, FEATURE_FLAGS: FLAGS_READ}
-            for topic in message.subscriptions:
-                if not may(
-                    conn.caller, needs[topic], service=message.service_name, environment=environment
-                ):
-                    conn.deliver(
-                        _error(
-                            "FORBIDDEN",
-                            f"this token does not allow {topic} for"
-                            f" {message.service_name}/{environment}",
-                        )
-                    )
-                    return False
+            try:
+                hub.authorize(conn.caller, message.service_name, environment, message.subscriptions)
+            except Forbidden as error:
+                conn.deliver(_error("FORBIDDEN", error.detail))
+                return False
             known = app.get(ENVIRONMENTS)
             if known is not None and not known.is_known(environment):
                 conn.deliver(_error("UNKNOWN_ENVIRONMENT", known.unknown(environment)))

@@ -34,14 +34,14 @@ from fpcd.cli.common import CliError, add_client_options, check
 from fpcd.cli.common import transport as connect
 from fpcd.cli.portable_cmds import ImportReport, post_batches, put_secret
 from fpcd.client.transport import Transport
-from fpcd.domain.configs import content_checksum, valid_name
+from fpcd.domain.configs import content_checksum
 from fpcd.domain.flags import FlagDefinition, derive_key
+from fpcd.domain.names import valid_flag_key, valid_name
 
 #: How the original derived its AES-256-GCM key from CONFIG_ENCRYPTION_KEY.
 KDF_SALT = b"fineprintai-salt"
 KDF_ITERATIONS = 100_000
 SOURCE = "fineprint"
-_FLAG_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 #: Columns of audit rows never copied into notes (they could hold secret material).
 _SENSITIVE = re.compile(r"(?i)secret|password|token|encrypted|^iv$|credential")
 #: The original's condition operators, as fpcd rule operators.
@@ -236,7 +236,7 @@ def _rules(conditions: Any) -> list[dict[str, Any]]:
 def flag_body(row: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
     """(key, fpcd flag definition, what could not be carried over)."""
     lost: list[str] = []
-    key = row["key"] if _FLAG_KEY.fullmatch(row["key"]) else derive_key(row["key"])
+    key = row["key"] if valid_flag_key(row["key"]) else derive_key(row["key"])
     if key != row["key"]:
         lost.append(f"key renamed from {row['key']!r}")
     rollout: dict[str, Any] = {
@@ -487,7 +487,7 @@ def _import_evaluations(
 ) -> None:
     counts = []
     for flag, enabled, variant, day, n in original.evaluations:
-        key = flag if _FLAG_KEY.fullmatch(flag or "") else derive_key(flag or "")
+        key = flag if valid_flag_key(flag or "") else derive_key(flag or "")
         if not key:
             report.skip("evaluations", str(flag), "not a flag key")
             continue

@@ -38,13 +38,6 @@ def _summary(flag: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _print_flag(flag: dict[str, Any], args: argparse.Namespace) -> None:
-    if args.json:
-        emit_json(flag)
-    else:
-        table([_summary(flag)], ["key", "enabled", "percent", "variants", "tags", "version"])
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     query: dict[str, Any] = {"environment": args.env, "tags": ",".join(args.tag or []) or None}
     if args.enabled is not None:

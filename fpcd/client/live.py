@@ -33,6 +33,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from fpcd.aio import Backoff, TaskSet
 from fpcd.client.cache import read_cache, write_cache
 from fpcd.client.model import (
     CacheFile,
@@ -177,7 +178,7 @@ class ConfigurationClient:
         self._counts: Counts = defaultdict(int)
         self._counts_lock = threading.Lock()
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(on_done=_log_failure)
         self._loops: list[asyncio.Task[None]] = []
         self._cache_dirty = False
         self._cache_writer: asyncio.Task[None] | None = None
@@ -252,9 +253,7 @@ class ConfigurationClient:
             await self.flush()
         if self._cache_writer is not None:
             await asyncio.gather(self._cache_writer, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         if self._session is not None:
             await self._session.close()
         self._connected = False
@@ -378,14 +377,7 @@ class ConfigurationClient:
                 log.exception("fpcd client callback failed", extra={"event": event})
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("fpcd client callback failed", exc_info=task.exception())
+        self._tasks.spawn(coro)
 
     # -- state changes ---------------------------------------------------------------------
 
@@ -480,7 +472,7 @@ class ConfigurationClient:
     async def _live(self) -> None:
         """Hold the subscription; reconnect with backoff (and jitter) whenever it drops."""
         assert self._session is not None
-        delay = self._reconnect_delay
+        backoff = Backoff(self._reconnect_delay, self._max_reconnect_delay)
         topics: list[Topic] = (
             [CONFIG_UPDATES, FEATURE_FLAGS] if self._subscribe_flags else [CONFIG_UPDATES]
         )
@@ -504,7 +496,7 @@ class ConfigurationClient:
                         if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                             break
                         if await self._on_message(message.data):
-                            delay = self._reconnect_delay
+                            backoff.reset()
                 if message.type == aiohttp.WSMsgType.CLOSE and message.data == TOKEN_EXPIRED:
                     # The daemon closes a session when its token expires: reconnect now,
                     # with the token asked for again (a plain string is simply reused).
@@ -512,7 +504,7 @@ class ConfigurationClient:
                         "fpcd session token expired; reconnecting", extra={"where": self._where}
                     )
                     self._set_connected(False)
-                    delay = self._reconnect_delay
+                    backoff.reset()
                     continue
             except asyncio.CancelledError:
                 raise
@@ -523,8 +515,7 @@ class ConfigurationClient:
             except Exception:
                 log.exception("fpcd subscription failed")
             self._set_connected(False)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self._max_reconnect_delay)
+            await asyncio.sleep(backoff.next() * (0.5 + random.random()))
 
     async def _on_message(self, data: str | bytes) -> bool:
         """Apply one server message; True once the subscription is confirmed."""
@@ -705,6 +696,12 @@ class ConfigurationClient:
                     "cache file not written",
                     extra={"path": str(self._cache_path), "error": str(error)},
                 )
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A callback's task ended with an error nobody awaits: log it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fpcd client callback failed", exc_info=task.exception())
 
 
 async def _awaited(outcome: Awaitable[Any]) -> None:

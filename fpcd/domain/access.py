@@ -6,7 +6,6 @@ The permission table in docs/security.md is this module; tests walk every row.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from functools import lru_cache
 
 from fpcd.domain.errors import Forbidden
 from fpcd.domain.model import Caller
@@ -66,13 +65,30 @@ ROLES: dict[str, frozenset[str]] = {
 GRANTABLE_SCOPES = {SECRETS_READ, METRICS_READ}
 
 
+#: roles -> scopes -> granted actions. Two dict lookups on hashes Python keeps (the
+#: strings' and the frozenset's), no key tuple built: services check every call, the
+#: cached config GET and flag evaluation included.
+_GRANTED: dict[tuple[str, ...], dict[frozenset[str], frozenset[str]]] = {}
+
+
 def granted(caller: Caller) -> frozenset[str]:
     """Every action the caller's roles and scopes allow."""
-    return _granted(caller.roles, caller.scopes)
+    by_scopes = _GRANTED.get(caller.roles)
+    if by_scopes is not None:
+        found = by_scopes.get(caller.scopes)
+        if found is not None:
+            return found
+    if len(_GRANTED) >= 1024:  # roles come from tokens: never grow without bound
+        _GRANTED.clear()
+    actions = _grant(caller.roles, caller.scopes)
+    by_scopes = _GRANTED.setdefault(caller.roles, {})
+    if len(by_scopes) >= 1024:
+        by_scopes.clear()
+    by_scopes[caller.scopes] = actions
+    return actions
 
 
-@lru_cache(maxsize=1024)
-def _granted(roles: tuple[str, ...], scopes: frozenset[str]) -> frozenset[str]:
+def _grant(roles: tuple[str, ...], scopes: frozenset[str]) -> frozenset[str]:
     if "*" in scopes:
         return frozenset(ACTIONS)
     actions: set[str] = set()
@@ -116,7 +132,10 @@ def may(
 def authorize(
     caller: Caller, action: str, *, service: str | None = None, environment: str | None = None
 ) -> None:
-    """Raise 403 unless allowed; the message never says whether the thing exists."""
+    """Raise 403 unless allowed; the message never says whether the thing exists.
+
+    Services call this first thing in every method a door reaches (the route table's check
+    in the request pipeline is only an early refusal of the same rule)."""
     if not may(caller, action, service=service, environment=environment):
         where = f" on {service}" if service else ""
         where += f" in {environment}" if environment else ""
@@ -126,3 +145,11 @@ def authorize(
 def unrestricted(caller: Caller) -> bool:
     """Sees every service and environment (needed for cross-service views like audit)."""
     return service_patterns(caller) is None and caller.environments is None
+
+
+def authorize_everywhere(caller: Caller, action: str) -> None:
+    """`authorize` for a view that spans every service (the audit log, export, backup):
+    a token limited to some services or environments may not have it."""
+    authorize(caller, action)
+    if not unrestricted(caller):
+        raise Forbidden("this view spans every service: it needs a token limited to none")

@@ -9,7 +9,11 @@ from typing import Any
 
 import msgspec
 
-from fpcd.domain.errors import BadRequest, FieldError, Invalid
+from fpcd.domain.errors import FieldError, Invalid
+
+# Names are fpcd.domain.names' rule; importable from here too, as they long were.
+from fpcd.domain.names import check_name as check_name
+from fpcd.domain.names import valid_name as valid_name
 
 # fpcd.domain.schemas (jsonschema, referencing, RE2) is imported where a schema is used:
 # a daemon whose services have none never loads it (issue 18: idle memory).
@@ -19,24 +23,6 @@ BASE_ENVIRONMENT = "default"
 
 #: `expected_version` meaning "any existing version" (`If-Match: *`).
 ANY_VERSION = -1
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def valid_name(value: str) -> bool:
-    """Names come from a safe set so none can escape a path, a query or a shell."""
-    return _NAME_RE.fullmatch(value) is not None and ".." not in value
-
-
-def check_name(kind: str, value: str) -> str:
-    if not valid_name(value):
-        raise BadRequest(
-            f"invalid {kind} name: use 1-128 letters, digits, '.', '_' or '-',"
-            " starting with a letter or digit",
-            errors=[FieldError(kind, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")],
-        )
-    return value
-
 
 _canonical_encoder = msgspec.json.Encoder(order="sorted")
 

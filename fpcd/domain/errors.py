@@ -7,7 +7,7 @@ branches on a message string. Messages must never contain secret values.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import msgspec
 
@@ -133,21 +133,39 @@ class SettingsError(Exception):
 
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+_FIELD = re.compile(r"Object (?:(?P<unknown>contains unknown)|missing required) field `([^`]+)`")
+
+
+class ValidationMessage(NamedTuple):
+    """A msgspec ValidationError's message taken apart: the one reading of its format."""
+
+    #: What is wrong, as msgspec says it ("Expected `int`, got `str`").
+    what: str
+    #: Where: a JSON path, "$" for the document itself.
+    path: str
+    #: The field an "unknown field" or "missing required field" message names.
+    field: str | None = None
+    unknown: bool = False
+
+
+def validation_message(error: msgspec.ValidationError) -> ValidationMessage:
+    """msgspec puts the failing path after ' - at '; unknown and missing fields name the
+    field in the message."""
+    match = _AT.match(str(error))
+    assert match is not None
+    what, path = match.group("what"), match.group("path") or "$"
+    named = _FIELD.match(what)
+    if named is None:
+        return ValidationMessage(what, path)
+    return ValidationMessage(what, path, named.group(2), named.group("unknown") is not None)
 
 
 def invalid_from(error: msgspec.ValidationError, root: str = "$") -> Invalid:
-    """msgspec puts the failing path after ' - at '; lift it into `errors`."""
-    match = _AT.match(str(error))
-    assert match is not None
-    what = match.group("what")
-    path = match.group("path") or "$"
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
-    if unknown:
-        path = f"{path}.{unknown.group(1)}"
-        what = "unknown field"
-    missing = re.match(r"Object missing required field `([^`]+)`", what)
-    if missing:
-        path = f"{path}.{missing.group(1)}"
-        what = "required field missing"
+    """A 422 whose `errors` name the failing path (unknown and missing fields included)."""
+    message = validation_message(error)
+    what, path = message.what, message.path
+    if message.field is not None:
+        path = f"{path}.{message.field}"
+        what = "unknown field" if message.unknown else "required field missing"
     path = root + path[1:]
     return Invalid(f"invalid request: {what} at {path}", errors=[FieldError(path, what)])

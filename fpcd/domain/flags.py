@@ -18,6 +18,7 @@ import msgspec
 
 from fpcd.domain.errors import FieldError, Invalid
 from fpcd.domain.instants import RANGE, in_range, iso_utc, parse_iso, to_utc
+from fpcd.domain.names import valid_flag_key, valid_name
 
 Percentage = Annotated[float, msgspec.Meta(ge=0, le=100)]
 Weight = Annotated[float, msgspec.Meta(ge=0)]
@@ -28,7 +29,16 @@ Operator = Literal[
     "eq", "neq", "in", "not_in", "contains", "starts_with", "ends_with",
     "gt", "gte", "lt", "lte", "semver_eq", "semver_gt", "semver_lt", "before", "after",
 ]  # fmt: skip
-CONTEXT_ATTRIBUTES = ("userId", "agentId", "sessionId", "userGroup", "region", "environment")
+#: Context fields a rule may name, by wire name -> EvaluationContext attribute; any other
+#: attribute is looked up in `customAttributes`.
+CONTEXT_FIELDS = {
+    "userId": "user_id",
+    "agentId": "agent_id",
+    "sessionId": "session_id",
+    "userGroup": "user_group",
+    "region": "region",
+    "environment": "environment",
+}
 
 #: OpenFeature resolution reasons.
 Reason = Literal["STATIC", "DEFAULT", "TARGETING_MATCH", "SPLIT", "DISABLED", "ERROR"]
@@ -332,7 +342,7 @@ def validate_definition(
     `known` finds other (current, unarchived) flags for the dependency checks.
     """
     errors: list[FieldError] = []
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", key):
+    if not valid_flag_key(key):
         errors.append(FieldError("$.key", "keys are 1-128 of a-z, 0-9, '_', '.', '-'"))
     if not definition.name.strip():
         errors.append(FieldError("$.name", "a name is required"))
@@ -342,7 +352,7 @@ def validate_definition(
         _check_rule(rule, f"$.rules[{i}]", errors)
     for env, override in definition.environments.items():
         where = f"$.environments.{env}"
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", env):
+        if not valid_name(env):
             errors.append(FieldError(where, "not a valid environment name"))
         if override.rollout is not None:
             _check_rollout(override.rollout, f"{where}.rollout", errors)
@@ -487,18 +497,7 @@ def _compile_rule(rule: Rule) -> tuple[str, bool, Matcher]:
             t = parse_instant(v)
             return t is not None and (t < instant if op == "before" else t > instant)
 
-    return rule.attribute, rule.attribute in CONTEXT_ATTRIBUTES, matcher
-
-
-#: Context fields a rule may name, by wire name -> EvaluationContext attribute.
-CONTEXT_FIELDS = {
-    "userId": "user_id",
-    "agentId": "agent_id",
-    "sessionId": "session_id",
-    "userGroup": "user_group",
-    "region": "region",
-    "environment": "environment",
-}
+    return rule.attribute, rule.attribute in CONTEXT_FIELDS, matcher
 
 
 class CompiledVariant:

@@ -279,3 +279,15 @@ class Caller(Record, frozen=True, kw_only=True):
     #: When the credential stops being valid (epoch seconds: the token's `exp` plus the
     #: leeway); None: it does not expire. WebSocket sessions close at this instant.
     expires_at: float | None = None
+
+    @classmethod
+    def system(cls, subject: str) -> Caller:
+        """The daemon acting on its own (file sync, the source directory, expiry jobs, the
+        flag socket, the local CLI): every permission. The `*` scope is what no token can
+        carry (the authenticator strips it), so only the daemon's own code makes one;
+        `subject` is what the audit log records (`fpcd:files`, `file:<path>`)."""
+        return cls(subject=subject, scopes=SYSTEM_SCOPES)
+
+
+#: The scopes of `Caller.system` (and of the Unix socket's peer): everything.
+SYSTEM_SCOPES = frozenset({"*"})

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fpcd.domain.configs import valid_name
 from fpcd.domain.flags import CONTEXT_FIELDS, EvaluationContext, EvaluationResult
+from fpcd.domain.names import valid_name
 
 
 class InvalidContext(ValueError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from fpcd.domain.access import AUDIT_READ, authorize_everywhere
 from fpcd.domain.audit import ChainVerifier
-from fpcd.domain.model import AuditEntry
+from fpcd.domain.model import AuditEntry, Caller
 from fpcd.services.integrity import verify_state
 from fpcd.store.sqlite import Store
 from fpcd.wire import AuditBreak, AuditVerifyResult, AuditView, Page
@@ -62,15 +63,19 @@ class AuditService:
         #: Verifications actually run (calls that joined a running one are not counted).
         self.verify_runs = 0
 
-    async def page(self, *, target: str | None, limit: int, offset: int) -> Page[AuditView]:
+    async def page(
+        self, caller: Caller, *, target: str | None, limit: int, offset: int
+    ) -> Page[AuditView]:
+        authorize_everywhere(caller, AUDIT_READ)
         if self._settle is not None:
             await self._settle()
         entries, total = await self._store.audit_page(target=target, limit=limit, offset=offset)
         return Page(items=[audit_view(e) for e in entries], total=total, limit=limit, offset=offset)
 
-    async def verify(self) -> AuditVerifyResult:
+    async def verify(self, caller: Caller) -> AuditVerifyResult:
         """One verification at a time: a call while one runs waits for it and shares its
         result, so concurrent callers cost one pass over the log, not one each."""
+        authorize_everywhere(caller, AUDIT_READ)
         if self._verifying is None or self._verifying.done():
             self.verify_runs += 1
             self._verifying = asyncio.ensure_future(verify_store(self._store))

@@ -14,10 +14,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from fpcd.clock import Clock
 from fpcd.domain.model import (
     AuditNote,
+    Caller,
     Change,
     ConfigVersion,
+    Payload,
     ReloadRequest,
     SecretRead,
     SecretVersion,
@@ -27,6 +30,23 @@ from fpcd.store.sqlite import Store, Transaction
 
 #: Reads current state and returns the changes to make (empty: nothing to do).
 Plan = Callable[[], Awaitable[list[Change]]]
+
+
+class ChangeMaker:
+    """Changes made on this host, as every service makes them: by a caller (actor,
+    request id and peer come from it), stamped with the clock's time and this node."""
+
+    __slots__ = ("_clock", "_origin")
+
+    def __init__(self, origin: str, clock: Clock) -> None:
+        self._origin = origin
+        self._clock = clock
+
+    def __call__(self, key: str, op: str, payload: Payload, caller: Caller) -> Change:
+        return Change.by(
+            caller, key=key, op=op, payload=payload, at=self._clock.now(), origin=self._origin
+        )
+
 
 #: Changes whose effect later plans read from SQLite only. Any other change (flags,
 #: schemas, keys, registrations, destroyed or re-wrapped secrets) also changes state that

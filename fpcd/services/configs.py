@@ -13,7 +13,16 @@ from typing import Any, NamedTuple
 import msgspec
 
 from fpcd.clock import Clock
-from fpcd.domain.access import may
+from fpcd.domain.access import (
+    CONFIG_READ,
+    CONFIG_RELOAD,
+    CONFIG_WRITE,
+    METRICS_READ,
+    SCHEMA_WRITE,
+    SECRETS_READ,
+    authorize,
+    may,
+)
 from fpcd.domain.configs import (
     ANY_VERSION,
     BASE_ENVIRONMENT,
@@ -42,12 +51,12 @@ from fpcd.domain.model import (
     SecretVersion,
     ServiceRegistration,
 )
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.environments import ANY as ANY_ENVIRONMENT
 from fpcd.services.environments import Environments
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.services.schema_worker import SchemaRunner
-from fpcd.services.secrets import READ_SECRETS, SecretService
+from fpcd.services.secrets import SecretService
 from fpcd.store.sqlite import Store
 from fpcd.wire import (
     ComponentHealth,
@@ -141,15 +150,15 @@ class ConfigService:
         default_environment: str,
         limits: ConfigLimits,
         secrets: SecretService | None = None,
-        environments: Iterable[str] = (ANY_ENVIRONMENT,),
+        environments: Environments | None = None,
         max_service_labels: int = 100,
         required_configs: Callable[[str, str], list[str]],
     ) -> None:
         self._store = store
         self._secrets = secrets
         self._committer = committer
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self.default_environment = default_environment
         self.limits = limits
         # service -> (environment, raw, version) -> document; dropped on any change to it.
@@ -166,7 +175,7 @@ class ConfigService:
         self.cache_hits = 0
         self.cache_misses = 0
         #: Declared and written environments: reads and writes of others are refused.
-        self.environments = Environments(environments, default_environment)
+        self.environments = environments or Environments((ANY_ENVIRONMENT,), default_environment)
         #: Services with stored configuration, secrets or a registration.
         self.known_services: set[str] = set()
         #: GETs per service label (a known service, while there are fewer than
@@ -224,24 +233,43 @@ class ConfigService:
     def environment(self, environment: str | None) -> str:
         return check_name("environment", environment or self.default_environment)
 
-    def _change(self, key: str, op: str, payload: Any, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=key, op=op, payload=payload, at=self._clock.now(), origin=self._node_id
-        )
-
     # -- reads -------------------------------------------------------------------
+
+    def _may_read(self, caller: Caller, service: str, environment: str) -> None:
+        """config:read of (service, environment), then 404 for an environment that does not
+        exist (after the permission check, so a 403 reveals nothing)."""
+        authorize(caller, CONFIG_READ, service=service, environment=environment)
+        self.environments.check_read(environment)
 
     async def document(
         self,
         service: str,
         environment: str,
         *,
+        caller: Caller,
         version: int | None = None,
         raw: bool = False,
         include_secrets: bool = False,
-        caller: Caller | None = None,
     ) -> ConfigDocument:
         """The effective (or raw) document; secret values only if asked for and permitted."""
+        self._may_read(caller, service, environment)
+        return await self._document(
+            service,
+            environment,
+            version=version,
+            raw=raw,
+            reveal_to=caller if include_secrets else None,
+        )
+
+    async def _document(
+        self,
+        service: str,
+        environment: str,
+        *,
+        version: int | None = None,
+        raw: bool = False,
+        reveal_to: Caller | None = None,
+    ) -> ConfigDocument:
         check_name("service", service)
         layer_seq: int | None = None
         if version is None:
@@ -270,12 +298,11 @@ class ConfigService:
             rows = await self._secrets.layered(service, layers)
             values: dict[str, Secret] = {}
             if (
-                include_secrets
-                and caller is not None
+                reveal_to is not None
                 and rows
-                and may(caller, READ_SECRETS, service=service, environment=environment)
+                and may(reveal_to, SECRETS_READ, service=service, environment=environment)
             ):
-                values = await self._secrets.reveal(service, environment, rows, caller)
+                values = await self._secrets.reveal(service, environment, rows, reveal_to)
             secrets = {
                 name: SecretMeta(
                     version=row.version,
@@ -303,10 +330,23 @@ class ConfigService:
         )
 
     def cached_document_bytes(
-        self, service: str, environment: str, *, version: int | None = None, raw: bool = False
+        self,
+        service: str,
+        environment: str,
+        *,
+        caller: Caller,
+        version: int | None = None,
+        raw: bool = False,
     ) -> EncodedDocument | None:
         """`document_bytes` when it is cached (counted as a hit), else None: the REST
-        route's hot path, with no coroutine to run."""
+        route's hot path, with no coroutine to run (the permission check is dict and set
+        lookups)."""
+        self._may_read(caller, service, environment)
+        return self._cached(service, environment, version, raw)
+
+    def _cached(
+        self, service: str, environment: str, version: int | None, raw: bool
+    ) -> EncodedDocument | None:
         bucket = self._cache.get(service)
         if bucket is not None and (hit := bucket.get((environment, raw, version))) is not None:
             self._count_read(service)
@@ -317,9 +357,10 @@ class ConfigService:
     async def present(self, service: str, environment: str) -> tuple[dict[str, Any], set[str]]:
         """The effective config of (service, environment) (empty when there is none) and
         the names of its live secrets (its own and the `default` layer's): what a
-        registration's requiredConfigs are checked against."""
+        registration's requiredConfigs are checked against (for RegistryService, which
+        decided who may ask)."""
         try:
-            doc = await self.document(service, environment)
+            doc = await self._document(service, environment)
         except NotFound:
             if self._secrets is None:
                 return {}, set()
@@ -329,17 +370,24 @@ class ConfigService:
         return doc.config, set(doc.secrets)
 
     async def document_bytes(
-        self, service: str, environment: str, *, version: int | None = None, raw: bool = False
+        self,
+        service: str,
+        environment: str,
+        *,
+        caller: Caller,
+        version: int | None = None,
+        raw: bool = False,
     ) -> EncodedDocument:
         """The encoded GET response and its ETag, from cache when nothing has changed."""
-        hit = self.cached_document_bytes(service, environment, version=version, raw=raw)
+        self._may_read(caller, service, environment)
+        hit = self._cached(service, environment, version, raw)
         if hit is not None:
             return hit
         self._count_read(service)
         key = (environment, raw, version)
         self.cache_misses += 1
         generation = self._generation.get(service, 0)
-        doc = await self.document(service, environment, version=version, raw=raw)
+        doc = await self._document(service, environment, version=version, raw=raw)
         encoded = EncodedDocument(_etag(doc.version, doc.base_version), _encoder.encode(doc))
         # A change that landed while we read makes this document stale: don't keep it.
         if self._generation.get(service, 0) == generation:
@@ -349,14 +397,18 @@ class ConfigService:
             bucket[key] = encoded
         return encoded
 
-    async def versions_after(self, service: str, environment: str, version: int) -> list[int]:
+    async def versions_after(
+        self, service: str, environment: str, version: int, *, caller: Caller
+    ) -> list[int]:
         """Version numbers of a layer after `version`, oldest first (a WebSocket replay)."""
+        authorize(caller, CONFIG_READ, service=service, environment=environment)
         head = await self._store.config_head(service, environment, verify=False)
         return list(range(version + 1, head.version + 1)) if head else []
 
     async def history(
-        self, service: str, environment: str, *, limit: int, offset: int
+        self, service: str, environment: str, *, caller: Caller, limit: int, offset: int
     ) -> Page[VersionView]:
+        self._may_read(caller, service, environment)
         check_name("service", service)
         versions, total = await self._store.config_history(
             service, environment, limit=limit, offset=offset
@@ -384,9 +436,16 @@ class ConfigService:
         return found[0]
 
     async def diff(
-        self, service: str, environment: str, *, from_: int | None, to: int | None
+        self,
+        service: str,
+        environment: str,
+        *,
+        caller: Caller,
+        from_: int | None,
+        to: int | None,
     ) -> DiffDocument:
         """Difference between two versions of one layer (default: head and the one before)."""
+        self._may_read(caller, service, environment)
         check_name("service", service)
         if to is None:
             head = await self._store.config_head(service, environment, verify=False)
@@ -416,17 +475,31 @@ class ConfigService:
             secrets_changed=secrets_changed,
         )
 
-    async def services(self) -> Page[ServiceConfigSummary]:
+    async def services(self, *, caller: Caller) -> Page[ServiceConfigSummary]:
+        """The services and environments with configuration that the caller may read."""
+        authorize(caller, CONFIG_READ)
         summaries: dict[str, list[EnvironmentSummary]] = {}
         for row in await self._store.services():
-            summaries.setdefault(row.service, []).append(
-                EnvironmentSummary(name=row.environment, version=row.version)
-            )
+            if may(caller, CONFIG_READ, service=row.service, environment=row.environment):
+                summaries.setdefault(row.service, []).append(
+                    EnvironmentSummary(name=row.environment, version=row.version)
+                )
         items = [
             ServiceConfigSummary(service_name=name, environments=envs)
             for name, envs in summaries.items()
         ]
         return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+    async def layer_counts(self, *, caller: Caller) -> tuple[int, int, int]:
+        """(services, environments, layers) with configuration, all of them: the status
+        view's figures (metrics:read; no names)."""
+        authorize(caller, METRICS_READ)
+        rows = await self._store.services()
+        return (
+            len({row.service for row in rows}),
+            len({row.environment for row in rows}),
+            len(rows),
+        )
 
     # -- writes ------------------------------------------------------------------
 
@@ -583,6 +656,7 @@ class ConfigService:
         expected_version: int | None = None,
         action: ConfigAction = "update",
     ) -> WriteResult:
+        authorize(caller, CONFIG_WRITE, service=service, environment=environment)
         check_name("service", service)
         self.environments.check_write(environment)
         secrets = secrets or {}
@@ -669,6 +743,7 @@ class ConfigService:
         expected_version: int | None = None,
     ) -> WriteResult:
         """Write version k's content as a new head; history never rewinds."""
+        authorize(caller, CONFIG_WRITE, service=service, environment=environment)
         check_name("service", service)
         unchanged: list[ConfigVersion] = []
         bases: list[ConfigVersion | None] = []
@@ -745,7 +820,8 @@ class ConfigService:
             violations=violations,
         )
 
-    async def schema(self, service: str) -> SchemaDocument:
+    async def schema(self, service: str, *, caller: Caller) -> SchemaDocument:
+        authorize(caller, CONFIG_READ, service=service)
         check_name("service", service)
         record = await self._store.schema(service)
         if record is None or record.schema is None:
@@ -755,7 +831,11 @@ class ConfigService:
     async def put_schema(
         self, service: str, schema: dict[str, Any] | None, *, caller: Caller
     ) -> SchemaDocument:
-        """Store (or with None, remove) a schema; current configs that break it are reported."""
+        """Store (or with None, remove) a schema; current configs that break it are reported.
+
+        A schema binds every environment of the service, as the `default` layer does: a
+        token limited to some environments may not change it unless `default` is one."""
+        authorize(caller, SCHEMA_WRITE, service=service, environment=BASE_ENVIRONMENT)
         check_name("service", service)
         if schema is not None:
             errors = check_limits(
@@ -832,7 +912,8 @@ class ConfigService:
         Without `force`, a reload is skipped when the effective configuration is
         the one the previous reload of the same service and environment sent.
         """
-        doc = await self.document(service, environment)
+        authorize(caller, CONFIG_RELOAD, service=service, environment=environment)
+        doc = await self._document(service, environment)
         if not force and self._last_reload.get((service, environment)) == doc.checksum:
             return ReloadResult(
                 service_name=service,

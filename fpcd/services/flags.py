@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from fpcd.clock import Clock
+from fpcd.domain.access import FLAGS_EVALUATE, FLAGS_READ, FLAGS_WRITE, authorize, granted
 from fpcd.domain.errors import (
     Conflict,
     FieldError,
@@ -44,7 +45,7 @@ from fpcd.domain.instants import RANGE, in_range
 from fpcd.domain.model import Caller, Change, FlagRecord
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.analytics import FlagAnalytics
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
 from fpcd.services.scheduler import Scheduler
 from fpcd.store.sqlite import Store
@@ -91,11 +92,11 @@ class FlagService:
         self._store = store
         self._committer = committer
         self._bus = bus
-        self._node_id = node_id
         #: The daemon's clock; callers that evaluate a batch at one instant (the flag
         #: socket) read it once for the batch.
         self.clock = clock
         self._time = clock.time
+        self._change = ChangeMaker(node_id, clock)
         self.default_environment = default_environment
         self.analytics = analytics
         self._scheduler = scheduler
@@ -210,10 +211,17 @@ class FlagService:
     def active(self, key: str, environment: str, now: float) -> bool:
         return active(self._compiled.get(key), environment, now, self._compiled.get)
 
+    @staticmethod
+    def _may_evaluate(caller: Caller) -> None:
+        """flags:evaluate, as a set lookup (the hot path); `authorize` raises the 403."""
+        if FLAGS_EVALUATE not in granted(caller):
+            authorize(caller, FLAGS_EVALUATE)
+
     def evaluate_one(
-        self, key: str, context: EvaluationContext, now: float | None = None
+        self, key: str, context: EvaluationContext, caller: Caller, now: float | None = None
     ) -> EvaluationResult:
-        """One flag, counted; the flag socket's hot path (no list or dict built)."""
+        """One flag, counted (no list or dict built)."""
+        self._may_evaluate(caller)
         if context.environment is None:
             context = msgspec.structs.replace(context, environment=self.default_environment)
         if now is None:
@@ -229,9 +237,14 @@ class FlagService:
         return result
 
     def evaluate(
-        self, keys: list[str] | None, context: EvaluationContext, now: float | None = None
+        self,
+        keys: list[str] | None,
+        context: EvaluationContext,
+        caller: Caller,
+        now: float | None = None,
     ) -> dict[str, EvaluationResult]:
         """Evaluate `keys` (all active flags when None) and count each evaluation."""
+        self._may_evaluate(caller)
         if context.environment is None:
             context = msgspec.structs.replace(context, environment=self.default_environment)
         compiled = self._compiled
@@ -251,13 +264,18 @@ class FlagService:
         self.latency.observe(perf_counter() - started)
         return results
 
-    def batch(self, now: float) -> EvaluationBatch:
-        """Evaluations at one instant, counted together when the batch is closed."""
+    def batch(self, caller: Caller, now: float) -> EvaluationBatch:
+        """Evaluations at one instant, counted together when the batch is closed (the
+        flag socket's hot path: one permission check per batch)."""
+        self._may_evaluate(caller)
         return EvaluationBatch(self, now)
 
-    def record_counts(self, counts: list[EvaluationCount]) -> EvaluationCountsResult:
+    def record_counts(
+        self, counts: list[EvaluationCount], caller: Caller
+    ) -> EvaluationCountsResult:
         """Add clients' local evaluation counts; unknown flags or variants and odd hours are
         dropped (so a client cannot invent metric series either)."""
+        self._may_evaluate(caller)
         hour_now = int(self._time() // 3600)
         accepted = ignored = 0
         for c in counts:
@@ -272,7 +290,11 @@ class FlagService:
                 ignored += c.count
         return EvaluationCountsResult(accepted=accepted, ignored=ignored)
 
-    def get(self, key: str, *, include_archived: bool = False) -> FlagRecord:
+    def get(self, key: str, caller: Caller, *, include_archived: bool = False) -> FlagRecord:
+        authorize(caller, FLAGS_READ)
+        return self._get(key, include_archived=include_archived)
+
+    def _get(self, key: str, *, include_archived: bool = False) -> FlagRecord:
         record = self._records.get(key)
         if record is None or (record.archived and not include_archived):
             raise NotFound(f"no flag {key!r}")
@@ -280,12 +302,14 @@ class FlagService:
 
     def list_flags(
         self,
+        caller: Caller,
         *,
         environment: str | None,
         enabled: bool | None,
         tags: list[str],
         include_archived: bool = False,
     ) -> Page[FlagView]:
+        authorize(caller, FLAGS_READ)
         items: list[FlagView] = []
         for key in sorted(self._records):
             record = self._records[key]
@@ -304,7 +328,8 @@ class FlagService:
             items.append(FlagView.of(record))
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    async def history(self, key: str, *, limit: int, offset: int) -> Page[FlagView]:
+    async def history(self, key: str, caller: Caller, *, limit: int, offset: int) -> Page[FlagView]:
+        authorize(caller, FLAGS_READ)
         records, total = await self._store.flag_history(key, limit=limit, offset=offset)
         if total == 0:
             raise NotFound(f"no flag {key!r}")
@@ -313,9 +338,10 @@ class FlagService:
         )
 
     async def analytics_report(
-        self, key: str, start: datetime | None, end: datetime | None
+        self, key: str, caller: Caller, *, start: datetime | None, end: datetime | None
     ) -> FlagAnalyticsDocument:
-        self.get(key, include_archived=True)
+        authorize(caller, FLAGS_READ)
+        self._get(key, include_archived=True)
         end = end or self.clock.now()
         start = start or datetime.fromtimestamp(end.timestamp() - 30 * 86400, UTC)
         if start >= end:
@@ -330,11 +356,6 @@ class FlagService:
     def _known(self, key: str) -> FlagDefinition | None:
         record = self._records.get(key)
         return record.definition if record is not None and not record.archived else None
-
-    def _change(self, key: str, op: str, record: FlagRecord, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=key, op=op, payload=record, at=self.clock.now(), origin=self._node_id
-        )
 
     @staticmethod
     def _check_expected(key: str, current: FlagRecord | None, expected: int | None) -> None:
@@ -354,6 +375,7 @@ class FlagService:
         expected_version: int | None,
         create_only: bool = False,
     ) -> tuple[FlagRecord, bool]:
+        authorize(caller, FLAGS_WRITE)
         if definition.key is not None and definition.key != key:
             raise Invalid(
                 "the key in the body differs from the key in the path",
@@ -401,6 +423,7 @@ class FlagService:
         return stored, True
 
     async def create(self, definition: FlagDefinition, caller: Caller) -> FlagRecord:
+        authorize(caller, FLAGS_WRITE)
         key = definition.key or derive_key(definition.name)
         if not key:
             raise Invalid(
@@ -431,7 +454,8 @@ class FlagService:
         expected_version: int | None = None,
     ) -> tuple[FlagRecord, bool]:
         """Apply an RFC 7386 merge patch to the current definition."""
-        current = self.get(key)
+        authorize(caller, FLAGS_WRITE)
+        current = self._get(key)
         merged = merge_patch(msgspec.to_builtins(current.definition), patch)
         try:
             definition = msgspec.convert(merged, FlagDefinition)
@@ -442,6 +466,8 @@ class FlagService:
     async def archive(
         self, key: str, caller: Caller, *, expected_version: int | None = None
     ) -> FlagRecord:
+        authorize(caller, FLAGS_WRITE)
+
         async def plan() -> list[Change]:
             current = self._records.get(key)
             if current is None or current.archived:

@@ -34,8 +34,8 @@ from fpcd.domain.crypto import (
     weak_key_reason,
     wrap_data_key,
 )
-from fpcd.domain.model import Change, DataKey
-from fpcd.services.changes import Committer
+from fpcd.domain.model import Caller, Change, DataKey
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.settings import Settings
 from fpcd.store.sqlite import Store
 
@@ -205,16 +205,7 @@ async def open_keyring(
             if any(k.state == "primary" for k in await store.data_keys()):
                 return []
             record = new_data_key(master, salt if source.needs_salt else b"", clock.now())
-            return [
-                Change(
-                    key=record.id,
-                    op="create",
-                    payload=record,
-                    actor="fpcd",
-                    at=clock.now(),
-                    origin=node_id,
-                )
-            ]
+            return [ChangeMaker(node_id, clock)(record.id, "create", record, Caller.system("fpcd"))]
 
         await committer.commit(plan)
         stored = await store.data_keys()

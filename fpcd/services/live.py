@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fpcd.clock import Clock
+from fpcd.domain.access import CONFIG_READ, FLAGS_READ, may
 from fpcd.domain.configs import BASE_ENVIRONMENT
-from fpcd.domain.errors import FpcdError, NotFound
-from fpcd.domain.model import ConfigVersion, FlagRecord, ReloadRequest
+from fpcd.domain.errors import Forbidden, FpcdError, NotFound
+from fpcd.domain.model import Caller, ConfigVersion, FlagRecord, ReloadRequest
 from fpcd.observe.stats import LatencyHistogram
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, FlagSwitched
@@ -44,6 +45,11 @@ from fpcd.wire.live import (
 )
 
 log = logging.getLogger("fpcd.live")
+
+#: What a subscription to each topic needs.
+_NEEDS = {CONFIG_UPDATES: CONFIG_READ, FEATURE_FLAGS: FLAGS_READ}
+#: How the hub reads for its subscribers: each subscription was authorized when made.
+_HUB = Caller.system("fpcd:live")
 
 
 class LiveStats:
@@ -191,6 +197,13 @@ class LiveHub:
                 if not streams:
                     del self._streams[key]
 
+    @staticmethod
+    def authorize(caller: Caller, service: str, environment: str, topics: list[Topic]) -> None:
+        """May `caller` subscribe to `topics` of (service, environment)? 403 if not."""
+        for topic in topics:
+            if not may(caller, _NEEDS[topic], service=service, environment=environment):
+                raise Forbidden(f"this token does not allow {topic} for {service}/{environment}")
+
     def subscribe(
         self,
         subscriber: Subscriber,
@@ -318,7 +331,9 @@ class LiveHub:
         self, subscriber: Subscriber, key: Key, stream: Stream, last_version: int
     ) -> None:
         service, environment = key
-        versions = await self._configs.versions_after(service, environment, last_version)
+        versions = await self._configs.versions_after(
+            service, environment, last_version, caller=_HUB
+        )
         if len(versions) > self.max_replay:
             stream.held = []  # the client re-reads: what was held is older than that
             why = f"{len(versions)} versions after {last_version}, at most {self.max_replay}"
@@ -388,7 +403,7 @@ class LiveHub:
     async def _update(
         self, service: str, environment: str, version: int | None
     ) -> ConfigurationUpdate:
-        doc = await self._configs.document(service, environment, version=version)
+        doc = await self._configs.document(service, environment, caller=_HUB, version=version)
         return ConfigurationUpdate(
             service_name=service,
             environment=environment,

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from fpcd.clock import Clock
+from fpcd.domain.access import DATA_ADMIN, authorize_everywhere
 from fpcd.domain.configs import (
     check_limits,
     compile_schema,
@@ -32,12 +33,11 @@ from fpcd.domain.model import (
     Change,
     ConfigVersion,
     FlagRecord,
-    Payload,
     SchemaRecord,
     ServiceRegistration,
 )
 from fpcd.services.analytics import FlagAnalytics
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.configs import ConfigLimits
 from fpcd.services.flags import FlagService
 from fpcd.services.secrets import secret_view
@@ -64,23 +64,14 @@ class PortabilityService:
         self._committer = committer
         self._flags = flags
         self._analytics = analytics
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self._limits = limits
-
-    def _change(self, caller: Caller, key: str, payload: Payload) -> Change:
-        return Change.by(
-            caller,
-            key=key,
-            op="import",
-            payload=payload,
-            at=self._clock.now(),
-            origin=self._node_id,
-        )
 
     # -- export --------------------------------------------------------------------
 
-    async def export_page(self, kind: str, *, limit: int, offset: int) -> Page[Any]:
+    async def export_page(self, kind: str, caller: Caller, *, limit: int, offset: int) -> Page[Any]:
+        authorize_everywhere(caller, DATA_ADMIN)
         items: list[Any]
         if kind == "configs":
             items, total = await self._store.export_config_versions(limit=limit, offset=offset)
@@ -117,8 +108,9 @@ class PortabilityService:
         return Page(items=items, total=total, limit=limit, offset=offset)
 
     @asynccontextmanager
-    async def backup(self) -> AsyncIterator[Path]:
+    async def backup(self, caller: Caller) -> AsyncIterator[Path]:
         """A consistent copy of the database in a temporary file, removed afterwards."""
+        authorize_everywhere(caller, DATA_ADMIN)
         directory = self._store.path.parent
         with tempfile.TemporaryDirectory(prefix=".backup-", dir=directory) as tmp:
             target = Path(tmp) / "fpcd.db"
@@ -157,6 +149,7 @@ class PortabilityService:
         Imported history is not validated against the current schema (it is a record of
         what was), but names, sizes and checksums are checked.
         """
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -185,7 +178,7 @@ class PortabilityService:
                         ImportSkip(key=label, reason=f"gap: {where} is at version {heads[layer]}")
                     )
                     continue
-                changes.append(self._change(caller, where, item))
+                changes.append(self._change(where, "import", item, caller))
                 heads[layer] = item.version
             planned[:] = changes
             return [] if dry_run else changes
@@ -198,6 +191,7 @@ class PortabilityService:
         self, items: list[SchemaRecord], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """The current schema of each service (a schema has no history to keep)."""
+        authorize_everywhere(caller, DATA_ADMIN)
         refused: list[ImportSkip] = []
         good: list[SchemaRecord] = []
         for item in items:
@@ -221,7 +215,7 @@ class PortabilityService:
                     continue
                 version = max(item.version, (current.version if current else 0) + 1)
                 record = msgspec.structs.replace(item, version=version)
-                changes.append(self._change(caller, item.service, record))
+                changes.append(self._change(item.service, "import", record, caller))
             planned[:] = changes
             return [] if dry_run else changes
 
@@ -233,6 +227,7 @@ class PortabilityService:
         self, items: list[FlagRecord], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """Flag versions with their own numbers, in order, each one valid where it lands."""
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -276,7 +271,7 @@ class PortabilityService:
                     detail = "; ".join(f"{e.path}: {e.message}" for e in error.errors)
                     skipped.append(ImportSkip(key=label, reason=detail or str(error)))
                     continue
-                changes.append(self._change(caller, item.key, item))
+                changes.append(self._change(item.key, "import", item, caller))
                 state[item.key] = item
             planned[:] = changes
             return [] if dry_run else changes
@@ -289,6 +284,7 @@ class PortabilityService:
         self, items: list[ServiceRegistration], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """Registrations as they were (time and author kept); an identical one is skipped."""
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -301,7 +297,7 @@ class PortabilityService:
                 elif stored.get(item.name) == item:
                     skipped.append(ImportSkip(key=item.name, reason="already present"))
                 else:
-                    changes.append(self._change(caller, item.name, item))
+                    changes.append(self._change(item.name, "import", item, caller))
                     stored[item.name] = item
             planned[:] = changes
             return [] if dry_run else changes
@@ -311,7 +307,7 @@ class PortabilityService:
         return ImportResult(imported=len(planned), skipped=list(skipped))
 
     async def import_analytics(
-        self, source: str, counts: list[ImportedCount], *, dry_run: bool = False
+        self, source: str, counts: list[ImportedCount], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """Each cell's total in `source`: only what grew since the last import is added.
 
@@ -319,6 +315,7 @@ class PortabilityService:
         (`meta`), so run an import on one host of a cluster: counts reach the others
         through the upstream's analytics like any evaluation.
         """
+        authorize_everywhere(caller, DATA_ADMIN)
         cells: dict[str, ImportedCount] = {}
         for c in counts:
             mark = (
@@ -348,6 +345,7 @@ class PortabilityService:
         self, items: list[ImportedNote], caller: Caller, *, dry_run: bool = False
     ) -> ImportResult:
         """History kept as audit notes; a note whose target is already logged is skipped."""
+        authorize_everywhere(caller, DATA_ADMIN)
         skipped: list[ImportSkip] = []
 
         async def plan() -> list[Change]:
@@ -361,7 +359,7 @@ class PortabilityService:
                     continue
                 seen.add(item.target)
                 note = AuditNote(action=item.action, target=item.target, details=item.details)
-                changes.append(self._change(caller, item.target, note))
+                changes.append(self._change(item.target, "import", note, caller))
             planned[:] = changes
             return [] if dry_run else changes
 

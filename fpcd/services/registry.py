@@ -20,7 +20,8 @@ import aiohttp
 import msgspec
 
 from fpcd.clock import Clock
-from fpcd.domain.configs import BASE_ENVIRONMENT, check_name, missing_paths
+from fpcd.domain.access import REGISTRY_READ, REGISTRY_WRITE, authorize
+from fpcd.domain.configs import BASE_ENVIRONMENT, missing_paths
 from fpcd.domain.errors import FieldError, Invalid, NotFound
 from fpcd.domain.model import (
     Caller,
@@ -30,7 +31,8 @@ from fpcd.domain.model import (
     SecretVersion,
     ServiceRegistration,
 )
-from fpcd.services.changes import Committer
+from fpcd.domain.names import check_name
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus, ServiceStatusChanged
 from fpcd.store.sqlite import Store
@@ -172,8 +174,8 @@ class RegistryService:
         self._committer = committer
         self._bus = bus
         self._configs = configs
-        self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self.check_interval = check_interval
         self.check_timeout = check_timeout
         #: registry.health_check_hosts (see allowed_health_check).
@@ -381,8 +383,9 @@ class RegistryService:
         )
 
     def list_services(
-        self, *, tag: str | None, environment: str | None, status: str | None
+        self, caller: Caller, *, tag: str | None, environment: str | None, status: str | None
     ) -> Page[ServiceView]:
+        authorize(caller, REGISTRY_READ)
         items = []
         for name in sorted(self._services):
             reg = self._services[name]
@@ -396,7 +399,8 @@ class RegistryService:
             items.append(view)
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    def get(self, name: str) -> ServiceView:
+    def get(self, name: str, caller: Caller) -> ServiceView:
+        authorize(caller, REGISTRY_READ)
         reg = self._services.get(name)
         if reg is None:
             raise NotFound(f"no registered service {name!r}")
@@ -424,16 +428,19 @@ class RegistryService:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _change(self, name: str, op: str, reg: ServiceRegistration, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=name, op=op, payload=reg, at=self._clock.now(), origin=self._node_id
+    def _may_change(self, caller: Caller, name: str) -> None:
+        """A registration belongs to its environment: a token limited to some environments
+        may change (re-register, deregister, heartbeat) only those in its scope."""
+        authorize(
+            caller, REGISTRY_WRITE, service=name, environment=self.registered_environment(name)
         )
 
     async def register(self, body: ServiceRegister, caller: Caller) -> tuple[RegisterResult, bool]:
         name = registration_name(body)
-        environment = check_name(
-            "environment", body.environment or self._configs.default_environment
-        )
+        environment = body.environment or self._configs.default_environment
+        authorize(caller, REGISTRY_WRITE, service=name, environment=environment)
+        self._may_change(caller, name)
+        check_name("environment", environment)
         self._configs.environments.check_write(environment)
         url = (
             body.health_check.url
@@ -488,6 +495,8 @@ class RegistryService:
         return result, created
 
     async def deregister(self, name: str, caller: Caller) -> None:
+        self._may_change(caller, name)
+
         async def plan() -> list[Change]:
             reg = self._services.get(name)
             if reg is None:
@@ -503,7 +512,8 @@ class RegistryService:
 
         await self._committer.commit(plan)
 
-    def heartbeat(self, name: str) -> ServiceView:
+    def heartbeat(self, name: str, caller: Caller) -> ServiceView:
+        self._may_change(caller, name)
         reg = self._services.get(name)
         if reg is None:
             raise NotFound(f"no registered service {name!r}")

@@ -140,10 +140,9 @@ class SchemaRunner:
         self._compiled: set[str] = set()
         self._lock = asyncio.Lock()
         self._closed = False
-        #: For /metrics and tests: requests answered, budgets exceeded, workers started.
+        #: For /metrics and tests: requests answered, budgets exceeded.
         self.validations = 0
         self.timeouts = 0
-        self.starts = 0
 
     async def _start(self) -> subprocess.Popen[bytes]:
         proc = await asyncio.to_thread(
@@ -160,7 +159,6 @@ class SchemaRunner:
         if not ready.get("ready"):
             await self._kill(proc)
             raise ValidationFailed("the schema validator did not start", errors=[])
-        self.starts += 1
         self._compiled.clear()
         return proc
 

@@ -15,9 +15,17 @@ from datetime import UTC, datetime
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fpcd.aio import Backoff
 from fpcd.clock import Clock
-from fpcd.domain.access import SECRETS_READ, may
-from fpcd.domain.configs import BASE_ENVIRONMENT, check_name
+from fpcd.domain.access import (
+    KEYRING_ADMIN,
+    SECRETS_LIST,
+    SECRETS_READ,
+    SECRETS_WRITE,
+    authorize,
+    may,
+)
+from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.crypto import (
     KeyMismatch,
     Keyring,
@@ -40,7 +48,6 @@ from fpcd.domain.model import (
     Caller,
     Change,
     DataKey,
-    Payload,
     RewrapItem,
     SecretDestroyed,
     SecretRead,
@@ -48,7 +55,10 @@ from fpcd.domain.model import (
     SecretVersion,
     rfc3339,
 )
-from fpcd.services.changes import Committer
+from fpcd.domain.names import check_name
+from fpcd.services.changes import ChangeMaker, Committer
+from fpcd.services.environments import ANY as ANY_ENVIRONMENT
+from fpcd.services.environments import Environments
 from fpcd.services.events import ChangeApplied, Event, EventBus
 from fpcd.services.keyring import MasterKeys, new_data_key
 from fpcd.services.scheduler import Scheduler
@@ -63,8 +73,6 @@ from fpcd.wire import (
 )
 
 log = logging.getLogger("fpcd.secrets")
-
-READ_SECRETS = SECRETS_READ
 
 
 class IntegrityError(FpcdError):
@@ -114,20 +122,22 @@ class SecretService:
         max_value_bytes: int,
         rewrap_batch: int = 100,
         push_batch: int = 200,
+        environments: Environments | None = None,
     ) -> None:
         self._store = store
         self._committer = committer
+        #: Reads of an environment that does not exist are 404, writes 422.
+        self._environments = environments or Environments((ANY_ENVIRONMENT,), BASE_ENVIRONMENT)
         self.keyring = keyring
         self._master = master
         self._scheduler = scheduler
         self._node_id = node_id
         self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self.max_value_bytes = max_value_bytes
         self._rewrap_batch = rewrap_batch
         self._rewrap_task: asyncio.Task[None] | None = None
         self._rekey_task: asyncio.Task[None] | None = None
-        #: Data keys from other hosts that this host's master key(s) cannot unwrap.
-        self.key_errors = 0
         self._rewrap_failed: set[tuple[str, str, str, int]] = set()
         self._push_batch = push_batch
         self._push_lock = asyncio.Lock()
@@ -207,7 +217,6 @@ class SecretService:
                     try:
                         material, under_previous = self._master.unwrap(key)
                     except KeyMismatch:
-                        self.key_errors += 1
                         log.error(
                             "a data key from another host does not unwrap with this host's"
                             " master key: give every host the same CONFIG_ENCRYPTION_KEY (and"
@@ -232,11 +241,6 @@ class SecretService:
                     self._store.problems.clear(
                         f"secret:{d.service}/{d.environment}/{d.name} v{version}"
                     )
-
-    def _change(self, key: str, op: str, payload: Payload, caller: Caller) -> Change:
-        return Change.by(
-            caller, key=key, op=op, payload=payload, at=self._clock.now(), origin=self._node_id
-        )
 
     # -- encryption helpers ------------------------------------------------------------
 
@@ -319,6 +323,19 @@ class SecretService:
 
     # -- the secrets API -----------------------------------------------------------------
 
+    def _may(
+        self, caller: Caller, action: str, service: str, environment: str, *, write: bool = False
+    ) -> None:
+        """`action` on (service, environment), then whether the environment exists (after
+        the permission check, so a 403 reveals nothing). The environment comes from the
+        query string (`?environment=`), which error paths name."""
+        check_name("environment", environment)
+        authorize(caller, action, service=service, environment=environment)
+        if write:
+            self._environments.check_write(environment, "query.environment")
+        else:
+            self._environments.check_read(environment)
+
     async def put(
         self,
         service: str,
@@ -331,6 +348,7 @@ class SecretService:
         ttl_seconds: int | None = None,
         description: str = "",
     ) -> tuple[SecretView, bool]:
+        self._may(caller, SECRETS_WRITE, service, environment, write=True)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
         self.check_value(name, value, "$.value")
@@ -366,8 +384,9 @@ class SecretService:
         assert row is not None
         return secret_view(row), bool(applied)
 
-    def require_read(self, caller: Caller, service: str, environment: str) -> None:
-        if not may(caller, READ_SECRETS, service=service, environment=environment):
+    @staticmethod
+    def _require_read(caller: Caller, service: str, environment: str) -> None:
+        if not may(caller, SECRETS_READ, service=service, environment=environment):
             raise Forbidden(
                 "reading secret values needs the secrets:read permission for this service"
                 " (the Unix socket has it; over TCP, a token that carries it)"
@@ -383,9 +402,10 @@ class SecretService:
         version: int | None = None,
     ) -> SecretView:
         """A decrypting read: permission checked, expiry enforced, audited and counted."""
+        self._may(caller, SECRETS_LIST, service, environment)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
-        self.require_read(caller, service, environment)
+        self._require_read(caller, service, environment)
         row = await self._store.secret_version(service, environment, name, version)
         if (
             version is None
@@ -530,7 +550,7 @@ class SecretService:
     async def keyring_health(self) -> ComponentHealth:
         """/health's `keyring`: down without a primary key, degraded after an integrity
         failure; live keys and ciphertexts still to rewrap."""
-        state = await self.status()
+        state = await self.status(Caller.system("fpcd:health"))
         counts = {
             "keys": sum(1 for k in state.keys if k.state != "retired"),
             "rotationRemaining": state.rotation.remaining,
@@ -561,7 +581,8 @@ class SecretService:
     async def reveal(
         self, service: str, environment: str, rows: dict[str, SecretRow], caller: Caller
     ) -> dict[str, Secret]:
-        """Decrypt layered secrets for an includeSecrets read; one audit entry per layer."""
+        """Decrypt layered secrets for an includeSecrets read; one audit entry per layer.
+        For ConfigService, which has checked that `caller` may read them."""
         values = {name: self._decrypt(row) for name, row in rows.items()}
         by_env: dict[str, list[str]] = {}
         for name, row in rows.items():
@@ -570,7 +591,10 @@ class SecretService:
             await self._record_read(service, env, sorted(names), caller)
         return values
 
-    async def list_secrets(self, service: str, environment: str) -> Page[SecretView]:
+    async def list_secrets(
+        self, service: str, environment: str, caller: Caller
+    ) -> Page[SecretView]:
+        self._may(caller, SECRETS_LIST, service, environment)
         check_name("service", service)
         check_name("environment", environment)
         rows = [
@@ -581,7 +605,10 @@ class SecretService:
         items = [secret_view(r) for r in rows]
         return Page(items=items, total=len(items), limit=len(items), offset=0)
 
-    async def versions(self, service: str, environment: str, name: str) -> Page[SecretView]:
+    async def versions(
+        self, service: str, environment: str, name: str, caller: Caller
+    ) -> Page[SecretView]:
+        self._may(caller, SECRETS_LIST, service, environment)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
         rows = await self._store.secret_history(service, environment, name)
@@ -592,6 +619,7 @@ class SecretService:
 
     async def delete(self, service: str, environment: str, name: str, caller: Caller) -> None:
         """Destroy every version's ciphertext; the versions' metadata stays for the record."""
+        self._may(caller, SECRETS_WRITE, service, environment)
         for kind, given in (("service", service), ("environment", environment), ("secret", name)):
             check_name(kind, given)
 
@@ -639,7 +667,7 @@ class SecretService:
 
     async def expire(self, service: str, environment: str, name: str, version: int) -> None:
         """The expiry job: destroy the ciphertext, audit it, announce it."""
-        system = Caller(subject="fpcd:expiry")
+        system = Caller.system("fpcd:expiry")
 
         async def plan() -> list[Change]:
             row = await self._store.secret_version(service, environment, name, version)
@@ -668,6 +696,7 @@ class SecretService:
 
     async def rotate(self, caller: Caller) -> KeyringStatus:
         """Add a primary data key and rewrap every ciphertext in the background."""
+        authorize(caller, KEYRING_ADMIN)
 
         async def plan() -> list[Change]:
             records = await self._store.data_keys()
@@ -689,7 +718,7 @@ class SecretService:
         await self._committer.commit(plan)
         self._rewrap_failed.clear()
         self._start_rewrap()
-        return await self.status()
+        return await self.status(caller)
 
     def _start_rewrap(self) -> None:
         if self._rewrap_task is None or self._rewrap_task.done():
@@ -697,7 +726,7 @@ class SecretService:
 
     async def _rewrap_all(self) -> None:
         """Batches of rewraps, each its own commit: a stop midway loses nothing."""
-        system = Caller(subject="fpcd:rotation")
+        system = Caller.system("fpcd:rotation")
         batch_sizes: list[int] = []
 
         async def plan() -> list[Change]:
@@ -752,20 +781,19 @@ class SecretService:
             self._rekey_task = asyncio.create_task(self._rekey_until_done(), name="master-rekey")
 
     async def _rekey_until_done(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             try:
                 await self.rekey_master()
                 return
             except Unavailable:
-                await asyncio.sleep(delay)  # the upstream is down: writes wait for it
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(backoff.next())  # the upstream is down: writes wait for it
 
     async def rekey_master(self) -> int:
         """Re-wrap every data key that only the previous master key opens under the current
         one: one commit (all or nothing, so an interrupted start simply does it again),
         audited as `keyring.rekey`, replicated like every change. Returns how many."""
-        system = Caller(subject="fpcd:master-key")
+        system = Caller.system("fpcd:master-key")
 
         async def plan() -> list[Change]:
             changes: list[Change] = []
@@ -801,7 +829,8 @@ class SecretService:
             for r in await self._store.data_keys()
         )
 
-    async def status(self) -> KeyringStatus:
+    async def status(self, caller: Caller) -> KeyringStatus:
+        authorize(caller, KEYRING_ADMIN)
         counts = await self._store.ciphertexts_by_key()
         records = await self._store.data_keys()
         primary = self.keyring.primary
@@ -823,6 +852,7 @@ class SecretService:
 
     async def retire(self, key_id: str, caller: Caller) -> KeyringStatus:
         """Destroy an old key's material once no ciphertext uses it."""
+        authorize(caller, KEYRING_ADMIN)
 
         async def plan() -> list[Change]:
             records = {r.id: r for r in await self._store.data_keys()}
@@ -838,4 +868,4 @@ class SecretService:
             return [self._change(key_id, "retire", retired, caller)]
 
         await self._committer.commit(plan)
-        return await self.status()
+        return await self.status(caller)

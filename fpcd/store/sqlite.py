@@ -283,7 +283,6 @@ class ServiceSummary(msgspec.Struct, frozen=True):
     service: str
     environment: str
     version: int
-    change_seq: int
 
 
 def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
@@ -986,7 +985,7 @@ class Store:
 
     async def services(self) -> list[ServiceSummary]:
         rows = await self._fetchall(
-            "SELECT service, environment, max(version), max(change_seq) FROM config_versions"
+            "SELECT service, environment, max(version) FROM config_versions"
             " GROUP BY service, environment ORDER BY service, environment"
         )
         return [ServiceSummary(*row) for row in rows]
@@ -1379,13 +1378,6 @@ class Store:
         )
         total = await self._fetchone(f"SELECT count(*) FROM audit_log{where}", args)
         return [self._audit_row(r) for r in rows], total[0]
-
-    async def audit_all(self) -> list[AuditEntry]:
-        rows = await self._fetchall(
-            "SELECT id, at, actor, action, target, details, request_id, prev_hash, hash"
-            " FROM audit_log ORDER BY id"
-        )
-        return [self._audit_row(r) for r in rows]
 
     def scan_audit(
         self, consume: Callable[[list[AuditEntry]], None], *, batch: int = 1000

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fpcd.aio import TaskSet, backoff_delay
 from fpcd.clock import Clock
 from fpcd.domain.configs import BASE_ENVIRONMENT
 from fpcd.domain.errors import FpcdError, IntegrityProblem, NotFound
@@ -35,16 +36,17 @@ from fpcd.domain.model import (
 )
 from fpcd.domain.render import RenderError, render
 from fpcd.fileio import atomic_write, pinned
-from fpcd.services.changes import Committer
+from fpcd.services.changes import ChangeMaker, Committer
 from fpcd.services.configs import ConfigService
 from fpcd.services.events import ChangeApplied, Event, EventBus
-from fpcd.settings import FileSettings
+from fpcd.settings import FileSettings, file_mode
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.files")
 
 OUTPUT_LIMIT = 4096
-SYSTEM = Caller(subject="fpcd:files", scopes=frozenset({"*"}))
+#: Who file sync reads (and audits drift) as: the daemon itself, a trusted caller.
+SYSTEM = Caller.system("fpcd:files")
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -129,15 +131,14 @@ class FileSync:
     ) -> None:
         self._configs = configs
         self._committer = committer
-        self._node_id = node_id
-        self._clock = clock
+        self._change = ChangeMaker(node_id, clock)
         self.targets: list[Target] = []
         for spec in specs:
             self.targets.append(
                 Target(
                     spec=spec,
                     path=Path(spec.path),
-                    mode=int(spec.mode, 8),
+                    mode=file_mode(spec.mode, "files.mode"),
                     uid=pwd.getpwnam(spec.owner).pw_uid if spec.owner else -1,
                     gid=grp.getgrnam(spec.group).gr_gid if spec.group else -1,
                     template=Path(spec.template).read_text() if spec.template else None,
@@ -146,7 +147,7 @@ class FileSync:
             )
         self.by_path = {str(t.path): t for t in self.targets}
         self._commands: dict[tuple[tuple[str, ...], bool], CommandState] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._observer: Any = None  # a watchdog observer (fpcd.sync.watch), once started
         #: For /metrics and health.
         self.command_runs = 0
@@ -203,15 +204,10 @@ class FileSync:
         for target in self.targets:
             if target.timer is not None:
                 target.timer.cancel()
-        tasks = list(self._tasks) + [s.task for s in self._commands.values() if s.task]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all(*(s.task for s in self._commands.values()))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     # -- changes -> writes -------------------------------------------------------------
 
@@ -269,8 +265,8 @@ class FileSync:
                 doc = await self._configs.document(
                     spec.service,
                     spec.environment,
-                    include_secrets=spec.include_secrets,
                     caller=SYSTEM,
+                    include_secrets=spec.include_secrets,
                 )
             except NotFound:
                 target.error = "no configuration to write yet"
@@ -358,7 +354,7 @@ class FileSync:
             else:
                 self.command_failures += 1
                 state.failures += 1
-                state.not_before = time.monotonic() + min(2.0**state.failures, 300.0)
+                state.not_before = time.monotonic() + backoff_delay(state.failures - 1, 2.0, 300.0)
             if not state.again:
                 return
 
@@ -419,9 +415,7 @@ class FileSync:
         if target.drift_task is not None and not target.drift_task.done():
             target.drift_again = True
             return
-        target.drift_task = asyncio.create_task(self._drift_checks(target))
-        self._tasks.add(target.drift_task)
-        target.drift_task.add_done_callback(self._tasks.discard)
+        target.drift_task = self._tasks.spawn(self._drift_checks(target))
 
     async def _drift_checks(self, target: Target) -> None:
         while True:
@@ -477,16 +471,7 @@ class FileSync:
         )
 
         async def plan() -> list[Change]:
-            return [
-                Change(
-                    key=str(target.path),
-                    op="drift",
-                    payload=note,
-                    actor=SYSTEM.subject,
-                    at=self._clock.now(),
-                    origin=self._node_id,
-                )
-            ]
+            return [self._change(str(target.path), "drift", note, SYSTEM)]
 
         with contextlib.suppress(FpcdError):
             await self._committer.commit(plan)

@@ -26,10 +26,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from fpcd.domain.configs import valid_name
+from fpcd.aio import TaskSet
 from fpcd.domain.errors import FpcdError
 from fpcd.domain.flags import FlagDefinition
 from fpcd.domain.model import Caller
+from fpcd.domain.names import valid_name
 from fpcd.services.configs import ConfigService
 from fpcd.services.flags import FlagService
 from fpcd.wire import ComponentHealth
@@ -166,7 +167,7 @@ class SourceImporter:
         self._flags = flags
         self._settle = settle
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._observer: BaseObserver | None = None
         #: path -> the last problem with it (cleared once it imports); shown in /health.
         self.rejected: dict[str, str] = {}
@@ -205,9 +206,7 @@ class SourceImporter:
             await asyncio.to_thread(observer.join)
         for timer in self._timers.values():
             timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     def touched(self, raw: str) -> None:
         """Editors write in several steps: import once the path has been quiet a moment."""
@@ -218,9 +217,7 @@ class SourceImporter:
 
     def _fire(self, raw: str) -> None:
         self._timers.pop(raw, None)
-        task = asyncio.create_task(self.import_file(Path(raw)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.import_file(Path(raw)))
 
     async def import_file(self, path: Path) -> bool:
         source = classify(self.root, path)
@@ -240,7 +237,8 @@ class SourceImporter:
             except OSError as error:
                 self._reject(rel, f"cannot read: {error.strerror}", None)
                 return False
-            caller = Caller(subject=f"file:{rel}")
+            # The source directory is the operator's: a trusted caller, named by its file.
+            caller = Caller.system(f"file:{rel}")
             try:
                 document = parse(path, data)
                 if not isinstance(document, dict):

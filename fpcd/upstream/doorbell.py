@@ -15,6 +15,7 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from fpcd.aio import Backoff
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.doorbell")
@@ -83,13 +84,14 @@ class Doorbell:
                 await client.aclose()
 
     async def _listen(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             client = self._client(listening=True)
             try:
                 pubsub = client.pubsub()
                 await pubsub.subscribe(self._channel)
-                self.connected, self.last_error, delay = True, None, 0.5
+                self.connected, self.last_error = True, None
+                backoff.reset()
                 log.info("doorbell connected", extra={"channel": self._channel})
                 self._on_ring(0)  # catch up on anything rung while we were away
                 async for message in pubsub.listen():
@@ -111,5 +113,4 @@ class Doorbell:
             finally:
                 with contextlib.suppress(Exception):
                     await client.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(backoff.next())

@@ -18,6 +18,7 @@ import logging
 import asyncpg
 import msgspec
 
+from fpcd.aio import Backoff
 from fpcd.clock import Clock
 from fpcd.domain.errors import FpcdError, Unavailable
 from fpcd.domain.model import Change
@@ -296,6 +297,7 @@ class Replicator(GroupCommitter[_Group]):
 
     async def _run(self) -> None:
         delay = self._poll_interval
+        backoff = Backoff(max(2 * self._poll_interval, 0.5), 30.0)  # while Postgres is down
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ring.wait(), delay)
@@ -303,11 +305,13 @@ class Replicator(GroupCommitter[_Group]):
             try:
                 await self.sync_once()
                 delay = self._poll_interval
+                backoff.reset()
             except UPSTREAM_ERRORS:
-                delay = min(max(delay * 2, 0.5), 30.0)  # back off while it is down
+                delay = backoff.next()
             except Exception:
                 log.exception("replication pull failed")
                 delay = self._poll_interval
+                backoff.reset()
 
     # -- health --------------------------------------------------------------------------------
 

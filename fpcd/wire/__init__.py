@@ -26,6 +26,7 @@ from fpcd.domain.model import (
     SchemaRecord,
     ServiceRegistration,
 )
+from fpcd.domain.names import FLAG_KEY_PATTERN
 
 T = TypeVar("T")
 
@@ -371,7 +372,7 @@ class EvaluateResponse(View, kw_only=True):
 
 
 #: Flag keys as stored (the same rule as the `/api/features/{key}` path).
-FlagKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")]
+FlagKey = Annotated[str, msgspec.Meta(pattern=f"^{FLAG_KEY_PATTERN}$")]
 #: The reasons of evaluations that count (an evaluation that failed is not counted).
 Reason = Literal["STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "DEFAULT"]
 
