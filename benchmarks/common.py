@@ -45,6 +45,12 @@ def pinned(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
+def serve_command(python: str, data: Path, port: int, ws: int) -> list[str]:
+    """`fpcd serve` on a data dir and two ports, run by `python`."""
+    serve = [python, "-m", "fpcd", "serve", "--data-dir", str(data)]
+    return [*serve, "--api-port", str(port), "--ws-port", str(ws)]
+
+
 @contextmanager
 def fpcd_daemon(
     *extra: str,
@@ -63,16 +69,7 @@ def fpcd_daemon(
     proc = subprocess.Popen(
         [
             *pinned(cpu),
-            python,
-            "-m",
-            "fpcd",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--api-port",
-            str(port),
-            "--ws-port",
-            str(ws),
+            *serve_command(python, data, port, ws),
             *extra,
         ],
         stdout=subprocess.DEVNULL,

@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import free_port, write_results, wrk
+from benchmarks.common import free_port, serve_command, write_results, wrk
 from benchmarks.scale_data import build, service_name
 
 LARGE = {"services": 10_000, "versions": 100_000, "flags": 10_000, "audit": 1_000_000}
@@ -89,16 +89,7 @@ async def daemon(database: Path) -> AsyncIterator[dict[str, Any]]:
     port, ws = free_port(), free_port()
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fpcd",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--api-port",
-        str(port),
-        "--ws-port",
-        str(ws),
+        *serve_command(sys.executable, data, port, ws),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "FPCD_LOG__ACCESS": "false"},

@@ -24,7 +24,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import fpcd_daemon, free_port, wait_http, write_results, wrk
+from benchmarks.common import (
+    fpcd_daemon,
+    free_port,
+    serve_command,
+    wait_http,
+    write_results,
+    wrk,
+)
 
 CONNECTIONS = (1, 16, 64)
 SECONDS = 8
@@ -66,10 +73,7 @@ def base_daemon(checkout: Path) -> Iterator[dict[str, Any]]:
     data = Path(tempfile.mkdtemp(prefix="fpcd-bench-base-"))
     port = free_port()
     proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "fpcd", "serve", "--data-dir", str(data)),
-            *("--api-port", str(port), "--ws-port", str(free_port())),
-        ],
+        serve_command(sys.executable, data, port, free_port()),
         cwd=checkout,
         env={**os.environ, "PYTHONPATH": str(checkout), "FPCD_LOG__ACCESS": "false"},
         stdout=subprocess.DEVNULL,

@@ -20,7 +20,14 @@ from fpcd.app import Daemon
 from fpcd.domain.errors import SettingsError
 from fpcd.domain.render import RenderError, flatten, render
 from fpcd.settings import load_settings
-from tests.conftest import api_session, eventually, make_settings, run_cli, secret_value
+from tests.conftest import (
+    api_session,
+    eventually,
+    eventually_blocking,
+    make_settings,
+    run_cli,
+    secret_value,
+)
 
 CONFIG = {
     "db": {"host": "db1", "port": 5432, "opts": {"ssl": True}},
@@ -321,10 +328,11 @@ def test_reading_synced_files_leaves_the_daemon_idle(spawn: Any, tmp_path: Path)
             assert r.status == 200
 
     put({"n": 1})
-    deadline = time.monotonic() + 20
-    while not all(parsed(f, str) for f in files) or parsed(files[0], json.loads) != {"n": 1}:
-        assert time.monotonic() < deadline, "files not written"
-        time.sleep(0.02)
+    eventually_blocking(
+        lambda: all(parsed(f, str) for f in files) and parsed(files[0], json.loads) == {"n": 1},
+        20,
+        what="files written",
+    )
     for path in files:
         for _ in range(1000):
             path.read_bytes()
@@ -336,10 +344,7 @@ def test_reading_synced_files_leaves_the_daemon_idle(spawn: Any, tmp_path: Path)
     # Spinning costs a whole core (2 s here); an idle daemon only runs its timers.
     assert used < 0.25 * elapsed, f"{used:.2f} s of CPU in {elapsed:.1f} s after reads"
     put({"n": 2})
-    landed = time.monotonic() + 1.0
-    while parsed(files[0], json.loads) != {"n": 2}:
-        assert time.monotonic() < landed, "a write did not land within 1 s"
-        time.sleep(0.01)
+    eventually_blocking(lambda: parsed(files[0], json.loads) == {"n": 2}, 1.0, what="the write")
     assert proc.stop(timeout=10) == 0  # and it stops promptly
 
 
@@ -430,10 +435,11 @@ async def test_source_dir_imports_and_rejects(tmp_path: Path, make_daemon: Any) 
         assert (await config())["config"]["db"] == {"host": "a"}  # the last good version
 
         (src / "services" / "web" / "prod.toml").write_text("port = 90\n")
-        for _ in range(200):
-            if (await config())["config"].get("port") == 90:
-                break
-            await asyncio.sleep(0.05)
+
+        async def port_90() -> bool:
+            return bool((await config())["config"].get("port") == 90)
+
+        await eventually(port_90, 10, what="the source file's new port")
         assert (await config())["config"] == {"port": 90}
         async with http.get("/health") as r:
             assert (await r.json())["components"]["source_dir"]["status"] == "ok"
