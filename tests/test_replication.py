@@ -556,3 +556,35 @@ async def test_ready_waits_for_catch_up_after_an_offline_start(
     finally:
         postgres.start()
         await again.stop()
+
+
+async def test_an_unreadable_upstream_change_waits_visibly(cluster: Any, pg_url: str) -> None:
+    """A row this release cannot read (a newer release's value, or damage) neither stops a
+    host from starting nor is skipped: replication waits at it, /health names it, reads
+    serve what came before it and writes get a clear 503."""
+    a = await cluster("a")
+    assert (await a.put("svc", {"n": 1}))[0] == 200
+    conn = await asyncpg.connect(pg_url)
+    try:
+        head = await conn.fetchval("SELECT max(seq) FROM fpcd_changes")
+        row = await conn.fetchrow("SELECT * FROM fpcd_changes WHERE seq = $1", head)
+        doc = json.loads(row["payload"])
+        doc["payload"]["action"] = "restore"  # a config action no release of this one knows
+        await conn.execute(
+            "INSERT INTO fpcd_changes (seq, entity, key, op, actor, at, origin, payload)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            head + 1,
+            *(row["entity"], row["key"], row["op"], row["actor"], row["at"], row["origin"]),
+            json.dumps(doc).encode(),
+        )
+    finally:
+        await conn.close()
+    b = await cluster("b")  # start() returns once caught up as far as it can read
+    assert await history(b, "svc") == await history(a, "svc")
+    _, health = await b.call("GET", "/health")
+    records = health["components"]["records"]
+    assert records["status"] == "degraded"
+    assert f"upstream change {head + 1}" in records["detail"]
+    status, problem = await b.put("svc", {"n": 2})
+    assert status == 503 and f"upstream change {head + 1}" in problem["detail"]
+    assert b.daemon.components.store.upstream_cursor == head  # waiting, not skipped

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -74,6 +74,21 @@ REDACTION_STEP = 2
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Change).decode
+
+
+class Unreadable(NamedTuple):
+    """A row of the change log this release cannot decode, and why."""
+
+    seq: int
+    why: str
+
+
+class Fetched(NamedTuple):
+    #: The readable changes, in order, before `unreadable` (if any).
+    changes: list[Change]
+    unreadable: Unreadable | None
+    #: Rows the query returned (a full page means there may be more).
+    rows: int
 
 
 class UpstreamLog:
@@ -185,13 +200,21 @@ class UpstreamLog:
             yield conn
 
     @staticmethod
-    async def fetch_after(conn: asyncpg.Connection, cursor: int, limit: int) -> list[Change]:
+    async def fetch_after(conn: asyncpg.Connection, cursor: int, limit: int) -> Fetched:
+        """The changes after `cursor`, up to the first row this release cannot read."""
         rows = await conn.fetch(
             "SELECT seq, payload FROM fpcd_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
             cursor,
             limit,
         )
-        return [msgspec.structs.replace(_decode(r["payload"]), seq=r["seq"]) for r in rows]
+        changes: list[Change] = []
+        for row in rows:
+            try:
+                change = _decode(row["payload"])
+            except msgspec.DecodeError as error:  # garbage, or a newer release's shape
+                return Fetched(changes, Unreadable(row["seq"], str(error)[:200]), len(rows))
+            changes.append(msgspec.structs.replace(change, seq=row["seq"]))
+        return Fetched(changes, None, len(rows))
 
     @staticmethod
     async def head(conn: asyncpg.Connection) -> int:

@@ -27,10 +27,12 @@ from fpcd.services.changes import MAX_GROUP, Group, GroupCommitter, groupable
 from fpcd.services.events import ChangeApplied, EventBus
 from fpcd.store.sqlite import Store, Transaction
 from fpcd.upstream.doorbell import Doorbell
-from fpcd.upstream.log import UPSTREAM_ERRORS, UpstreamLog
+from fpcd.upstream.log import UPSTREAM_ERRORS, Unreadable, UpstreamLog
 from fpcd.wire import ComponentHealth
 
 log = logging.getLogger("fpcd.replication")
+#: The record name of an upstream change this release cannot read (RecordProblems).
+_UNREADABLE = "upstream change "
 
 
 class _Group(Group):
@@ -123,17 +125,20 @@ class Replicator(GroupCommitter[_Group]):
         and the group's own); a pulled change that services keep in memory (a flag, a key)
         is committed and announced at once, so the group's plans see it."""
         while True:
-            batch = await self.upstream.fetch_after(conn, txn.cursor, self._batch)
-            if not batch:
-                break
-            self.head = max(self.head, batch[-1].seq)
-            staged = await txn.stage(batch, upstream=True)
-            if not groupable(staged):
-                await txn.commit()
-                for change in txn.staged:
-                    self._bus.publish(ChangeApplied(change))
-                txn = await self._store.begin()
-            if len(batch) < self._batch:
+            fetched = await self.upstream.fetch_after(conn, txn.cursor, self._batch)
+            batch = fetched.changes
+            if batch:
+                self.head = max(self.head, batch[-1].seq)
+                staged = await txn.stage(batch, upstream=True)
+                if not groupable(staged):
+                    await txn.commit()
+                    for change in txn.staged:
+                        self._bus.publish(ChangeApplied(change))
+                    txn = await self._store.begin()
+            if fetched.unreadable is not None:
+                # Planning on a state without that change could contradict it: no writes.
+                raise self._stuck(fetched.unreadable)
+            if fetched.rows < self._batch:
                 break
         self.last_sync = self._clock.time()
         return txn
@@ -215,15 +220,33 @@ class Replicator(GroupCommitter[_Group]):
         """Apply everything after the cursor, batch by batch; returns how many."""
         total = 0
         while True:
-            batch = await self.upstream.fetch_after(conn, self._store.upstream_cursor, self._batch)
-            if not batch:
+            fetched = await self.upstream.fetch_after(
+                conn, self._store.upstream_cursor, self._batch
+            )
+            if fetched.changes:
+                self.head = max(self.head, fetched.changes[-1].seq)
+                total += len(await self._apply(fetched.changes))
+            if fetched.unreadable is not None:
+                self._stuck(fetched.unreadable)  # serve what was read; try again next pull
                 break
-            self.head = max(self.head, batch[-1].seq)
-            total += len(await self._apply(batch))
-            if len(batch) < self._batch:
+            if fetched.rows < self._batch:
+                self._store.problems.clear_prefix(_UNREADABLE)
                 break
         self.last_sync = self._clock.time()
         return total
+
+    def _stuck(self, row: Unreadable) -> Unavailable:
+        """Replication waits at a change this release cannot read (written by a newer
+        release, or damaged): reported in /health's `records`, never skipped."""
+        self._store.problems.report(
+            f"{_UNREADABLE}{row.seq}",
+            f"this fpcd cannot read it ({row.why}); replication waits here (upgrade fpcd)",
+            kind="load",
+        )
+        return Unavailable(
+            f"the upstream change {row.seq} cannot be read by this fpcd: writes are refused"
+            " until it is upgraded; reads keep working from this host's copy"
+        )
 
     async def sync_once(self) -> int:
         async with self._lock:
