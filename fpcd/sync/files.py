@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import grp
 import logging
+import os
 import pwd
 import shlex
 import time
@@ -112,10 +113,27 @@ class CommandState:
 def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     """What changes whenever the content can have changed (ctime cannot be set back)."""
     try:
-        st = path.stat()
+        return _identity(path.stat())
     except FileNotFoundError:
         return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def identity_if_holds(path: Path, expected: bytes) -> tuple[int, int, int, int] | None:
+    """`file_identity` of `path` if it holds `expected` (fpcd's own write), else None.
+    Read between two stats of the same open file: an edit racing fpcd's write changes the
+    content or the stats, and is then never taken for fpcd's own (None: it gets checked)."""
+    try:
+        with path.open("rb") as handle:
+            before = _identity(os.fstat(handle.fileno()))
+            current = handle.read(len(expected) + 1)
+            after = _identity(os.fstat(handle.fileno()))
+    except OSError:
+        return None
+    return after if current == expected and before == after else None
 
 
 class FileSync:
@@ -314,7 +332,7 @@ class FileSync:
                 log.error("cannot write file", extra={"file": spec.path, "error": error.strerror})
                 return
             target.written = data
-            target.seen = await asyncio.to_thread(file_identity, target.path)
+            target.seen = await asyncio.to_thread(identity_if_holds, target.path, data)
             target.error = None
             if changed:
                 self.writes += 1
@@ -452,7 +470,7 @@ class FileSync:
                 await asyncio.to_thread(
                     atomic_write, target.write_path, expected, target.mode, target.uid, target.gid
                 )
-                target.seen = await asyncio.to_thread(file_identity, target.path)
+                target.seen = await asyncio.to_thread(identity_if_holds, target.path, expected)
                 self.drift_repairs += 1
             else:
                 target.seen = identity
