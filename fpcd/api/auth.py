@@ -79,9 +79,7 @@ class Authenticator:
         #: The verifier's clock: how long a console cookie lives (its token's exp, from now).
         self.clock = clock
 
-    def unix_caller(self, request: web.Request) -> Caller | None:
-        if request.remote:  # an address: TCP (a Unix socket peer has none)
-            return None
+    def _unix_caller(self, request: web.Request) -> Caller | None:
         peer = unix_peer(request)
         if peer is None:
             return None
@@ -95,10 +93,12 @@ class Authenticator:
 
     def identify(self, request: web.Request, *, optional: bool = False) -> Caller | None:
         """Who is calling (it never waits): the request pipeline's call."""
-        local = self.unix_caller(request)
-        if local is not None:
-            return local
-        peer = request.remote or ""
+        peer = request.remote
+        if not peer:  # no address: a Unix socket's peer, known by its credentials
+            local = self._unix_caller(request)
+            if local is not None:
+                return local
+            peer = ""
         if self.verifier is None:
             return Caller(subject="anonymous", peer=peer, roles=("editor",))
         token = bearer_token(request)

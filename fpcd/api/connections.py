@@ -17,7 +17,8 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from functools import partial
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
@@ -87,14 +88,36 @@ class ConnectionGuard:
         self._logged_at = -LOG_EVERY
         self._unlogged = 0
 
-    def wrap(self, factory: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         def make() -> asyncio.Protocol:
             if self.stats.open[self.name] >= self.limit:
                 self._refused()
                 return _Refuse()
-            return _Guarded(self, factory())
+            return factory()
 
         return make
+
+    def opened(
+        self, transport: asyncio.BaseTransport, connection: Guarded
+    ) -> asyncio.TimerHandle | None:
+        """Count a connection; the timer that closes it if no request head has come."""
+        self.stats.open[self.name] += 1
+        if self.header_timeout <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.call_later(self.header_timeout, self._expired, transport, connection)
+
+    def closed(self, timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+        self.stats.open[self.name] -= 1
+
+    def _expired(self, transport: asyncio.BaseTransport, connection: Guarded) -> None:
+        # Checked when the deadline comes rather than per chunk received: the data path
+        # of a connection costs nothing here.
+        if connection.awaiting_first_head() and not transport.is_closing():
+            self.stats.header_timeouts[self.name] += 1
+            transport.close()
 
     def _refused(self) -> None:
         self.stats.refused[self.name] += 1
@@ -108,6 +131,12 @@ class ConnectionGuard:
             self._logged_at, self._unlogged = now, 0
 
 
+class Guarded(Protocol):
+    """A connection's protocol as the guard sees it (api/protocol.py's request handler)."""
+
+    def awaiting_first_head(self) -> bool: ...
+
+
 class _Refuse(asyncio.Protocol):
     """Past the cap: a 503 and the door shut, before anything is read."""
 
@@ -117,64 +146,8 @@ class _Refuse(asyncio.Protocol):
         stream.close()
 
 
-class _Guarded(asyncio.Protocol):
-    """Passes everything to aiohttp's protocol; counts the connection and closes it if its
-    first request head has not arrived `header_timeout` after it opened."""
-
-    __slots__ = ("_guard", "_inner", "_tail", "_timer", "_transport")
-
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
-        self._guard = guard
-        self._inner = inner
-        self._timer: asyncio.TimerHandle | None = None
-        self._tail = b""
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        guard = self._guard
-        guard.stats.open[guard.name] += 1
-        if guard.header_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(guard.header_timeout, self._expired)
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._timer is not None:  # still waiting for the end of the first head
-            seen = self._tail + data
-            if b"\r\n\r\n" in seen:
-                self._timer.cancel()
-                self._timer, self._tail = None, b""
-            else:
-                self._tail = seen[-3:]
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        guard = self._guard
-        guard.stats.open[guard.name] -= 1
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def _expired(self) -> None:
-        self._timer = None
-        guard = self._guard
-        guard.stats.header_timeouts[guard.name] += 1
-        if self._transport is not None:
-            self._transport.close()
-
-
 class GuardedTCPSite(web.TCPSite):
-    """aiohttp's TCPSite with its connections passed through a ConnectionGuard."""
+    """aiohttp's TCPSite whose connections are counted and capped by a ConnectionGuard."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, **kwargs: Any) -> None:
         self.guard: ConnectionGuard = kwargs.pop("guard")
@@ -183,10 +156,12 @@ class GuardedTCPSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
-        assert server is not None
+        guarded = getattr(server, "guarded", None)  # api/protocol.py's ProblemServer
+        if guarded is None:
+            raise TypeError("a GuardedTCPSite needs a runner whose server takes a guard")
         ssl = self._ssl_context
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard.wrap(server),
+            self.guard.wrap(partial(guarded, self.guard)),
             self._host,
             self._port,
             ssl=ssl,

@@ -14,14 +14,20 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 from aiohttp import web
-from aiohttp.web_urldispatcher import MatchInfoError
+from aiohttp.web_urldispatcher import (
+    DynamicResource,
+    MatchInfoError,
+    PlainResource,
+    UrlMappingMatchInfo,
+)
 from yarl import URL
 
 from fpcd.api.auth import Authenticator
+from fpcd.api.encoded import EncodedHead, EncodedResponse
 from fpcd.api.permissions import METRICS_SCRAPE, RateLimiter, Rule, rule_for
 from fpcd.domain.access import authorize, authorize_everywhere
 from fpcd.domain.configs import ANY_VERSION, check_limits
@@ -37,7 +43,7 @@ from fpcd.domain.errors import (
 )
 from fpcd.domain.model import Caller
 from fpcd.observe.logging import CURRENT_REQUEST_ID, REQUEST_ID
-from fpcd.observe.stats import HttpStats
+from fpcd.observe.stats import HttpStats, RouteStats
 
 log = logging.getLogger("fpcd.api")
 T = TypeVar("T")
@@ -99,9 +105,28 @@ def problem_response(
         errors=errors or [],
         request_id=request_id,
     )
-    return web.Response(
-        status=status, body=_encoder.encode(doc), content_type=PROBLEM_JSON, headers=headers
-    )
+    return encoded_response(_encoder.encode(doc), status, PROBLEM_JSON, headers)
+
+
+#: Encoded heads by (status, content type): a bounded set (the statuses fpcd answers).
+_HEADS: dict[tuple[int, str], EncodedHead] = {}
+
+
+def encoded_response(
+    body: bytes, status: int, content_type: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A body of `content_type` with its status, written in one call (api/encoded.py)."""
+    head = _HEADS.get((status, content_type))
+    if head is None:
+        if not 200 <= status < 600 or status in (204, 304):  # no body: aiohttp's rules
+            return web.Response(
+                status=status, body=body, content_type=content_type, headers=headers
+            )
+        head = _HEADS[(status, content_type)] = EncodedHead(status, {"Content-Type": content_type})
+    response = EncodedResponse(head, body)
+    if headers:
+        response.headers.extend(headers)
+    return response
 
 
 def _from_error(error: FpcdError, request_id: str) -> web.Response:
@@ -146,8 +171,8 @@ class RouteInfo(NamedTuple):
     method: str
     #: The permission row (None: no route, or a route without a row).
     rule: Rule | None
-    #: The counters of the application the route belongs to.
-    stats: HttpStats
+    #: The counters of this route and method, in the application's HttpStats.
+    stats: RouteStats
     #: The application's authenticator and rate limiter.
     authenticator: Authenticator
     limiter: RateLimiter
@@ -171,7 +196,7 @@ def _route_info(request: web.Request) -> RouteInfo:
         template,
         method,
         rule,
-        app[HTTP_STATS],
+        app[HTTP_STATS].route(template, method),
         app[AUTHENTICATOR],
         app[RATE_LIMITER],
         rule is not None and rule.action is None and not rule.websocket,
@@ -188,7 +213,6 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     same for every route and door (`install_pipeline` puts it around every handler)."""
     started = perf_counter()
     info = _ROUTE_INFO.get(request.match_info.route) or _route_info(request)
-    route, method = info.template, info.method
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         request_id = given
@@ -197,10 +221,11 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     request[REQUEST_ID] = request_id
     CURRENT_REQUEST_ID.set(request_id)  # every log line of this request carries it
     try:
-        if len(request.query_string) > MAX_QUERY:
+        # (The raw target holds the query string: only a long one needs it parsed out.)
+        if len(request.raw_path) > MAX_QUERY and len(request.query_string) > MAX_QUERY:
             raise BadRequest(f"the query string is longer than {MAX_QUERY} characters")
-        caller = PUBLIC_CALLER if info.public else _admit(request, info)
-        request[CALLER] = msgspec.structs.replace(caller, request_id=request_id)
+        # Without the request id: `caller()` adds it when a route needs it (audit).
+        request[CALLER] = PUBLIC_CALLER if info.public else _admit(request, info)
         response = await handler(request)
     except FpcdError as error:
         response = _from_error(error, request_id)
@@ -210,7 +235,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as error:
         if error.status < 400:
             error.headers["X-Request-Id"] = request_id
-            info.stats.record(route, method, error.status, perf_counter() - started)
+            info.stats.record(error.status, perf_counter() - started)
             raise
         response = _from_http_exception(error, request_id)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -223,11 +248,14 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             "the request failed; the request id locates it in the daemon's log",
             request_id=request_id,
         )
-    if isinstance(response, web.WebSocketResponse):  # a whole session: no latency
-        info.stats.record(route, method, response.status, None)
+    if type(response) is EncodedResponse:  # the common case, tested first
+        response.request_id = request_id
+        info.stats.record(response.status, perf_counter() - started)
+    elif isinstance(response, web.WebSocketResponse):  # a whole session: no latency
+        info.stats.record(response.status, None)
     else:
         response.headers["X-Request-Id"] = request_id
-        info.stats.record(route, method, response.status, perf_counter() - started)
+        info.stats.record(response.status, perf_counter() - started)
     return response
 
 
@@ -287,12 +315,40 @@ def _pipe(route: web.AbstractRoute) -> None:
     route._handler = partial(pipeline, handler=route.handler)
 
 
+class _RememberingRouter(web.UrlDispatcher):
+    """aiohttp's router, remembering the route and path values each (method, path) of a
+    plain or dynamic resource resolved to: a repeated path skips the walk over the
+    resource index, a coroutine per candidate and the pattern match. Which route a
+    path takes depends only on the method and the path for those resources; 404s and
+    405s are not remembered, and the memory is bounded (cleared when full)."""
+
+    _resolved: dict[tuple[str, str], tuple[web.AbstractRoute, dict[str, str]]]
+
+    async def resolve(self, request: web.Request) -> UrlMappingMatchInfo:
+        key = (request.method, request.rel_url.path_safe)
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return UrlMappingMatchInfo(hit[1], hit[0])  # (its dict() copies the values)
+        match_info = await super().resolve(request)
+        if isinstance(match_info, UrlMappingMatchInfo) and not isinstance(
+            match_info, MatchInfoError
+        ):
+            resource = match_info.route.resource
+            if type(resource) in (PlainResource, DynamicResource):
+                if len(self._resolved) >= 4096:
+                    self._resolved.clear()
+                self._resolved[key] = (match_info.route, dict(match_info))
+        return match_info
+
+
 def install_pipeline(app: web.Application) -> None:
     """Put `pipeline` around every route's handler, and answer what no route takes through
     it too. Call once the routes are added."""
     for route in app.router.routes():
         _pipe(route)
     app.router.register_resource(_NoRoute(app.router))
+    app.router.__class__ = _RememberingRouter  # same state, one method more
+    cast(_RememberingRouter, app.router)._resolved = {}
 
 
 def _admit(request: web.Request, info: RouteInfo) -> Caller:
@@ -327,15 +383,18 @@ def _admit(request: web.Request, info: RouteInfo) -> Caller:
 
 
 def caller(request: web.Request) -> Caller:
-    return request[CALLER]
+    """The request's caller, carrying its request id (what the audit log records)."""
+    who = request[CALLER]
+    request_id = request[REQUEST_ID]
+    if who.request_id != request_id:
+        who = request[CALLER] = msgspec.structs.replace(who, request_id=request_id)
+    return who
 
 
 def json_response(
     value: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        status=status, body=_encoder.encode(value), content_type=JSON, headers=headers
-    )
+    return encoded_response(_encoder.encode(value), status, JSON, headers)
 
 
 async def read_body(request: web.Request) -> bytes:

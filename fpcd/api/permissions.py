@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from time import monotonic
 
 from fpcd.domain import access as a
 from fpcd.domain.configs import BASE_ENVIRONMENT
@@ -153,6 +154,9 @@ class RateLimiter:
         self._global = (
             Bucket(settings.global_rps, settings.global_rps) if settings.global_rps else None
         )
+        # Read once here rather than through `settings` on every request.
+        self._per_subject = settings.per_subject_rps
+        self._per_service = settings.per_service_rps
 
     @staticmethod
     def _bucket(
@@ -167,19 +171,26 @@ class RateLimiter:
 
     def check(self, subject: str, service: str | None) -> int | None:
         """None when allowed; else a Retry-After in whole seconds."""
-        now = time.monotonic()
-        s = self.settings
+        now = monotonic()
         wait = 0.0  # the longest of the buckets' waits (each takes its token regardless)
-        if s.per_subject_rps:
+        if self._per_subject:
             bucket = self._subjects.get(subject) or self._bucket(
-                self._subjects, subject, s.per_subject_rps, s.per_subject_burst, now
+                self._subjects,
+                subject,
+                self._per_subject,
+                self.settings.per_subject_burst,
+                now,
             )
             wait = bucket.take(now)
-        if service is not None and s.per_service_rps:
+        if service is not None and self._per_service:
             bucket = self._services.get(service) or self._bucket(
-                self._services, service, s.per_service_rps, s.per_service_rps, now
+                self._services, service, self._per_service, self._per_service, now
             )
-            wait = max(wait, bucket.take(now))
+            waited = bucket.take(now)
+            if waited > wait:
+                wait = waited
         if self._global is not None:
-            wait = max(wait, self._global.take(now))
+            waited = self._global.take(now)
+            if waited > wait:
+                wait = waited
         return None if wait <= 0 else max(1, math.ceil(wait))

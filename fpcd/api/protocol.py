@@ -10,6 +10,7 @@ becomes a `ProblemServer` (same state, one method more) once the runner made it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from fpcd.api.connections import ConnectionGuard
 from fpcd.api.http import problem_response
 
 log = logging.getLogger("fpcd.api")
@@ -31,6 +33,34 @@ def _detail(status: int, message: str | None) -> str:
 
 
 class ProblemRequestHandler(RequestHandler):
+    """aiohttp's handler, answering unparseable requests as problems; on a TCP port, its
+    connection is counted and held to a deadline for its first request head by the
+    port's guard (api/connections.py), which costs nothing per request."""
+
+    __slots__ = ("_guard", "_head_timer")
+
+    def __init__(
+        self, manager: web.Server, *, guard: ConnectionGuard | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._guard is not None:
+            self._head_timer = self._guard.opened(transport, self)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._guard is not None:
+            self._guard.closed(self._head_timer)
+            self._guard = self._head_timer = None
+        super().connection_lost(exc)
+
+    def awaiting_first_head(self) -> bool:
+        """No complete request head has been read on this connection yet."""
+        return self._request_count == 0
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -67,6 +97,9 @@ class ProblemRequestHandler(RequestHandler):
 class ProblemServer(web.Server):
     def __call__(self) -> RequestHandler:
         return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def guarded(self, guard: ConnectionGuard) -> RequestHandler:
+        return ProblemRequestHandler(self, loop=self._loop, guard=guard, **self._kwargs)
 
 
 class ProblemAppRunner(web.AppRunner):

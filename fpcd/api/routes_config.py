@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import msgspec
 from aiohttp import web
 
+from fpcd.api.encoded import EncodedHead, EncodedResponse
 from fpcd.api.http import (
     CALLER,
     JSON,
@@ -70,12 +71,12 @@ async def get_config(request: web.Request) -> web.Response:
     configs = request.app[CONFIGS]
     service = _service(request)
     params = _read_params(request)
-    who = request[CALLER]
+    who = request[CALLER]  # no request id: a read records nothing (`caller()` adds it)
     if params.include_secrets:
         doc = await configs.document(
             service,
             params.environment,
-            caller=who,
+            caller=caller(request),  # an audited secret read
             version=params.version,
             raw=params.raw,
             include_secrets=True,
@@ -88,14 +89,15 @@ async def get_config(request: web.Request) -> web.Response:
         service, params.environment, caller=who, version=params.version, raw=params.raw
     )
     etag, body = cached or await configs.document_bytes(
-        service, params.environment, caller=who, version=params.version, raw=params.raw
+        service, params.environment, caller=caller(request), version=params.version, raw=params.raw
     )
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and etag_matches(if_none_match, etag):
         return web.Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    return web.Response(
-        body=body, headers={"Content-Type": JSON, "ETag": etag, "Cache-Control": "no-cache"}
-    )
+    return EncodedResponse(_DOCUMENT_HEAD, body, etag=etag)
+
+
+_DOCUMENT_HEAD = EncodedHead(200, {"Content-Type": JSON, "Cache-Control": "no-cache"})
 
 
 async def put_config(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from fpcd.api.encoded import EncodedHead, EncodedResponse
 from fpcd.api.http import json_response
 from fpcd.observe.health import Health
 
@@ -20,7 +21,10 @@ _LIVE = b'{"status":"ok"}'
 
 async def live(request: web.Request) -> web.Response:
     """Liveness: the loop answers. Pre-encoded: the probe measures the pipeline alone."""
-    return web.Response(body=_LIVE, headers={"Content-Type": "application/json"})
+    return EncodedResponse(_LIVE_HEAD, _LIVE)
+
+
+_LIVE_HEAD = EncodedHead(200, {"Content-Type": "application/json"})
 
 
 async def ready(request: web.Request) -> web.Response:

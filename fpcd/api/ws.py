@@ -30,7 +30,7 @@ from typing import assert_never
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from fpcd.api.http import AUTHENTICATOR, CALLER, PUBLIC_CALLER
+from fpcd.api.http import AUTHENTICATOR, PUBLIC_CALLER, caller
 from fpcd.api.ws_frames import StrictWebSocketResponse
 from fpcd.clock import Clock
 from fpcd.domain.errors import Forbidden, FpcdError
@@ -348,7 +348,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,  # every subscriber gets the same bytes, encoded once
     )
     await ws.prepare(request)
-    conn = Connection(ws, limits.max_queue, request[CALLER], hub.stats, limits, clock=hub.clock)
+    conn = Connection(ws, limits.max_queue, caller(request), hub.stats, limits, clock=hub.clock)
     connections.add(conn)
     hub.connect(conn)
     conn.start(request.transport)

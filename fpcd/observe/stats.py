@@ -92,21 +92,52 @@ class LatencyHistogram:
         return out
 
 
-class HttpStats:
-    """Requests by (route, method, status) and latency by (route, method): the request
-    pipeline's counters. Routes are the router's templates, so the label set is bounded."""
+class RouteStats:
+    """One route and method: requests by status, and their latency."""
 
-    __slots__ = ("latency", "requests")
+    __slots__ = ("counts", "latency")
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[tuple[str, str], LatencyHistogram] = {}
+        self.counts: dict[int, int] = {}
+        self.latency = LatencyHistogram()
+
+    def record(self, status: int, seconds: float | None) -> None:
+        counts = self.counts
+        counts[status] = counts.get(status, 0) + 1
+        if seconds is not None:  # None: a WebSocket session, which has no latency
+            latency = self.latency
+            latency.counts[bisect_left(latency.bounds, seconds)] += 1
+            latency.total += seconds
+
+
+class HttpStats:
+    """Requests by (route, method, status) and latency by (route, method): the request
+    pipeline's counters. Routes are the router's templates, so the label set is bounded.
+    The pipeline keeps each route's `RouteStats` and counts into it directly."""
+
+    __slots__ = ("routes",)
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], RouteStats] = {}
+
+    def route(self, route: str, method: str) -> RouteStats:
+        stats = self.routes.get((route, method))
+        if stats is None:
+            stats = self.routes[(route, method)] = RouteStats()
+        return stats
 
     def record(self, route: str, method: str, status: int, seconds: float | None) -> None:
-        key = (route, method, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        if seconds is not None:
-            histogram = self.latency.get((route, method))
-            if histogram is None:
-                histogram = self.latency[(route, method)] = LatencyHistogram()
-            histogram.observe(seconds)
+        self.route(route, method).record(status, seconds)
+
+    @property
+    def requests(self) -> dict[tuple[str, str, int], int]:
+        return {
+            (route, method, status): n
+            for (route, method), stats in list(self.routes.items())
+            for status, n in list(stats.counts.items())
+        }
+
+    @property
+    def latency(self) -> dict[tuple[str, str], LatencyHistogram]:
+        """The routes that have latencies (WebSocket sessions have none)."""
+        return {key: s.latency for key, s in list(self.routes.items()) if s.latency.count}
