@@ -10,9 +10,9 @@ Date, Content-Length, the headers set on it after it was made (the pipeline's
 X-Request-Id) and `Connection: close` when the connection closes.
 
 It takes that path for HTTP/1.1 requests other than HEAD; anything else (HTTP/1.0, a
-HEAD, compression, cookies, a response-prepare signal) goes through aiohttp's own
-`StreamResponse`, with the same headers and body, so every rule aiohttp applies there
-still holds.
+HEAD, compression, cookies) goes through aiohttp's own `Response`, with the same headers
+and body, so every rule aiohttp applies there still holds. Response-prepare signals run
+on both paths, and what they set is sent.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class EncodedResponse(web.Response):
             or self._cookies
             or self._compression
             or self._chunked
-            or cast(web.Request, request).app.on_response_prepare
         ):
             headers = self._headers  # aiohttp's own path, with the same headers
             for name, value in self._head.headers.items():
@@ -111,6 +110,7 @@ class EncodedResponse(web.Response):
             if self.request_id is not None:
                 headers["X-Request-Id"] = self.request_id
             return await super().prepare(request)
+        await request._prepare_hook(self)  # on_response_prepare: its headers are sent too
         keep_alive = self._keep_alive
         if keep_alive is None:
             keep_alive = self._keep_alive = request.keep_alive
