@@ -4,7 +4,8 @@ Run: python -m benchmarks.idle_rss [--base DIR] [--rounds N]
 Each daemon starts, answers /health/ready, one config write and read, then sits idle
 for a few seconds before its RSS is read from /proc (VmRSS, and its anonymous and
 file-backed parts). The same for the minimal aiohttp app (the floor for a Python server
-with aiohttp, msgspec and uvloop) and for an interpreter that only imports those.
+with aiohttp, msgspec and uvloop), for an interpreter that only imports those, and for
+one that imports them and the libraries fpcd cannot start without (FLOOR).
 `--base DIR` measures a checkout of the base commit (with its own .venv) the same way.
 """
 
@@ -64,8 +65,17 @@ def minimal_rss() -> dict[str, float]:
             proc.wait(10)
 
 
-def imports_rss() -> dict[str, float]:
-    code = "import aiohttp.web, msgspec, uvloop, sys; sys.stdout.write('x'); sys.stdin.read()"
+#: What the minimal app imports, and with it the libraries fpcd cannot start without:
+#: cryptography (the keyring's AES-GCM), PyJWT (which imports much of cryptography) and
+#: SQLite: the floor for fpcd's stack, before any of its own code runs.
+FLOOR = (
+    "aiohttp.web, msgspec, uvloop, cryptography.hazmat.primitives.ciphers.aead, jwt, "
+    "sqlite3, aiosqlite"
+)
+
+
+def imports_rss(modules: str = "aiohttp.web, msgspec, uvloop") -> dict[str, float]:
+    code = f"import {modules}, sys; sys.stdout.write('x'); sys.stdin.read()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -90,6 +100,9 @@ def main() -> None:
         measures[f"fpcd serve, base ({commits['base']})"] = lambda: fpcd_rss(args.base)
     measures["minimal aiohttp app"] = minimal_rss
     measures["python importing aiohttp.web, msgspec, uvloop"] = imports_rss
+    measures["python importing those, cryptography, PyJWT, sqlite3, aiosqlite"] = lambda: (
+        imports_rss(FLOOR)
+    )
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in measures}
     for _ in range(args.rounds):
         for label, measure in measures.items():

@@ -74,6 +74,57 @@ def test_a_standalone_daemon_loads_no_optional_library_until_used(tmp_path: Path
     assert found["after_scrape"] == ["prometheus_client"]
 
 
+SERVE_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from fpcd.cli import main
+    code = main(["serve", "--config", sys.argv[1]])  # a missing file: refused, exit 78
+    print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules
+                                                      if m.startswith("fpcd.cli."))}))
+    """
+)
+
+
+def test_fpcd_serve_imports_no_client_command(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SERVE_PROBE, str(tmp_path / "missing.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    found = json.loads(out.splitlines()[-1])
+    assert found["code"] == 78
+    # The daemon's command and what it shares with the others; no config, flag, secret,
+    # export or import command (their code would sit in the daemon's memory for nothing).
+    assert found["modules"] == ["fpcd.cli.common", "fpcd.cli.serve"]
+
+
+def test_every_command_is_found_by_its_module() -> None:
+    import argparse
+
+    from fpcd.cli import COMMANDS, MODULES, build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> set[str]:
+        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return set(sub.choices)
+
+    # `fpcd --help` lists every command, and the table names each one's module.
+    assert commands(build_parser()) == set(COMMANDS)
+    assert set(COMMANDS.values()) == set(MODULES)
+    for command in COMMANDS:
+        assert command in commands(build_parser(command))
+
+
+def test_free_heap_pages_are_given_back_after_start() -> None:
+    import platform
+
+    from fpcd.app import return_free_heap
+
+    # glibc has malloc_trim (the daemon calls it once, after start-up); others say False.
+    assert return_free_heap() is (platform.libc_ver()[0] == "glibc")
+
+
 async def test_periodic_jobs_run_one_at_a_time_and_skip_missed_runs() -> None:
     scheduler = Scheduler(SYSTEM_CLOCK)
     scheduler.start()
