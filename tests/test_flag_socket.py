@@ -195,3 +195,33 @@ async def test_a_pipelined_chunk_is_counted_like_lookups_one_at_a_time(daemon: D
     assert "fpcd_flag_socket_lookups_total 594.0" in metrics
     assert "fpcd_flag_socket_rejected_total 6.0" in metrics
     assert 'fpcd_flag_evaluation_errors_total{code="FLAG_NOT_FOUND"} 60.0' in metrics
+
+
+async def test_a_changed_flag_is_answered_anew_and_ids_are_echoed_as_given(daemon: Daemon) -> None:
+    """The socket reuses a result's encoding while its flag is unchanged: a change must show
+    at once, and the id (number, string or none) must come back as the line gave it."""
+    await create(
+        daemon,
+        {"name": "theme", "enabled": True, "variants": [{"id": "dark", "configuration": 1}]},
+    )
+    path = daemon.addresses["flags"]
+    query = b'"flag":"theme","context":{"userId":"u"}}\n'
+    first = await exchange(path, b'{"id":7,' + query + b'{"id":"x",' + query + b"{" + query, 3)
+    assert [line.get("id") for line in first] == [7, "x", None]
+    assert "id" not in first[2]
+    assert all(line["result"]["configuration"] == 1 for line in first)
+    assert first[0]["result"] == {
+        "flagKey": "theme",
+        "enabled": True,
+        "variant": "dark",
+        "configuration": 1,
+        "reason": "STATIC",
+        "flagVersion": 1,
+    }
+    async with api_session(daemon) as http:
+        change = {"variants": [{"id": "dark", "configuration": 2}]}
+        async with http.patch("/api/features/theme", json=change) as r:
+            assert r.status == 200, await r.text()
+    (after,) = await exchange(path, b'{"id":8,' + query, 1)
+    assert after["result"]["configuration"] == 2
+    assert after["result"]["flagVersion"] == 2

@@ -19,6 +19,7 @@ from typing import cast
 
 import msgspec
 
+from fpcd.domain.flags import EvaluationResult
 from fpcd.domain.model import Caller
 from fpcd.services.flags import FlagService
 from fpcd.wire.flagsocket import ErrorCode, FlagQuery, FlagReply, FlagReplyError, RequestId
@@ -50,6 +51,20 @@ def _id_of(line: bytes) -> RequestId:
         if isinstance(value, int | str):
             return value
     return None
+
+
+#: Encoded results by id(): each entry holds its result, so the id stays that object's.
+_ENCODED: dict[int, tuple[EvaluationResult, bytes]] = {}
+MAX_ENCODED = 4096
+
+
+def _remember(
+    encoded: dict[int, tuple[EvaluationResult, bytes]], result: EvaluationResult
+) -> tuple[EvaluationResult, bytes]:
+    if len(encoded) >= MAX_ENCODED:  # results of flags since changed, or never repeated
+        encoded.clear()
+    hit = encoded[id(result)] = (result, _encode(result))
+    return hit
 
 
 class SocketStats:
@@ -123,6 +138,7 @@ class FlagProtocol(asyncio.Protocol):
         batch = flags.batch(SOCKET_CALLER, flags.clock.time())
         one, many = batch.one, batch.many
         decode, encode_into, max_line = _decode, _encode_into, self._max_line
+        encoded = _ENCODED
         answered = rejected = 0
         for line in lines:
             if len(line) > max_line:
@@ -143,10 +159,23 @@ class FlagProtocol(asyncio.Protocol):
             mark = len(out)
             try:
                 if query.flag is not None:
-                    reply = FlagReply(query.id, one(query.flag, query.context))
+                    result = one(query.flag, query.context)
+                    # FlagReply(id, result)'s encoding, with the result's bytes reused:
+                    # a compiled flag gives the same result object for the same outcome.
+                    hit = encoded.get(id(result))
+                    if hit is None or hit[0] is not result:
+                        hit = _remember(encoded, result)
+                    if query.id is None:
+                        out += b'{"result":'
+                    else:
+                        out += b'{"id":'
+                        encode_into(query.id, out, -1)
+                        out += b',"result":'
+                    out += hit[1]
+                    out += b"}"
                 else:
                     reply = FlagReply(query.id, None, many(query.flags, query.context))
-                encode_into(reply, out, -1)
+                    encode_into(reply, out, -1)
             except Exception:  # never let one line end the connection
                 log.exception("flag socket query failed")
                 del out[mark:]

@@ -136,7 +136,11 @@ class EvaluationContext(msgspec.Struct, rename="camel", kw_only=True, omit_defau
     custom_attributes: dict[str, Any] = {}
 
 
-class EvaluationResult(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+class EvaluationResult(
+    msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True, frozen=True
+):
+    """Frozen: a compiled flag hands out the same result object for the same outcome."""
+
     flag_key: str
     enabled: bool
     variant: str | None
@@ -514,8 +518,8 @@ class CompiledRules:
 
     __slots__ = (
         "agent_ids", "dependencies", "enabled", "end", "exclude", "groups", "percentage",
-        "regions", "rules", "start", "targeted", "threshold", "total_weight", "user_ids",
-        "variants",
+        "regions", "rules", "scheduled", "start", "targeted", "threshold", "total_weight",
+        "user_ids", "variants",
     )  # fmt: skip
 
     def __init__(
@@ -530,6 +534,7 @@ class CompiledRules:
         self.dependencies = tuple(dependencies)
         self.start = parse_instant(rollout.start_date) if rollout.start_date else None
         self.end = parse_instant(rollout.end_date) if rollout.end_date else None
+        self.scheduled = self.start is not None or self.end is not None
         self.exclude = frozenset(rollout.exclude_user_ids)
         self.user_ids = frozenset(rollout.user_ids)
         self.agent_ids = frozenset(rollout.agent_ids)
@@ -554,10 +559,20 @@ class CompiledRules:
 class CompiledFlag:
     """A flag version compiled for evaluation, with a view per environment override."""
 
-    __slots__ = ("archived", "base", "by_environment", "definition", "key", "version")
+    __slots__ = (
+        "archived", "base", "bucket_prefix", "by_environment", "definition", "key", "results",
+        "variant_prefix", "version",
+    )  # fmt: skip
 
     def __init__(self, key: str, version: int, definition: FlagDefinition, archived: bool):
+        #: The results this flag has given, by outcome: an evaluation builds no new object,
+        #: and a door may keep a result's encoding (the flag socket does). Bounded: the
+        #: outcomes of a flag are few (its variants, reasons and dependencies).
+        self.results: dict[tuple[Any, ...], EvaluationResult] = {}
         self.key = key
+        #: The hash inputs' fixed parts: `bucket()` and `variant_slot()` hash these + an id.
+        self.bucket_prefix = f"{key}:"
+        self.variant_prefix = f"{key}:variant:"
         self.version = version
         self.definition = definition
         self.archived = archived
@@ -610,18 +625,28 @@ def _not_found(key: str) -> EvaluationResult:
     )
 
 
+#: Outcomes one compiled flag remembers (far more than a flag's variants and reasons).
+MAX_REMEMBERED_RESULTS = 256
+
+
 def _result(
     flag: CompiledFlag, enabled: bool, reason: Reason, detail: str | None = None
 ) -> EvaluationResult:
-    return EvaluationResult(
-        flag_key=flag.key,
-        enabled=enabled,
-        variant=None,
-        configuration=None,
-        reason=reason,
-        detail=detail,
-        flag_version=flag.version,
-    )
+    outcome = (enabled, reason, detail)
+    result = flag.results.get(outcome)
+    if result is None:
+        result = EvaluationResult(
+            flag_key=flag.key,
+            enabled=enabled,
+            variant=None,
+            configuration=None,
+            reason=reason,
+            detail=detail,
+            flag_version=flag.version,
+        )
+        if len(flag.results) < MAX_REMEMBERED_RESULTS:
+            flag.results[outcome] = result
+    return result
 
 
 def evaluate(
@@ -654,10 +679,11 @@ def evaluate(
         if not dep.enabled or (dep_variant is not None and dep.variant != dep_variant):
             return _result(flag, False, DISABLED, f"dependency:{dep_key}")
     # 4. schedule
-    if rules.start is not None and now < rules.start:
-        return _result(flag, False, DISABLED, "scheduled")
-    if rules.end is not None and now >= rules.end:
-        return _result(flag, False, DISABLED, "ended")
+    if rules.scheduled:
+        if rules.start is not None and now < rules.start:
+            return _result(flag, False, DISABLED, "scheduled")
+        if rules.end is not None and now >= rules.end:
+            return _result(flag, False, DISABLED, "ended")
     user_id = context.user_id
     stickiness = user_id or context.agent_id or context.session_id
     # 5. individual targeting
@@ -689,7 +715,7 @@ def evaluate(
         return _result(flag, False, DEFAULT, "rollout_0")
     elif stickiness is None:
         return _result(flag, False, DEFAULT, "no_stickiness_id")
-    elif _hash(f"{flag.key}:{stickiness}", 0, signed=False) % BUCKETS < threshold:  # bucket()
+    elif _hash(flag.bucket_prefix + stickiness, 0, False) % BUCKETS < threshold:  # bucket()
         reason = SPLIT
     else:
         return _result(flag, False, SPLIT, "not_in_rollout")
@@ -734,19 +760,25 @@ def _with_variant(
     chosen = variants[0]
     if len(variants) > 1:
         # variant_slot(), inline: this is every split flag's hot path
-        slot = _hash(f"{flag.key}:variant:{stickiness or ''}", 0, signed=False) % rules.total_weight
+        slot = _hash(flag.variant_prefix + (stickiness or ""), 0, False) % rules.total_weight
         for candidate in variants:
             if slot < candidate.cumulative:
                 chosen = candidate
                 break
         if reason == STATIC:
             reason = SPLIT
-    return EvaluationResult(
-        flag_key=flag.key,
-        enabled=True,
-        variant=chosen.id,
-        configuration=chosen.configuration,
-        reason=reason,
-        detail=detail,
-        flag_version=flag.version,
-    )
+    outcome = (chosen, reason, detail)  # the variant object: its environment's own
+    result = flag.results.get(outcome)
+    if result is None:
+        result = EvaluationResult(
+            flag_key=flag.key,
+            enabled=True,
+            variant=chosen.id,
+            configuration=chosen.configuration,
+            reason=reason,
+            detail=detail,
+            flag_version=flag.version,
+        )
+        if len(flag.results) < MAX_REMEMBERED_RESULTS:
+            flag.results[outcome] = result
+    return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import UTC, datetime
-from operator import attrgetter
 from time import perf_counter
 from typing import Any
 
@@ -546,17 +545,14 @@ class EvaluationBatch:
                     count(r.flag_key, r.variant, r.enabled, r.reason, now)
                 else:
                     service.errors[r.error_code] += 1
-        else:  # counted in C (a result's flag_key is the key it was asked for)
+        else:  # counted in C, by result object (a compiled flag reuses one per outcome)
             hour = int(self.now // 3600)
             add = service.analytics.add
-            for (key, variant, enabled, reason, error), k in Counter(
-                map(_COUNTED, results)
-            ).items():
-                if error is None:
-                    add(key, hour, variant, enabled, reason, k)
+            by_id = dict(zip(map(id, results), results, strict=True))
+            for result_id, k in Counter(map(id, results)).items():
+                r = by_id[result_id]
+                if r.error_code is None:
+                    add(r.flag_key, hour, r.variant, r.enabled, r.reason, k)
                 else:
-                    service.errors[error] += k
+                    service.errors[r.error_code] += k
         service.latency.observe_many((perf_counter() - self._started) / n, n)
-
-
-_COUNTED = attrgetter("flag_key", "variant", "enabled", "reason", "error_code")
