@@ -53,7 +53,8 @@ def _id_of(line: bytes) -> RequestId:
     return None
 
 
-#: Encoded results by id(): each entry holds its result, so the id stays that object's.
+#: A reply's tail by id() of its result (`,"result":{...}}` and the newline): each entry
+#: holds its result, so the id stays that object's while it is here.
 _ENCODED: dict[int, tuple[EvaluationResult, bytes]] = {}
 MAX_ENCODED = 4096
 
@@ -63,7 +64,7 @@ def _remember(
 ) -> tuple[EvaluationResult, bytes]:
     if len(encoded) >= MAX_ENCODED:  # results of flags since changed, or never repeated
         encoded.clear()
-    hit = encoded[id(result)] = (result, _encode(result))
+    hit = encoded[id(result)] = (result, b',"result":' + _encode(result) + b"}\n")
     return hit
 
 
@@ -166,23 +167,22 @@ class FlagProtocol(asyncio.Protocol):
                     if hit is None or hit[0] is not result:
                         hit = _remember(encoded, result)
                     if query.id is None:
-                        out += b'{"result":'
+                        out += b"{"
+                        out += hit[1][1:]  # no "id": the reply starts at "result"
                     else:
                         out += b'{"id":'
                         encode_into(query.id, out, -1)
-                        out += b',"result":'
-                    out += hit[1]
-                    out += b"}"
+                        out += hit[1]
                 else:
                     reply = FlagReply(query.id, None, many(query.flags, query.context))
                     encode_into(reply, out, -1)
+                    out += b"\n"
             except Exception:  # never let one line end the connection
                 log.exception("flag socket query failed")
                 del out[mark:]
                 rejected += 1
                 out += _error(query.id, "INTERNAL", "evaluation failed")
                 continue
-            out += b"\n"
             answered += 1
         batch.close()
         stats = self._stats

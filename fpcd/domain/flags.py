@@ -505,19 +505,22 @@ def _compile_rule(rule: Rule) -> tuple[str, bool, Matcher]:
 
 
 class CompiledVariant:
-    __slots__ = ("configuration", "cumulative", "id")
+    __slots__ = ("configuration", "cumulative", "id", "results")
 
     def __init__(self, id: str, configuration: Any, cumulative: int) -> None:
         self.id = id
         self.configuration = configuration
         self.cumulative = cumulative
+        #: The result of choosing this variant, by reason (no detail): filled as given.
+        self.results: dict[str, EvaluationResult] = {}
 
 
 class CompiledRules:
     """One environment's view of a flag, ready to evaluate."""
 
     __slots__ = (
-        "agent_ids", "dependencies", "enabled", "end", "exclude", "groups", "percentage",
+        "agent_ids", "dependencies", "enabled", "end", "exclude", "groups", "individual",
+        "percentage",
         "regions", "rules", "scheduled", "start", "targeted", "threshold", "total_weight",
         "user_ids", "variants",
     )  # fmt: skip
@@ -538,6 +541,7 @@ class CompiledRules:
         self.exclude = frozenset(rollout.exclude_user_ids)
         self.user_ids = frozenset(rollout.user_ids)
         self.agent_ids = frozenset(rollout.agent_ids)
+        self.individual = bool(self.exclude or self.user_ids or self.agent_ids)
         self.groups = frozenset(rollout.user_groups) or None
         self.regions = frozenset(rollout.regions) or None
         self.rules = tuple(_compile_rule(r) for r in rules)
@@ -560,7 +564,8 @@ class CompiledFlag:
     """A flag version compiled for evaluation, with a view per environment override."""
 
     __slots__ = (
-        "archived", "base", "bucket_prefix", "by_environment", "definition", "key", "results",
+        "archived", "base", "bucket_prefix", "by_environment", "definition", "disabled", "key",
+        "no_stickiness", "not_in_rollout", "not_targeted", "results", "rollout_0",
         "variant_prefix", "version",
     )  # fmt: skip
 
@@ -574,6 +579,12 @@ class CompiledFlag:
         self.bucket_prefix = f"{key}:"
         self.variant_prefix = f"{key}:variant:"
         self.version = version
+        # The outcomes most evaluations end in, made once (and remembered in `results`).
+        self.disabled = _result(self, False, DISABLED)
+        self.not_targeted = _result(self, False, DEFAULT, "not_targeted")
+        self.rollout_0 = _result(self, False, DEFAULT, "rollout_0")
+        self.no_stickiness = _result(self, False, DEFAULT, "no_stickiness_id")
+        self.not_in_rollout = _result(self, False, SPLIT, "not_in_rollout")
         self.definition = definition
         self.archived = archived
         deps = dependency_keys(definition)
@@ -670,7 +681,7 @@ def evaluate(
     rules = flag.base if environment is None else flag.by_environment.get(environment, flag.base)
     # 2. disabled
     if not rules.enabled:
-        return _result(flag, False, DISABLED)
+        return flag.disabled
     # 3. dependencies
     for dep_key, dep_variant in rules.dependencies:
         if _depth > 16:
@@ -687,38 +698,39 @@ def evaluate(
     user_id = context.user_id
     stickiness = user_id or context.agent_id or context.session_id
     # 5. individual targeting
-    if user_id is not None and user_id in rules.exclude:
-        return _result(flag, False, TARGETING_MATCH, "excluded")
-    if (user_id is not None and user_id in rules.user_ids) or (
-        context.agent_id is not None and context.agent_id in rules.agent_ids
-    ):
-        return _with_variant(flag, rules, TARGETING_MATCH, stickiness, "targeted")
+    if rules.individual:
+        if user_id is not None and user_id in rules.exclude:
+            return _result(flag, False, TARGETING_MATCH, "excluded")
+        if (user_id is not None and user_id in rules.user_ids) or (
+            context.agent_id is not None and context.agent_id in rules.agent_ids
+        ):
+            return _with_variant(flag, rules, TARGETING_MATCH, stickiness, "targeted")
     # 6. groups, regions, rules
     if rules.targeted:
         if rules.groups is not None and context.user_group not in rules.groups:
-            return _result(flag, False, DEFAULT, "not_targeted")
+            return flag.not_targeted
         if rules.regions is not None and context.region not in rules.regions:
-            return _result(flag, False, DEFAULT, "not_targeted")
+            return flag.not_targeted
         for attribute, in_context, matcher in rules.rules:
             if in_context:
                 value = getattr(context, CONTEXT_FIELDS[attribute])
             else:
                 value = context.custom_attributes.get(attribute, _MISSING)
             if value is None or value is _MISSING or not matcher(value):
-                return _result(flag, False, DEFAULT, "not_targeted")
+                return flag.not_targeted
     # 7. percentage rollout
     threshold = rules.threshold
     reason: Reason
     if threshold >= BUCKETS:
         reason = TARGETING_MATCH if rules.targeted else STATIC
     elif threshold <= 0:
-        return _result(flag, False, DEFAULT, "rollout_0")
+        return flag.rollout_0
     elif stickiness is None:
-        return _result(flag, False, DEFAULT, "no_stickiness_id")
+        return flag.no_stickiness
     elif _hash(flag.bucket_prefix + stickiness, 0, False) % BUCKETS < threshold:  # bucket()
         reason = SPLIT
     else:
-        return _result(flag, False, SPLIT, "not_in_rollout")
+        return flag.not_in_rollout
     return _with_variant(flag, rules, reason, stickiness, None)
 
 
@@ -767,18 +779,29 @@ def _with_variant(
                 break
         if reason == STATIC:
             reason = SPLIT
+    if detail is None:  # the common case: remembered on the variant, by reason
+        result = chosen.results.get(reason)
+        if result is None:
+            result = chosen.results[reason] = _variant_result(flag, chosen, reason, None)
+        return result
     outcome = (chosen, reason, detail)  # the variant object: its environment's own
     result = flag.results.get(outcome)
     if result is None:
-        result = EvaluationResult(
-            flag_key=flag.key,
-            enabled=True,
-            variant=chosen.id,
-            configuration=chosen.configuration,
-            reason=reason,
-            detail=detail,
-            flag_version=flag.version,
-        )
+        result = _variant_result(flag, chosen, reason, detail)
         if len(flag.results) < MAX_REMEMBERED_RESULTS:
             flag.results[outcome] = result
     return result
+
+
+def _variant_result(
+    flag: CompiledFlag, chosen: CompiledVariant, reason: Reason, detail: str | None
+) -> EvaluationResult:
+    return EvaluationResult(
+        flag_key=flag.key,
+        enabled=True,
+        variant=chosen.id,
+        configuration=chosen.configuration,
+        reason=reason,
+        detail=detail,
+        flag_version=flag.version,
+    )
