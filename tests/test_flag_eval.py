@@ -446,3 +446,86 @@ def test_semver_ordering() -> None:
     ]
     keys = [semver_key(v) for v in versions]
     assert keys == sorted(keys)  # type: ignore[type-var]
+
+
+_NAMES = st.none() | st.sampled_from(["a", "b", "c"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    percentage=st.sampled_from([0, 0.001, 30, 50, 99.999, 100]),
+    groups=st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True),
+    regions=st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True),
+    rules=st.lists(
+        st.fixed_dictionaries(
+            {
+                "attribute": st.sampled_from(["plan", "region", "userGroup", "n"]),
+                "operator": st.sampled_from(["in", "not_in", "eq", "neq", "contains"]),
+                "values": st.lists(st.sampled_from(["a", "b", 1, 2]), min_size=1, max_size=2),
+            }
+        ),
+        max_size=2,
+    ),
+    weights=st.lists(st.integers(0, 5), max_size=3),
+    override=st.booleans(),
+    contexts=st.lists(
+        st.fixed_dictionaries(
+            {
+                "userId": _NAMES,
+                "agentId": _NAMES,
+                "sessionId": _NAMES,
+                "userGroup": _NAMES,
+                "region": _NAMES,
+                "environment": st.sampled_from([None, "production", "staging"]),
+                "customAttributes": st.fixed_dictionaries(
+                    {},
+                    optional={"plan": _NAMES, "n": st.none() | st.integers(0, 3) | st.just("x")},
+                ),
+            }
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_the_specialized_path_gives_what_the_general_one_gives(
+    percentage: float,
+    groups: list[str],
+    regions: list[str],
+    rules: list[dict[str, Any]],
+    weights: list[int],
+    override: bool,
+    contexts: list[dict[str, Any]],
+) -> None:
+    """Most flags are evaluated by a closure made at compile time (`_specialize`): for any
+    flag it takes and any context, it must return the very result the general path does."""
+    variants = [{"id": f"v{i}", "weight": w, "configuration": i} for i, w in enumerate(weights)]
+    fields: dict[str, Any] = {
+        "rollout": {"percentage": percentage, "userGroups": groups, "regions": regions},
+        "rules": rules,
+        "variants": variants,
+    }
+    if override:
+        fields["environments"] = {"staging": {"rollout": {"percentage": 100 - percentage}}}
+    try:
+        definition = msgspec.convert({"name": "spec", "enabled": True, **fields}, FlagDefinition)
+        validate_definition(definition, "spec", known=lambda key: None)
+    except (Invalid, msgspec.ValidationError):  # values the operator does not take
+        return
+    f = compile_flag("spec", 1, definition)
+    views = [f.base, *f.by_environment.values()]
+    assert all(view.fast is not None for view in views)
+    given = [msgspec.convert(c, EvaluationContext) for c in contexts]
+    fast = [evaluate(f, c, NOW, {"spec": f}.get) for c in given]
+    for view in views:
+        view.fast = None  # the general path from here on
+    general = [evaluate(f, c, NOW, {"spec": f}.get) for c in given]
+    assert all(a is b for a, b in zip(fast, general, strict=True)), (fast, general)
+
+
+def test_flags_with_dependencies_dates_or_individual_targets_take_the_general_path() -> None:
+    assert flag("d", dependencies=["x"]).base.fast is None
+    assert flag("s", rollout={"startDate": "2026-01-01T00:00:00Z"}).base.fast is None
+    assert flag("t", rollout={"userIds": ["u"]}).base.fast is None
+    assert flag("x", rollout={"excludeUserIds": ["u"]}).base.fast is None
+    assert flag("off", enabled=False).base.fast is None
+    assert flag("on").base.fast is not None

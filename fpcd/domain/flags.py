@@ -519,7 +519,7 @@ class CompiledRules:
     """One environment's view of a flag, ready to evaluate."""
 
     __slots__ = (
-        "agent_ids", "dependencies", "enabled", "end", "exclude", "groups", "individual",
+        "agent_ids", "dependencies", "enabled", "end", "exclude", "fast", "groups", "individual",
         "percentage",
         "regions", "rules", "scheduled", "start", "targeted", "threshold", "total_weight",
         "user_ids", "variants",
@@ -558,6 +558,9 @@ class CompiledRules:
             compiled.append(CompiledVariant(variant.id, variant.configuration, total))
         self.variants = tuple(compiled)
         self.total_weight = total
+        #: `evaluate`'s steps 5-8 with what they read bound once (`_specialize`), for a
+        #: view with no dependencies, dates or individual targeting; set by CompiledFlag.
+        self.fast: Callable[[EvaluationContext], EvaluationResult] | None = None
 
 
 class CompiledFlag:
@@ -608,6 +611,9 @@ class CompiledFlag:
                 definition.rules,
                 deps,
             )
+
+        for view in (self.base, *self.by_environment.values()):
+            view.fast = _specialize(self, view)
 
     def rules_for(self, environment: str | None) -> CompiledRules:
         if environment is None:
@@ -679,6 +685,9 @@ def evaluate(
         flag = found
     environment = context.environment
     rules = flag.base if environment is None else flag.by_environment.get(environment, flag.base)
+    fast = rules.fast
+    if fast is not None:  # on, no dependencies, dates or individual targeting: steps 5-8
+        return fast(context)
     # 2. disabled
     if not rules.enabled:
         return flag.disabled
@@ -756,6 +765,82 @@ def active(
     return all(
         active(lookup(dep), environment, now, lookup, _depth + 1) for dep, _ in rules.dependencies
     )
+
+
+def _specialize(
+    flag: CompiledFlag, rules: CompiledRules
+) -> Callable[[EvaluationContext], EvaluationResult] | None:
+    """`evaluate` for a view that is on and has no dependencies, dates or individual
+    targeting (most flags): steps 6-8 as `evaluate` takes them, with everything they read
+    bound once, and step 8's possible results (what `_with_variant` returns for each
+    variant) found in advance (`tests/test_flag_eval.py` checks both paths return the very
+    same result objects)."""
+    if not rules.enabled or rules.dependencies or rules.scheduled or rules.individual:
+        return None
+    targeted, groups, regions, checks = rules.targeted, rules.groups, rules.regions, rules.rules
+    threshold, bucket_prefix = rules.threshold, flag.bucket_prefix
+    not_targeted, rollout_0 = flag.not_targeted, flag.rollout_0
+    no_stickiness, not_in_rollout = flag.no_stickiness, flag.not_in_rollout
+    variants, total, variant_prefix = rules.variants, rules.total_weight, flag.variant_prefix
+
+    def chosen_result(chosen: CompiledVariant, reason: Reason) -> EvaluationResult:
+        result = chosen.results.get(reason)
+        if result is None:
+            result = chosen.results[reason] = _variant_result(flag, chosen, reason, None)
+        return result
+
+    Choices = tuple[tuple[tuple[int, EvaluationResult], ...], EvaluationResult | None]
+
+    def choices(reason: Reason) -> Choices:
+        """(cumulative weight, result) per variant when a hash picks one, else the result."""
+        if not variants:
+            return (), _result(flag, True, reason)
+        if len(variants) == 1:
+            return (), chosen_result(variants[0], reason)
+        final: Reason = SPLIT if reason == STATIC else reason
+        return tuple((v.cumulative, chosen_result(v, final)) for v in variants), None
+
+    by_split = choices(SPLIT)
+    by_everyone: Choices | None = None
+    if threshold >= BUCKETS:
+        by_everyone = choices(TARGETING_MATCH if targeted else STATIC)
+
+    def fast(context: EvaluationContext) -> EvaluationResult:
+        # 5. individual targeting: none. 6. groups, regions, rules
+        if targeted:
+            if groups is not None and context.user_group not in groups:
+                return not_targeted
+            if regions is not None and context.region not in regions:
+                return not_targeted
+            for attribute, in_context, matcher in checks:
+                if in_context:
+                    value = getattr(context, CONTEXT_FIELDS[attribute])
+                else:
+                    value = context.custom_attributes.get(attribute, _MISSING)
+                if value is None or value is _MISSING or not matcher(value):
+                    return not_targeted
+        stickiness = context.user_id or context.agent_id or context.session_id
+        # 7. percentage rollout
+        if by_everyone is not None:
+            pairs, only = by_everyone
+        elif threshold <= 0:
+            return rollout_0
+        elif stickiness is None:
+            return no_stickiness
+        elif _hash(bucket_prefix + stickiness, 0, False) % BUCKETS < threshold:  # bucket()
+            pairs, only = by_split
+        else:
+            return not_in_rollout
+        # 8. variants (variant_slot(), inline)
+        if only is not None:
+            return only
+        slot = _hash(variant_prefix + (stickiness or ""), 0, False) % total
+        for cumulative, result in pairs:
+            if slot < cumulative:
+                return result
+        return pairs[0][1]  # not reached: the last cumulative weight is the total
+
+    return fast
 
 
 def _with_variant(

@@ -518,10 +518,19 @@ class EvaluationBatch:
         self._started = perf_counter()
 
     def one(self, key: str, context: EvaluationContext) -> EvaluationResult:
-        if context.environment is None:
-            context.environment = self.default
-        compiled = self.compiled
-        result = evaluate(compiled.get(key, key), context, self.now, compiled.get)
+        environment = context.environment
+        if environment is None:
+            environment = context.environment = self.default
+        flag = self.compiled.get(key)
+        if flag is not None:
+            # A flag's compiled fast path (domain/flags.py `_specialize`), straight from here:
+            # the flag socket's hot path, one call per lookup instead of three.
+            fast = flag.by_environment.get(environment, flag.base).fast
+            if fast is not None:
+                result = fast(context)
+                self._results.append(result)
+                return result
+        result = evaluate(key if flag is None else flag, context, self.now, self.compiled.get)
         self._results.append(result)
         return result
 
