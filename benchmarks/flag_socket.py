@@ -39,7 +39,9 @@ def commit_of(python: str) -> str:
             ["git", "-C", src, *args], capture_output=True, text=True, check=False
         ).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", ".") else "")
+    return git("rev-parse", "--short", "HEAD") + (
+        "+" if git("status", "--porcelain", ".", ":!benchmarks/results") else ""
+    )
 
 
 def _echo(stack: ExitStack, tmp: Path, kind: str = "echo") -> tuple[Path, int]:

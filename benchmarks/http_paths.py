@@ -64,7 +64,11 @@ def commit_of(directory: Path) -> str:
         check=False,
     )
     dirty = subprocess.run(
-        ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+        # Results a benchmark just wrote are not a change to what is measured.
+        [
+            *("git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"),
+            *("--", ".", ":!benchmarks/results"),
+        ],
         capture_output=True,
         text=True,
         check=False,
