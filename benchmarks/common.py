@@ -21,6 +21,31 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def commit_of(checkout: Path) -> str:
+    """A checkout's short commit, `+changes` when tracked files differ from it (results
+    a benchmark just wrote are not a change to what is measured)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(checkout), *args], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
+
+
+def interpreter_commit(python: str) -> str:
+    """`commit_of` the checkout whose `fpcd` the interpreter imports (a base's venv)."""
+    package = subprocess.run(
+        [python, "-c", "import fpcd, os; print(os.path.dirname(fpcd.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),  # not this checkout: the venv's own
+    ).stdout.strip()
+    return commit_of(Path(package).parent)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,28 +20,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cpu_seconds, fpcd_daemon, pinned, put_json, write_results
+from benchmarks.common import (
+    cpu_seconds,
+    fpcd_daemon,
+    interpreter_commit,
+    pinned,
+    put_json,
+    write_results,
+)
 from benchmarks.flags import CHECKOUT, CLIENT_CPU, SERVER_CPU, client
-
-
-def commit_of(python: str) -> str:
-    """The commit of the checkout whose `fpcd` the interpreter imports (`+`: with changes)."""
-    src = subprocess.run(
-        [python, "-c", "import fpcd, os; print(os.path.dirname(fpcd.__file__))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tempfile.gettempdir(),  # not this checkout: the venv's own
-    ).stdout.strip()
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", src, *args], capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + (
-        "+" if git("status", "--porcelain", ".", ":!benchmarks/results") else ""
-    )
 
 
 def _echo(stack: ExitStack, tmp: Path, kind: str = "echo") -> tuple[Path, int]:
@@ -64,14 +51,14 @@ def main() -> None:
     parser.add_argument("--round-trips", type=int, default=20_000)
     args = parser.parse_args()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    commits = {"after": commit_of(sys.executable)}
+    commits = {"after": interpreter_commit(sys.executable)}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         # name -> (socket, server pid)
         targets = {"echo": _echo(stack, Path(tmp)), "ndjson": _echo(stack, Path(tmp), "ndjson")}
         pythons = {"after": sys.executable}
         if args.base_python:
             pythons["before"] = args.base_python
-            commits["before"] = commit_of(args.base_python)
+            commits["before"] = interpreter_commit(args.base_python)
         for name, python in pythons.items():
             env = {"FPCD_LOG__ACCESS": "false"}
             # The daemon runs in a temp dir, so each interpreter imports its own checkout.

@@ -31,6 +31,7 @@ from typing import Any
 
 from benchmarks.common import (
     ROOT,
+    commit_of,
     cpu_seconds,
     fpcd_daemon,
     free_port,
@@ -54,26 +55,6 @@ EVALUATE_BODY = {
     "flags": ["checkout"],
     "context": {"userId": "user-42", "region": "eu", "customAttributes": {"plan": "pro"}},
 }
-
-
-def commit_of(directory: Path) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(directory), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    dirty = subprocess.run(
-        # Results a benchmark just wrote are not a change to what is measured.
-        [
-            *("git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"),
-            *("--", ".", ":!benchmarks/results"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return out.stdout.strip() + ("+changes" if dirty else "")
 
 
 def start_daemon(

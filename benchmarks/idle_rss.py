@@ -20,8 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, fpcd_daemon, free_port, put_json, wait_http, write_results
-from benchmarks.http_paths import commit_of
+from benchmarks.common import (
+    ROOT,
+    commit_of,
+    fpcd_daemon,
+    free_port,
+    put_json,
+    wait_http,
+    write_results,
+)
 
 IDLE_SECONDS = 3.0
 

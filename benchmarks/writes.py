@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    commit_of,
     fpcd_daemon,
     free_port,
     serve_command,
@@ -86,14 +87,6 @@ def base_daemon(checkout: Path) -> Iterator[dict[str, Any]]:
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(data, ignore_errors=True)
-
-
-def commit_of(checkout: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def run(rounds: int, base: Path | None) -> None:

@@ -39,7 +39,14 @@ from urllib.parse import urlsplit
 import msgspec
 import uvloop
 
-from benchmarks.common import fpcd_daemon, free_port, pinned, wait_http, write_results
+from benchmarks.common import (
+    fpcd_daemon,
+    free_port,
+    interpreter_commit,
+    pinned,
+    wait_http,
+    write_results,
+)
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 PER_PROCESS = 2500
@@ -320,25 +327,6 @@ def floor_app() -> Iterator[dict[str, Any]]:
         proc.wait(10)
 
 
-def commit_of(python: str) -> str:
-    src = subprocess.run(
-        [python, "-c", "import fpcd, os; print(os.path.dirname(fpcd.__file__))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tempfile.gettempdir(),
-    ).stdout.strip()
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", src, *args], capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + (
-        "+" if git("status", "--porcelain", ".", ":!benchmarks/results") else ""
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-python", help="interpreter of the base checkout's venv")
@@ -351,7 +339,7 @@ def main() -> None:
     pythons = {"after": sys.executable}
     if args.base_python:
         pythons["before"] = args.base_python
-    commits = {name: commit_of(python) for name, python in pythons.items()}
+    commits = {name: interpreter_commit(python) for name, python in pythons.items()}
     commits["floor"] = "aiohttp alone"
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in commits}
     env = {"FPCD_LOG__ACCESS": "false"}
