@@ -152,3 +152,20 @@ async def test_problems_and_json_answers_carry_their_headers(daemon: Daemon, sto
         assert isinstance(json.loads(reply.body), (list, dict))
     finally:
         writer.close()
+
+
+async def test_the_router_remembers_no_path_longer_than_a_valid_one(
+    daemon: Daemon, stored: str
+) -> None:
+    """Paths are remembered before anyone is authenticated: a stranger's long paths must
+    not fill the memory (no valid name makes a path over 512 characters)."""
+    reader, writer = await connect(daemon)
+    try:
+        for path in (CONFIG, "/api/config/" + "x" * 600):
+            writer.write(request("GET", path, "not-a-token"))
+            assert (await read_reply(reader)).status_line == "HTTP/1.1 401 Unauthorized"
+    finally:
+        writer.close()
+    remembered = daemon.components.api_app.router._resolved  # type: ignore[attr-defined]
+    assert ("GET", "/api/config/web") in remembered
+    assert all(len(path) <= 512 for _, path in remembered)

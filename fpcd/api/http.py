@@ -320,7 +320,9 @@ class _RememberingRouter(web.UrlDispatcher):
     plain or dynamic resource resolved to: a repeated path skips the walk over the
     resource index, a coroutine per candidate and the pattern match. Which route a
     path takes depends only on the method and the path for those resources; 404s and
-    405s are not remembered, and the memory is bounded (cleared when full)."""
+    405s are not remembered, nor paths longer than any valid one (names are at most 128
+    characters), and the memory is bounded (cleared when full): at most 4,096 paths of at
+    most 512 characters, whoever sends them."""
 
     _resolved: dict[tuple[str, str], tuple[web.AbstractRoute, dict[str, str]]]
 
@@ -334,7 +336,7 @@ class _RememberingRouter(web.UrlDispatcher):
             match_info, MatchInfoError
         ):
             resource = match_info.route.resource
-            if type(resource) in (PlainResource, DynamicResource):
+            if type(resource) in (PlainResource, DynamicResource) and len(key[1]) <= 512:
                 if len(self._resolved) >= 4096:
                     self._resolved.clear()
                 self._resolved[key] = (match_info.route, dict(match_info))

@@ -505,14 +505,12 @@ def _compile_rule(rule: Rule) -> tuple[str, bool, Matcher]:
 
 
 class CompiledVariant:
-    __slots__ = ("configuration", "cumulative", "id", "results")
+    __slots__ = ("configuration", "cumulative", "id")
 
     def __init__(self, id: str, configuration: Any, cumulative: int) -> None:
         self.id = id
         self.configuration = configuration
         self.cumulative = cumulative
-        #: The result of choosing this variant, by reason (no detail): filled as given.
-        self.results: dict[str, EvaluationResult] = {}
 
 
 class CompiledRules:
@@ -574,8 +572,9 @@ class CompiledFlag:
 
     def __init__(self, key: str, version: int, definition: FlagDefinition, archived: bool):
         #: The results this flag has given, by outcome: an evaluation builds no new object,
-        #: and a door may keep a result's encoding (the flag socket does). Bounded: the
-        #: outcomes of a flag are few (its variants, reasons and dependencies).
+        #: and a door may keep a result's encoding (the flag socket does). Bounded by the
+        #: definition: an outcome is a variant or none, a reason, and a detail that is a
+        #: fixed word or names one of the flag's dependencies.
         self.results: dict[tuple[Any, ...], EvaluationResult] = {}
         self.key = key
         #: The hash inputs' fixed parts: `bucket()` and `variant_slot()` hash these + an id.
@@ -642,10 +641,6 @@ def _not_found(key: str) -> EvaluationResult:
     )
 
 
-#: Outcomes one compiled flag remembers (far more than a flag's variants and reasons).
-MAX_REMEMBERED_RESULTS = 256
-
-
 def _result(
     flag: CompiledFlag, enabled: bool, reason: Reason, detail: str | None = None
 ) -> EvaluationResult:
@@ -661,8 +656,7 @@ def _result(
             detail=detail,
             flag_version=flag.version,
         )
-        if len(flag.results) < MAX_REMEMBERED_RESULTS:
-            flag.results[outcome] = result
+        flag.results[outcome] = result
     return result
 
 
@@ -783,12 +777,6 @@ def _specialize(
     no_stickiness, not_in_rollout = flag.no_stickiness, flag.not_in_rollout
     variants, total, variant_prefix = rules.variants, rules.total_weight, flag.variant_prefix
 
-    def chosen_result(chosen: CompiledVariant, reason: Reason) -> EvaluationResult:
-        result = chosen.results.get(reason)
-        if result is None:
-            result = chosen.results[reason] = _variant_result(flag, chosen, reason, None)
-        return result
-
     Choices = tuple[tuple[tuple[int, EvaluationResult], ...], EvaluationResult | None]
 
     def choices(reason: Reason) -> Choices:
@@ -796,9 +784,9 @@ def _specialize(
         if not variants:
             return (), _result(flag, True, reason)
         if len(variants) == 1:
-            return (), chosen_result(variants[0], reason)
+            return (), _variant_outcome(flag, variants[0], reason, None)
         final: Reason = SPLIT if reason == STATIC else reason
-        return tuple((v.cumulative, chosen_result(v, final)) for v in variants), None
+        return tuple((v.cumulative, _variant_outcome(flag, v, final, None)) for v in variants), None
 
     by_split = choices(SPLIT)
     by_everyone: Choices | None = None
@@ -864,29 +852,24 @@ def _with_variant(
                 break
         if reason == STATIC:
             reason = SPLIT
-    if detail is None:  # the common case: remembered on the variant, by reason
-        result = chosen.results.get(reason)
-        if result is None:
-            result = chosen.results[reason] = _variant_result(flag, chosen, reason, None)
-        return result
+    return _variant_outcome(flag, chosen, reason, detail)
+
+
+def _variant_outcome(
+    flag: CompiledFlag, chosen: CompiledVariant, reason: Reason, detail: str | None
+) -> EvaluationResult:
+    """The result of choosing `chosen`, made once per (variant, reason, detail)."""
     outcome = (chosen, reason, detail)  # the variant object: its environment's own
     result = flag.results.get(outcome)
     if result is None:
-        result = _variant_result(flag, chosen, reason, detail)
-        if len(flag.results) < MAX_REMEMBERED_RESULTS:
-            flag.results[outcome] = result
+        result = EvaluationResult(
+            flag_key=flag.key,
+            enabled=True,
+            variant=chosen.id,
+            configuration=chosen.configuration,
+            reason=reason,
+            detail=detail,
+            flag_version=flag.version,
+        )
+        flag.results[outcome] = result
     return result
-
-
-def _variant_result(
-    flag: CompiledFlag, chosen: CompiledVariant, reason: Reason, detail: str | None
-) -> EvaluationResult:
-    return EvaluationResult(
-        flag_key=flag.key,
-        enabled=True,
-        variant=chosen.id,
-        configuration=chosen.configuration,
-        reason=reason,
-        detail=detail,
-        flag_version=flag.version,
-    )

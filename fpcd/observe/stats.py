@@ -126,9 +126,6 @@ class HttpStats:
             stats = self.routes[(route, method)] = RouteStats()
         return stats
 
-    def record(self, route: str, method: str, status: int, seconds: float | None) -> None:
-        self.route(route, method).record(status, seconds)
-
     @property
     def requests(self) -> dict[tuple[str, str, int], int]:
         return {
